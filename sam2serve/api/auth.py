@@ -1,0 +1,49 @@
+"""API keys: from the body's `api_key`, the `api_key` query parameter, or a Bearer header.
+
+Keys are compared in constant time and never logged; each key gets its own cache namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from fastapi import Request
+from pydantic import SecretStr
+
+from sam2serve.errors import Unauthorized
+
+PUBLIC_NAMESPACE = "public"
+
+
+def presented_key(request: Request, body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("api_key"), str) and body["api_key"]:
+        return body["api_key"]
+    if request.query_params.get("api_key"):
+        return request.query_params["api_key"]
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def namespace_for(keys: list[SecretStr], presented: str | None) -> str:
+    """The cache namespace of this caller; raises 401 when keys are configured and the
+    presented key is missing or matches none of them."""
+    if not keys:
+        return PUBLIC_NAMESPACE
+    if presented is None:
+        raise Unauthorized(
+            "an API key is required: send it as `api_key` in the body or query string, "
+            "or as `Authorization: Bearer <key>`",
+            field="api_key",
+        )
+    given = presented.encode()
+    matched = False
+    for key in keys:  # no early exit: time does not depend on which key matched
+        matched |= hmac.compare_digest(given, key.get_secret_value().encode())
+    if not matched:
+        raise Unauthorized("the API key is not valid for this server", field="api_key")
+    return "key:" + hashlib.sha256(given).hexdigest()[:24]

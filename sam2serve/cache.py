@@ -1,0 +1,121 @@
+"""Embedding cache: byte-bounded LRU with single-flight, and image ids bound to content.
+
+Entries are keyed by (namespace, model_id, content_hash): the same pixels embed once per
+client namespace and model. Client-given image ids are aliases bound to the content hash
+they were embedded with, so reusing an id for other pixels re-embeds instead of serving
+the old image's masks. Namespaces (one per API key) never see each other's entries.
+
+All methods run on the event loop thread; `get_or_compute` awaits the computation, and
+concurrent callers for the same entry share one computation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sam2serve.runtime.base import Features
+
+
+@dataclass(frozen=True)
+class EntryKey:
+    namespace: str
+    model_id: str
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class IdKey:
+    namespace: str
+    model_id: str
+    image_id: str
+
+
+class EmbeddingCache:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes_used = 0
+        self._entries: OrderedDict[EntryKey, Features] = OrderedDict()
+        self._ids: dict[IdKey, EntryKey] = {}
+        self._ids_of: dict[EntryKey, set[IdKey]] = {}
+        self._inflight: dict[EntryKey, asyncio.Future[Features]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, key: IdKey) -> tuple[EntryKey, Features] | None:
+        """The features an image id is bound to, marking them recently used; None if absent."""
+        entry = self._ids.get(key)
+        if entry is None or entry not in self._entries:
+            return None
+        self._entries.move_to_end(entry)
+        return entry, self._entries[entry]
+
+    async def get_or_compute(
+        self,
+        entry: EntryKey,
+        image_id: str,
+        compute: Callable[[], Awaitable[Features]],
+    ) -> tuple[Features, bool]:
+        """Return (features, was_cached) for `entry`, binding `image_id` to it.
+
+        Only one `compute` runs per entry at a time; other callers await its result. A
+        failed computation is not cached and its error reaches every waiter.
+        """
+        self._bind(IdKey(entry.namespace, entry.model_id, image_id), entry)
+        cached = self._entries.get(entry)
+        if cached is not None:
+            self._entries.move_to_end(entry)
+            self.hits += 1
+            return cached, True
+        pending = self._inflight.get(entry)
+        if pending is not None:
+            self.hits += 1
+            return await asyncio.shield(pending), True
+        self.misses += 1
+        future: asyncio.Future[Features] = asyncio.get_running_loop().create_future()
+        self._inflight[entry] = future
+        try:
+            features = await compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        else:
+            future.set_result(features)
+            self._store(entry, features)
+            return features, False
+        finally:
+            del self._inflight[entry]
+
+    def _bind(self, id_key: IdKey, entry: EntryKey) -> None:
+        old = self._ids.get(id_key)
+        if old is not None and old != entry:
+            self._ids_of.get(old, set()).discard(id_key)
+        self._ids[id_key] = entry
+        self._ids_of.setdefault(entry, set()).add(id_key)
+
+    def _store(self, entry: EntryKey, features: Features) -> None:
+        size = features.nbytes
+        if size > self.max_bytes:
+            self._forget_ids(entry)  # cannot keep it: later clicks must re-send the image
+            return
+        if entry in self._entries:
+            self.bytes_used -= self._entries.pop(entry).nbytes
+        while self._entries and self.bytes_used + size > self.max_bytes:
+            old_key, old = self._entries.popitem(last=False)
+            self.bytes_used -= old.nbytes
+            self.evictions += 1
+            self._forget_ids(old_key)
+        self._entries[entry] = features
+        self.bytes_used += size
+
+    def _forget_ids(self, entry: EntryKey) -> None:
+        for id_key in self._ids_of.pop(entry, set()):
+            if self._ids.get(id_key) == entry:
+                del self._ids[id_key]

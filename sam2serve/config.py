@@ -1,0 +1,87 @@
+"""Settings: read once from `SAM2SERVE_*` environment variables (and CLI options), then passed in.
+
+Nothing in the package reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from platformdirs import user_cache_dir
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def default_weights_dir() -> Path:
+    return Path(user_cache_dir("sam2serve")) / "weights"
+
+
+class Settings(BaseSettings):
+    """All knobs of a sam2serve process. Field names map to `SAM2SERVE_<NAME>` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SAM2SERVE_", extra="ignore")
+
+    # network
+    host: str = "127.0.0.1"
+    port: int = 9001
+    allow_public_without_keys: bool = Field(
+        False, description="Allow binding a non-loopback address with no API keys configured."
+    )
+
+    # models and weights
+    weights_dir: Path = Field(default_factory=default_weights_dir)
+    default_model: str = "hiera_tiny"
+    alias_family: str = Field(
+        "sam2.1", description="What Roboflow's short ids (hiera_tiny, ...) mean: sam2.1 or sam2."
+    )
+    allow_download: bool = True
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    max_models: int = Field(2, description="Models kept loaded at once (least recently used go).")
+    preload: bool = Field(False, description="Load the default model at start-up.")
+
+    # auth: comma-separated keys in the environment
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    # caches
+    cache_bytes: int = Field(1024 * MiB, description="Byte budget of the embedding cache.")
+    logits_cache_entries: int = Field(
+        1000, description="How many saved low-res logits sets to keep for refinement."
+    )
+
+    # input limits
+    max_body_bytes: int = 16 * MiB
+    max_image_pixels: int = 40_000_000
+    max_prompts: int = 64
+    max_points_per_prompt: int = 64
+    max_coordinate: float = 1e6
+
+    # URL input
+    url_allow_http: bool = False
+    url_allow_private: bool = False
+    url_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    url_deny_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    url_timeout_s: float = 10.0
+    url_max_bytes: int = 16 * MiB
+    url_max_redirects: int = 5
+
+    # scheduling
+    embed_queue: int = Field(8, description="Embeds waiting beyond this answer 503 at once.")
+    click_queue: int = Field(64, description="Decodes waiting beyond this answer 503 at once.")
+    torch_threads: int = Field(0, description="0 = one per core.")
+
+    @field_validator("api_keys", "url_allow_hosts", "url_deny_hosts", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("alias_family")
+    @classmethod
+    def _check_family(cls, value: str) -> str:
+        if value not in ("sam2.1", "sam2"):
+            raise ValueError("alias_family must be 'sam2.1' or 'sam2'")
+        return value

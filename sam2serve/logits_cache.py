@@ -1,0 +1,69 @@
+"""Low-res logits kept per (namespace, model, image) for iterative refinement.
+
+`save_logits_to_cache` stores each prediction's logits with its prompt set; a later
+`load_logits_from_cache` request on the same image takes, per prompt, the logits of the
+largest earlier prompt set that is a strict subset of its own.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sam2serve.prompts import PromptKey, match_subset, point_count
+
+
+@dataclass(frozen=True)
+class _Saved:
+    keys: tuple[PromptKey, ...]
+    logits: np.ndarray  # (N, m, m) float32
+
+
+class LogitsCache:
+    """LRU over saved prompt sets; at most `max_entries` sets in total."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._sets: OrderedDict[tuple[Hashable, tuple[PromptKey, ...]], _Saved] = OrderedDict()
+
+    def save(self, image_key: Hashable, keys: Sequence[PromptKey], logits: np.ndarray) -> None:
+        if self.max_entries <= 0:
+            return
+        entry_key = (image_key, tuple(keys))
+        self._sets.pop(entry_key, None)
+        self._sets[entry_key] = _Saved(tuple(keys), logits.astype(np.float32, copy=True))
+        while len(self._sets) > self.max_entries:
+            self._sets.popitem(last=False)
+
+    def load(
+        self, image_key: Hashable, keys: Sequence[PromptKey]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return (mask_input (N, 1, m, m), has_mask (N,)) for the current prompts, or None."""
+        best: tuple[int, _Saved, list[int | None]] | None = None
+        for (img, _), saved in reversed(self._sets.items()):  # newest first wins ties
+            if img != image_key:
+                continue
+            mapping = match_subset(saved.keys, keys)
+            if mapping is None:
+                continue
+            size = point_count(saved.keys)
+            if best is None or size > best[0]:
+                best = (size, saved, mapping)
+        if best is None:
+            return None
+        _, saved, mapping = best
+        m = saved.logits.shape[-1]
+        mask_input = np.zeros((len(keys), 1, m, m), dtype=np.float32)
+        has_mask = np.zeros(len(keys), dtype=bool)
+        for c_idx, e_idx in enumerate(mapping):
+            if e_idx is not None:
+                mask_input[c_idx, 0] = saved.logits[e_idx]
+                has_mask[c_idx] = True
+        return mask_input, has_mask
+
+    def drop_image(self, image_key: Hashable) -> None:
+        for key in [k for k in self._sets if k[0] == image_key]:
+            del self._sets[key]

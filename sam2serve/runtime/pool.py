@@ -1,0 +1,80 @@
+"""Loaded models: lazy, one load at a time per model, kept loaded up to `max_models`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sam2serve.registry import ModelSpec
+from sam2serve.runtime.base import Runtime
+from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
+from sam2serve.runtime.weights import ensure_checkpoint
+
+log = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[ModelSpec, Path, torch.device], Runtime]
+
+
+def torch_runtime_factory(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Runtime:
+    return TorchRuntime(spec.model_id, build_model(spec, checkpoint, device), device)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class ModelPool:
+    def __init__(
+        self,
+        weights_dir: Path,
+        device: torch.device,
+        *,
+        allow_download: bool = True,
+        max_models: int = 2,
+        factory: RuntimeFactory = torch_runtime_factory,
+    ) -> None:
+        self.weights_dir = Path(weights_dir)
+        self.device = device
+        self.allow_download = allow_download
+        self.max_models = max_models
+        self.factory = factory
+        self._loaded: OrderedDict[str, Runtime] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.load_seconds: dict[str, float] = {}
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    def load_sync(self, spec: ModelSpec) -> Runtime:
+        """Blocking load (weights download if needed, build, strict state-dict check)."""
+        started = time.perf_counter()
+        checkpoint = ensure_checkpoint(spec, self.weights_dir, allow_download=self.allow_download)
+        runtime = self.factory(spec, checkpoint, self.device)
+        self.load_seconds[spec.model_id] = time.perf_counter() - started
+        log.info("loaded %s in %.1fs", spec.model_id, self.load_seconds[spec.model_id])
+        return runtime
+
+    async def get(self, spec: ModelSpec) -> Runtime:
+        runtime = self._loaded.get(spec.model_id)
+        if runtime is not None:
+            self._loaded.move_to_end(spec.model_id)
+            return runtime
+        lock = self._locks.setdefault(spec.model_id, asyncio.Lock())
+        async with lock:
+            runtime = self._loaded.get(spec.model_id)
+            if runtime is None:
+                runtime = await asyncio.to_thread(self.load_sync, spec)
+                self._loaded[spec.model_id] = runtime
+                while len(self._loaded) > self.max_models:
+                    evicted, _ = self._loaded.popitem(last=False)
+                    log.info("unloaded %s (max_models=%d)", evicted, self.max_models)
+            return runtime

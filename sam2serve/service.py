@@ -1,0 +1,223 @@
+"""The one orchestrator behind the HTTP routes, the CLI and the in-process SDK.
+
+Request lifecycle, in order:
+  1. resolve the model id                        (registry)
+  2. load pixels, or find the cached image id    (images / cache)
+  3. embed once per image, on the embed lane     (cache single-flight -> runtime.embed)
+  4. decode all prompts in one call, click lane  (prompts -> runtime.decode)
+  5. pick the best mask, format it               (postprocess)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sam2serve import postprocess
+from sam2serve.api.requests import EmbedRequest, ImageInput, SegmentRequest
+from sam2serve.api.responses import EmbedResponse, Prediction, RleMask, SegmentResponse
+from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
+from sam2serve.config import Settings
+from sam2serve.errors import BadRequest, NotInCache
+from sam2serve.fetch import UrlFetcher
+from sam2serve.images import LoadedImage, load_image
+from sam2serve.lanes import Lane
+from sam2serve.logits_cache import LogitsCache
+from sam2serve.prompts import prompt_key, to_batch
+from sam2serve.registry import ModelSpec, resolve_model_id
+from sam2serve.runtime.base import Features, PromptBatch, Runtime
+from sam2serve.runtime.pool import ModelPool
+
+
+@dataclass(frozen=True)
+class BinaryResult:
+    """format=binary: an .npz body (masks: (N, H, W) logits, low_res_masks: (N, m, m))."""
+
+    content: bytes
+    media_type: str = "application/octet-stream"
+
+
+@dataclass
+class _Image:
+    entry: EntryKey
+    image_id: str
+    features: Features
+    cached: bool
+
+
+class Sam2Service:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: dict[str, ModelSpec],
+        pool: ModelPool,
+        *,
+        fetcher: UrlFetcher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.pool = pool
+        self.fetcher = fetcher or UrlFetcher(settings)
+        self.cache = EmbeddingCache(settings.cache_bytes)
+        self.logits = LogitsCache(settings.logits_cache_entries)
+        self.embed_lane = Lane("embed", 1, settings.embed_queue, retry_after_s=2.0)
+        self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
+
+    async def aclose(self) -> None:
+        self.embed_lane.shutdown()
+        self.click_lane.shutdown()
+        await self.fetcher.aclose()
+
+    def spec_for(self, requested: str | None) -> ModelSpec:
+        return resolve_model_id(
+            requested or self.settings.default_model,
+            registry=self.registry,
+            alias_family=self.settings.alias_family,
+        )
+
+    async def embed(self, request: EmbedRequest, namespace: str) -> EmbedResponse:
+        started = time.perf_counter()
+        spec = self.spec_for(request.sam2_version_id)
+        image = await self._load(request.image)
+        got = await self._embed(spec, namespace, image, request.image_id)
+        return EmbedResponse(image_id=got.image_id, time=time.perf_counter() - started)
+
+    async def segment(
+        self, request: SegmentRequest, namespace: str
+    ) -> SegmentResponse | BinaryResult:
+        started = time.perf_counter()
+        spec = self.spec_for(request.sam2_version_id)
+        got = await self._image_for_segment(spec, namespace, request)
+        runtime = await self.pool.get(spec)
+        prompts = request.prompt_list()
+        keys = [prompt_key(p) for p in prompts]
+        batch = self._with_mask_input(to_batch(prompts), request, runtime, got.entry, keys)
+
+        def work() -> tuple[SegmentResponse | BinaryResult, np.ndarray]:
+            full, low_res, scores = _decode_best(runtime, got.features, batch, multimask)
+            if request.format == "binary":
+                return BinaryResult(postprocess.encode_npz(full, low_res)), low_res
+            predictions = [
+                _prediction(logits > 0, float(score), request.format, request.polygon_holes)
+                for logits, score in zip(full, scores, strict=True)
+            ]
+            return SegmentResponse(predictions=predictions, time=0.0), low_res
+
+        multimask = request.multimask_output
+        result, low_res = await self.click_lane.run(work)
+        if request.save_logits_to_cache and prompts:
+            self.logits.save(got.entry, keys, low_res)
+        if isinstance(result, SegmentResponse):
+            result.time = time.perf_counter() - started
+        return result
+
+    # -- steps -----------------------------------------------------------------------
+
+    async def _load(self, image: ImageInput) -> LoadedImage:
+        return await load_image(
+            image.type, image.value, settings=self.settings, fetcher=self.fetcher
+        )
+
+    async def _embed(
+        self, spec: ModelSpec, namespace: str, image: LoadedImage, image_id: str | None
+    ) -> _Image:
+        runtime = await self.pool.get(spec)
+        entry = EntryKey(namespace, spec.model_id, image.content_hash)
+        image_id = image_id or image.content_hash
+
+        async def compute() -> Features:
+            return await self.embed_lane.run(runtime.embed, image.rgb)
+
+        features, cached = await self.cache.get_or_compute(entry, image_id, compute)
+        return _Image(entry, image_id, features, cached)
+
+    async def _image_for_segment(
+        self, spec: ModelSpec, namespace: str, request: SegmentRequest
+    ) -> _Image:
+        if request.image is None:
+            assert request.image_id is not None  # request validation guarantees one of them
+            found = self.cache.lookup(IdKey(namespace, spec.model_id, request.image_id))
+            if found is None:
+                raise NotInCache(
+                    f"image_id {request.image_id!r} is not in cache for {spec.model_id}: "
+                    "send the image (embed_image, or `image` in this request)",
+                    field="image_id",
+                )
+            entry, features = found
+            return _Image(entry, request.image_id, features, True)
+        image = await self._load(request.image)
+        return await self._embed(spec, namespace, image, request.image_id)
+
+    def _with_mask_input(
+        self,
+        batch: PromptBatch,
+        request: SegmentRequest,
+        runtime: Runtime,
+        entry: EntryKey,
+        keys: list,
+    ) -> PromptBatch:
+        m = runtime.low_res_size
+        if request.mask_input is not None:
+            masks = _parse_mask_input(request.mask_input, len(batch), m)
+            return PromptBatch(batch.coords, batch.labels, masks, None)
+        if request.load_logits_from_cache and keys:
+            loaded = self.logits.load(entry, keys)
+            if loaded is not None:
+                return PromptBatch(batch.coords, batch.labels, loaded[0], loaded[1])
+        return batch
+
+
+def _parse_mask_input(raw: list, n_prompts: int, m: int) -> np.ndarray:
+    """Accept (N, m, m), (N, 1, m, m), or one (m, m) / (1, m, m) mask broadcast to N."""
+    try:
+        arr = np.asarray(raw, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(
+            f"mask_input must be a numeric array of shape (N, {m}, {m}) with N = number of "
+            "prompts (the low_res_masks of an earlier binary response)",
+            field="mask_input",
+        ) from exc
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim == 3 and arr.shape[0] == 1 and n_prompts > 1:
+        arr = np.repeat(arr, n_prompts, axis=0)
+    if arr.shape != (n_prompts, m, m) or not np.isfinite(arr).all():
+        raise BadRequest(
+            f"mask_input has shape {list(arr.shape)}; this model needs finite logits of shape "
+            f"({n_prompts}, {m}, {m}): one {m}x{m} mask per prompt",
+            field="mask_input",
+        )
+    return arr[:, None]
+
+
+def _decode_best(
+    runtime: Runtime, features: Features, batch: PromptBatch, multimask: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode, keep the best of C masks per prompt, upscale only those.
+
+    Returns full (N, H, W) float32 logits, low_res (N, m, m) float32 logits clamped to
+    [-32, 32] as upstream does, and scores (N,).
+    """
+    decoded = runtime.decode(features, batch, multimask)
+    scores = decoded.scores.cpu().numpy()
+    best = postprocess.select_best(scores)
+    rows = torch.arange(len(best))
+    chosen = decoded.low_res[rows, torch.as_tensor(best)]
+    full = runtime.upscale(chosen, features.orig_hw)
+    low_res = torch.clamp(chosen, -32.0, 32.0)
+    return (
+        full.float().cpu().numpy(),
+        low_res.float().cpu().numpy(),
+        scores[np.arange(len(best)), best],
+    )
+
+
+def _prediction(mask: np.ndarray, score: float, fmt: str, holes: bool) -> Prediction:
+    if fmt == "rle":
+        return Prediction(masks=RleMask(**postprocess.mask_to_rle(mask)), confidence=score, format="rle")
+    return Prediction(masks=postprocess.mask_to_polygons(mask, holes=holes), confidence=score)

@@ -1,0 +1,93 @@
+"""Shared fixtures: seeded random SAM2 checkpoints (tiny test architecture and the real
+hiera_tiny ones), real photos from scikit-image, and apps/services built on them."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam2serve.config import Settings
+from sam2serve.registry import REGISTRY
+from sam2serve.testing import TEST_MODEL_ID, test_registry, tiny_test_spec, write_random_checkpoint
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def photos() -> dict[str, np.ndarray]:
+    import skimage.data
+
+    return {
+        "astronaut": skimage.data.astronaut(),
+        "coffee": skimage.data.coffee(),
+        "chelsea": skimage.data.chelsea(),
+    }
+
+
+@pytest.fixture(scope="session")
+def photo_set() -> dict[str, np.ndarray]:
+    return photos()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights dir holding the tiny test architecture with seeded random weights."""
+    path = tmp_path_factory.mktemp("weights-tiny")
+    write_random_checkpoint(tiny_test_spec(), path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights dir with the real SAM 2.1 and SAM 2 hiera_tiny architectures, random weights."""
+    path = tmp_path_factory.mktemp("weights-real")
+    for model_id in ("sam2.1_hiera_tiny", "sam2_hiera_tiny"):
+        write_random_checkpoint(REGISTRY[model_id], path, seed=1)
+    return path
+
+
+def tiny_settings(weights_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "weights_dir": weights_dir,
+        "default_model": TEST_MODEL_ID,
+        "allow_download": False,
+        "device": "cpu",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def make_client(tiny_weights_dir: Path) -> Iterator:
+    """Factory: a TestClient over an app on the tiny model, with Settings overrides."""
+    from fastapi.testclient import TestClient
+
+    from sam2serve.api.app import build_service, create_app
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: object) -> TestClient:
+        settings = tiny_settings(tiny_weights_dir, **overrides)
+        service = build_service(settings, test_registry())
+        client = TestClient(create_app(settings, service), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client):  # type: ignore[no-untyped-def]
+    return make_client()

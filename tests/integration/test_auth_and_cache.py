@@ -1,0 +1,96 @@
+"""Auth (body, query, Bearer), namespace isolation, id/content binding, single-flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from tests.conftest import encode_image, photos
+
+A = {"type": "base64", "value": encode_image(photos()["coffee"])}
+B = {"type": "base64", "value": encode_image(photos()["chelsea"])}
+POINT = {"points": [{"x": 120, "y": 90, "positive": True}]}
+
+
+@pytest.fixture
+def keyed(make_client):  # type: ignore[no-untyped-def]
+    return make_client(api_keys=["key-one", "key-two"])
+
+
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [("none", 401), ("body", 200), ("query", 200), ("bearer", 200), ("wrong", 401)],
+)
+def test_key_locations(keyed, how: str, status: int) -> None:  # type: ignore[no-untyped-def]
+    body: dict = {"image": A}
+    params, headers = {}, {}
+    if how == "body":
+        body["api_key"] = "key-one"
+    elif how == "query":
+        params["api_key"] = "key-two"
+    elif how == "bearer":
+        headers["Authorization"] = "Bearer key-one"
+    elif how == "wrong":
+        body["api_key"] = "key-three"
+    r = keyed.post("/sam2/embed_image", json=body, params=params, headers=headers)
+    assert r.status_code == status, r.text
+    if status == 401:
+        assert "api_key" in r.json()["message"] and "key-three" not in r.text
+
+
+def test_namespaces_are_isolated(keyed) -> None:  # type: ignore[no-untyped-def]
+    r = keyed.post("/sam2/embed_image", json={"image": A, "image_id": "mine", "api_key": "key-one"})
+    assert r.status_code == 200
+    ok = {"image_id": "mine", "prompts": [POINT]}
+    assert keyed.post("/sam2/segment_image", json={**ok, "api_key": "key-one"}).status_code == 200
+    other = keyed.post("/sam2/segment_image", json={**ok, "api_key": "key-two"})
+    assert other.status_code == 404
+
+
+def test_same_id_new_pixels_never_answers_with_old_image(client) -> None:  # type: ignore[no-untyped-def]
+    client.post("/sam2/embed_image", json={"image": A, "image_id": "x"})
+    client.post("/sam2/embed_image", json={"image": B, "image_id": "x"})
+    by_id = client.post(
+        "/sam2/segment_image", json={"image_id": "x", "prompts": [POINT], "format": "rle"}
+    ).json()
+    fresh_b = client.post(
+        "/sam2/segment_image", json={"image": B, "prompts": [POINT], "format": "rle"}
+    ).json()
+    assert by_id["predictions"] == fresh_b["predictions"]
+    assert by_id["predictions"][0]["masks"]["size"] == list(photos()["chelsea"].shape[:2])
+    # segment with image + the old id rebinds too
+    again = client.post(
+        "/sam2/segment_image",
+        json={"image": A, "image_id": "x", "prompts": [POINT], "format": "rle"},
+    ).json()
+    assert again["predictions"][0]["masks"]["size"] == list(photos()["coffee"].shape[:2])
+
+
+def test_concurrent_embeds_of_one_image_run_the_encoder_once(tiny_weights_dir) -> None:  # type: ignore[no-untyped-def]
+    from sam2serve.api.app import build_service
+    from sam2serve.api.requests import EmbedRequest
+    from sam2serve.testing import test_registry
+    from tests.conftest import tiny_settings
+
+    service = build_service(tiny_settings(tiny_weights_dir), test_registry())
+
+    async def scenario() -> list[str]:
+        runtime = await service.pool.get(service.spec_for(None))
+        calls = []
+        original = runtime.embed
+
+        def counting(rgb: np.ndarray):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return original(rgb)
+
+        runtime.embed = counting  # type: ignore[method-assign]
+        request = EmbedRequest(image=A)
+        results = await asyncio.gather(*(service.embed(request, "public") for _ in range(8)))
+        assert len(calls) == 1
+        await service.aclose()
+        return [r.image_id for r in results]
+
+    ids = asyncio.run(scenario())
+    assert len(set(ids)) == 1

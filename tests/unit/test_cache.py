@@ -1,0 +1,111 @@
+"""EmbeddingCache: byte budget, LRU order, single-flight, id binding, namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
+from sam2serve.runtime.base import Features
+
+
+def feats(n_floats: int, fill: float = 0.0) -> Features:
+    """Features of exactly 4 * n_floats bytes."""
+    return Features(torch.full((1, n_floats), fill), (), (1, 1))
+
+
+def key(content: str, ns: str = "public", model: str = "m") -> EntryKey:
+    return EntryKey(ns, model, content)
+
+
+async def put(cache: EmbeddingCache, content: str, size: int, image_id: str | None = None,
+              ns: str = "public") -> Features:
+    async def compute() -> Features:
+        return feats(size)
+
+    got, _ = await cache.get_or_compute(key(content, ns), image_id or content, compute)
+    return got
+
+
+@pytest.mark.parametrize(
+    ("budget", "sizes", "kept"),
+    [
+        (400, [25, 25, 25], ["a", "b", "c"]),  # 100 bytes each: all fit
+        (250, [25, 25, 25], ["b", "c"]),  # the oldest goes
+        (100, [25, 25, 25], ["c"]),  # exactly the budget
+        (99, [25, 25, 25], []),  # each alone is over budget: nothing kept
+        (250, [50, 10, 10], ["b", "c"]),  # the 200-byte entry goes to make room
+    ],
+)
+def test_byte_budget(budget: int, sizes: list[int], kept: list[str]) -> None:
+    cache = EmbeddingCache(budget)
+
+    async def run() -> None:
+        for name, size in zip("abc", sizes, strict=True):
+            await put(cache, name, size)
+
+    asyncio.run(run())
+    present = [n for n in "abc" if cache.lookup(IdKey("public", "m", n))]
+    assert present == kept
+    assert cache.bytes_used <= budget
+    assert cache.bytes_used == sum(4 * s for n, s in zip("abc", sizes, strict=True) if n in kept)
+
+
+def test_lookup_refreshes_lru_order() -> None:
+    cache = EmbeddingCache(250)
+
+    async def run() -> None:
+        await put(cache, "a", 25)
+        await put(cache, "b", 25)
+        assert cache.lookup(IdKey("public", "m", "a"))
+        await put(cache, "c", 25)
+
+    asyncio.run(run())
+    assert cache.lookup(IdKey("public", "m", "a")) is not None
+    assert cache.lookup(IdKey("public", "m", "b")) is None
+
+
+def test_single_flight_and_failures_not_cached() -> None:
+    cache = EmbeddingCache(10_000)
+    calls = 0
+
+    async def slow() -> Features:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return feats(4)
+
+    async def boom() -> Features:
+        raise RuntimeError("encoder failed")
+
+    async def run() -> None:
+        results = await asyncio.gather(
+            *(cache.get_or_compute(key("x"), "x", slow) for _ in range(10))
+        )
+        assert calls == 1
+        assert [cached for _, cached in results].count(False) == 1
+        with pytest.raises(RuntimeError):
+            await cache.get_or_compute(key("y"), "y", boom)
+        assert cache.lookup(IdKey("public", "m", "y")) is None
+        got, cached = await cache.get_or_compute(key("y"), "y", slow)
+        assert not cached and calls == 2
+
+    asyncio.run(run())
+
+
+def test_id_is_bound_to_content_and_namespaces_are_separate() -> None:
+    cache = EmbeddingCache(10_000)
+
+    async def run() -> None:
+        await put(cache, "hash-1", 4, image_id="photo")
+        await put(cache, "hash-2", 4, image_id="photo")  # same id, new pixels
+        entry, _ = cache.lookup(IdKey("public", "m", "photo"))
+        assert entry.content_hash == "hash-2"
+        await put(cache, "hash-3", 4, image_id="theirs", ns="key:abc")
+        assert cache.lookup(IdKey("public", "m", "theirs")) is None
+        assert cache.lookup(IdKey("key:abc", "m", "theirs")) is not None
+        assert cache.lookup(IdKey("key:abc", "other-model", "theirs")) is None
+
+    asyncio.run(run())
