@@ -41,12 +41,12 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(settings: Settings) -> None:
     """Refuse to expose an open server: non-loopback binds need keys or an explicit flag."""
-    if not is_loopback(settings.host) and not settings.api_keys:
-        if not settings.allow_public_without_keys:
-            raise ValueError(
-                f"refusing to bind {settings.host} with no API keys: set SAM2SERVE_API_KEYS "
-                "(or --api-key), or pass --allow-public-without-keys if you really mean it"
-            )
+    exposed = not is_loopback(settings.host) and not settings.api_keys
+    if exposed and not settings.allow_public_without_keys:
+        raise ValueError(
+            f"refusing to bind {settings.host} with no API keys: set SAM2SERVE_API_KEYS "
+            "(or --api-key), or pass --allow-public-without-keys if you really mean it"
+        )
 
 
 WeightsDir = Annotated[
@@ -62,9 +62,7 @@ def serve(
     model: Annotated[
         str | None, typer.Option("--model", help="Default sam2_version_id [hiera_tiny]")
     ] = None,
-    api_key: Annotated[
-        list[str] | None, typer.Option(help="Require this key (repeatable)")
-    ] = None,
+    api_key: Annotated[list[str] | None, typer.Option(help="Require this key (repeatable)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     preload: Annotated[bool, typer.Option(help="Load the default model at start")] = False,
     allow_public_without_keys: Annotated[

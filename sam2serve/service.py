@@ -219,5 +219,7 @@ def _decode_best(
 
 def _prediction(mask: np.ndarray, score: float, fmt: str, holes: bool) -> Prediction:
     if fmt == "rle":
-        return Prediction(masks=RleMask(**postprocess.mask_to_rle(mask)), confidence=score, format="rle")
+        return Prediction(
+            masks=RleMask(**postprocess.mask_to_rle(mask)), confidence=score, format="rle"
+        )
     return Prediction(masks=postprocess.mask_to_polygons(mask, holes=holes), confidence=score)

@@ -15,7 +15,8 @@ import torch
 from sam2serve.registry import REGISTRY, ModelSpec
 from sam2serve.runtime.torch_runtime import build_model
 
-# A small architecture for fast tests: SAM 2.1 tiny with 256 px input and five blocks (embeds in ~0.1 s on CPU). Low-res masks are 64x64 instead of 256x256.
+# A small architecture for fast tests: SAM 2.1 tiny with 256 px input and five blocks
+# (embeds in ~0.1 s on CPU). Low-res masks are 64x64 instead of 256x256.
 TINY_TEST_OVERRIDES: tuple[str, ...] = (
     "++model.image_size=256",
     "++model.image_encoder.trunk.stages=[1,1,2,1]",

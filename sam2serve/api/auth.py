@@ -45,5 +45,8 @@ def namespace_for(keys: list[SecretStr], presented: str | None) -> str:
     for key in keys:  # no early exit: time does not depend on which key matched
         matched |= hmac.compare_digest(given, key.get_secret_value().encode())
     if not matched:
-        raise Unauthorized("the API key is not valid for this server", field="api_key")
+        raise Unauthorized(
+            "the api_key is not valid for this server: check the key you were given",
+            field="api_key",
+        )
     return "key:" + hashlib.sha256(given).hexdigest()[:24]

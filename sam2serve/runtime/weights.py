@@ -49,9 +49,7 @@ def download(
     try:
         with (
             os.fdopen(fd, "wb") as out,
-            httpx.stream(
-                "GET", spec.url, follow_redirects=True, timeout=timeout_s
-            ) as response,
+            httpx.stream("GET", spec.url, follow_redirects=True, timeout=timeout_s) as response,
         ):
             response.raise_for_status()
             total = int(response.headers.get("content-length", 0)) or None

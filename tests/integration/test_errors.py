@@ -21,11 +21,15 @@ POINT = {"points": [{"x": 10, "y": 10, "positive": True}]}
 
 def _png_header_only(width: int, height: int) -> str:
     """A tiny PNG that claims width x height pixels (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
-    data += struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
-    return base64.b64encode(data).decode()
+    idat = zlib.compress(b"\x00" * 1024)  # far too little data: never decoded anyway
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+    return base64.b64encode(data + chunk(b"IEND", b"")).decode()
 
 
 def _truncated_jpeg() -> str:
@@ -55,7 +59,12 @@ EMBED_CASES = [
     ("http url", {"image": _img("http://example.com/a.jpg", "url")}, 400, "image"),
     ("loopback url", {"image": _img("https://127.0.0.1/a.jpg", "url")}, 400, "image"),
     ("decimal loopback", {"image": _img("https://2130706433/a.jpg", "url")}, 400, "image"),
-    ("metadata url", {"image": _img("https://169.254.169.254/latest/meta-data", "url")}, 400, "image"),
+    (
+        "metadata url",
+        {"image": _img("https://169.254.169.254/latest/meta-data", "url")},
+        400,
+        "image",
+    ),
     ("ipv6 loopback", {"image": _img("https://[::1]/a.jpg", "url")}, 400, "image"),
     ("file url", {"image": _img("file:///etc/passwd", "url")}, 400, "image"),
 ]
@@ -65,25 +74,59 @@ SEGMENT_CASES = [
     ("unknown image_id", {"image_id": "never-embedded", "prompts": [POINT]}, 404, "not in cache"),
     ("prompts is a string", {"image": GOOD, "prompts": "abc"}, 422, "prompts"),
     ("points as pairs", {"image": GOOD, "prompts": [{"points": [[1, 2]]}]}, 422, "points"),
-    ("box without width", {"image": GOOD, "prompts": [{"box": {"x": 1, "y": 2, "height": 3}}]}, 422, "width"),
-    ("negative box width", {"image": GOOD, "prompts": [{"box": {"x": 1, "y": 2, "width": -3, "height": 3}}]}, 422, "width"),
-    ("huge coordinate", {"image": GOOD, "prompts": [{"points": [{"x": 1e300, "y": 1}]}]}, 422, "coordinates"),
+    (
+        "box without width",
+        {"image": GOOD, "prompts": [{"box": {"x": 1, "y": 2, "height": 3}}]},
+        422,
+        "width",
+    ),
+    (
+        "negative box width",
+        {"image": GOOD, "prompts": [{"box": {"x": 1, "y": 2, "width": -3, "height": 3}}]},
+        422,
+        "width",
+    ),
+    (
+        "huge coordinate",
+        {"image": GOOD, "prompts": [{"points": [{"x": 1e300, "y": 1}]}]},
+        422,
+        "coordinates",
+    ),
     ("too many prompts", {"image": GOOD, "prompts": [POINT] * 65}, 422, "limit"),
-    ("too many points", {"image": GOOD, "prompts": [{"points": [POINT["points"][0]] * 65}]}, 422, "limit"),
+    (
+        "too many points",
+        {"image": GOOD, "prompts": [{"points": [POINT["points"][0]] * 65}]},
+        422,
+        "limit",
+    ),
     ("bad format", {"image": GOOD, "prompts": [POINT], "format": "png"}, 422, "format"),
-    ("mask_input wrong shape", {"image": GOOD, "prompts": [POINT], "mask_input": [[1.0, 2.0]]}, 400, "mask_input"),
-    ("mask_input not numeric", {"image": GOOD, "prompts": [POINT], "mask_input": [["a"]]}, 400, "mask_input"),
+    (
+        "mask_input wrong shape",
+        {"image": GOOD, "prompts": [POINT], "mask_input": [[1.0, 2.0]]},
+        400,
+        "mask_input",
+    ),
+    (
+        "mask_input not numeric",
+        {"image": GOOD, "prompts": [POINT], "mask_input": [["a"]]},
+        400,
+        "mask_input",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "status", "word"), EMBED_CASES, ids=[c[0] for c in EMBED_CASES])
+@pytest.mark.parametrize(
+    ("name", "body", "status", "word"), EMBED_CASES, ids=[c[0] for c in EMBED_CASES]
+)
 def test_embed_errors(client, name: str, body: dict, status: int, word: str) -> None:  # type: ignore[no-untyped-def]
     r = client.post("/sam2/embed_image", json=body)
     assert r.status_code == status, r.text
     assert word in r.json()["message"]
 
 
-@pytest.mark.parametrize(("name", "body", "status", "word"), SEGMENT_CASES, ids=[c[0] for c in SEGMENT_CASES])
+@pytest.mark.parametrize(
+    ("name", "body", "status", "word"), SEGMENT_CASES, ids=[c[0] for c in SEGMENT_CASES]
+)
 def test_segment_errors(client, name: str, body: dict, status: int, word: str) -> None:  # type: ignore[no-untyped-def]
     r = client.post("/sam2/segment_image", json=body)
     assert r.status_code == status, r.text
@@ -116,7 +159,7 @@ def test_oversize_body_is_413(make_client) -> None:  # type: ignore[no-untyped-d
 
 
 def test_evicted_image_id_is_404(make_client) -> None:  # type: ignore[no-untyped-def]
-    client = make_client(cache_bytes=2 * 1024 * 1024)  # room for one tiny-model embedding
+    client = make_client(cache_bytes=1_500_000)  # room for one tiny-model embedding (1 MiB)
     first = client.post("/sam2/embed_image", json={"image": GOOD, "image_id": "a"}).json()
     other = {"type": "base64", "value": encode_image(photos()["coffee"])}
     client.post("/sam2/embed_image", json={"image": other, "image_id": "b"})

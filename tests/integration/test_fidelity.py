@@ -39,12 +39,21 @@ def cases(w: int, h: int) -> dict[str, list[dict]]:
         "box": [{"box": _box(w, h, 0.5, 0.5, 0.4, 0.5)}],
         "point+box": [{"box": _box(w, h, 0.45, 0.5, 0.5, 0.6), "points": [_pt(w, h, 0.45, 0.5)]}],
         "negative": [
-            {"points": [_pt(w, h, 0.3, 0.3), _pt(w, h, 0.7, 0.6, False), _pt(w, h, 0.1, 0.9, False)]}
+            {
+                "points": [
+                    _pt(w, h, 0.3, 0.3),
+                    _pt(w, h, 0.7, 0.6, False),
+                    _pt(w, h, 0.1, 0.9, False),
+                ]
+            }
         ],
         "several": [
             {"points": [_pt(w, h, 0.2, 0.2)]},
             {"box": _box(w, h, 0.6, 0.6, 0.3, 0.3)},
-            {"box": _box(w, h, 0.4, 0.5, 0.5, 0.5), "points": [_pt(w, h, 0.4, 0.5), _pt(w, h, 0.2, 0.8, False)]},
+            {
+                "box": _box(w, h, 0.4, 0.5, 0.5, 0.5),
+                "points": [_pt(w, h, 0.4, 0.5), _pt(w, h, 0.2, 0.8, False)],
+            },
             {"points": [_pt(w, h, 0.8, 0.2), _pt(w, h, 0.7, 0.3), _pt(w, h, 0.9, 0.1, False)]},
         ],
         "none": [],
@@ -66,8 +75,12 @@ def reference_inputs(prompts: list[dict]) -> list[dict]:
         if p.get("box"):
             b = p["box"]
             box = np.array(
-                [b["x"] - b["width"] / 2, b["y"] - b["height"] / 2,
-                 b["x"] + b["width"] / 2, b["y"] + b["height"] / 2],
+                [
+                    b["x"] - b["width"] / 2,
+                    b["y"] - b["height"] / 2,
+                    b["x"] + b["width"] / 2,
+                    b["y"] + b["height"] / 2,
+                ],
                 dtype=np.float32,
             )
         out.append(
@@ -102,7 +115,9 @@ def predictors(real_weights_dir: Path) -> dict:
 
     return {
         model_id: SAM2ImagePredictor(
-            build_model(REGISTRY[model_id], real_weights_dir / f"{model_id}.pt", torch.device("cpu"))
+            build_model(
+                REGISTRY[model_id], real_weights_dir / f"{model_id}.pt", torch.device("cpu")
+            )
         )
         for model_id in MODELS
     }
@@ -154,7 +169,9 @@ def _assert_same(server, reference) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("model_id", MODELS)
 @pytest.mark.parametrize("photo", PHOTOS)
-def test_matches_reference_predictor(fidelity_client, predictors, model_id: str, photo: str) -> None:  # type: ignore[no-untyped-def]
+def test_matches_reference_predictor(
+    fidelity_client, predictors, model_id: str, photo: str
+) -> None:  # type: ignore[no-untyped-def]
     rgb = photos()[photo]
     h, w = rgb.shape[:2]
     embed = fidelity_client.post(

@@ -20,8 +20,9 @@ def key(content: str, ns: str = "public", model: str = "m") -> EntryKey:
     return EntryKey(ns, model, content)
 
 
-async def put(cache: EmbeddingCache, content: str, size: int, image_id: str | None = None,
-              ns: str = "public") -> Features:
+async def put(
+    cache: EmbeddingCache, content: str, size: int, image_id: str | None = None, ns: str = "public"
+) -> Features:
     async def compute() -> Features:
         return feats(size)
 
@@ -89,7 +90,7 @@ def test_single_flight_and_failures_not_cached() -> None:
         with pytest.raises(RuntimeError):
             await cache.get_or_compute(key("y"), "y", boom)
         assert cache.lookup(IdKey("public", "m", "y")) is None
-        got, cached = await cache.get_or_compute(key("y"), "y", slow)
+        _, cached = await cache.get_or_compute(key("y"), "y", slow)
         assert not cached and calls == 2
 
     asyncio.run(run())

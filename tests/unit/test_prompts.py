@@ -23,7 +23,10 @@ P = lambda x, y, pos=True: Point(x=x, y=y, positive=pos)  # noqa: E731
             [[2, 3]],
         ),
         (
-            [Prompt(points=[P(1, 2, False)]), Prompt(box=Box(x=10, y=10, width=2, height=2), points=[P(3, 4)])],
+            [
+                Prompt(points=[P(1, 2, False)]),
+                Prompt(box=Box(x=10, y=10, width=2, height=2), points=[P(3, 4)]),
+            ],
             [[[1, 2], [0, 0], [0, 0]], [[9, 9], [11, 11], [3, 4]]],
             [[0, -1, -1], [2, 3, 1]],
         ),
