@@ -1,0 +1,65 @@
+"""Run a real `sam2serve serve` process on a free loopback port for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+SAM2SERVE = str(Path(sys.executable).with_name("sam2serve"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(
+    weights_dir: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> Iterator[str]:
+    """Start the server, wait for /readyz, yield its base URL, stop it."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "SAM2SERVE_WEIGHTS_DIR": str(weights_dir),
+        "SAM2SERVE_ALLOW_DOWNLOAD": "false",
+        "SAM2SERVE_DEVICE": "cpu",
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [SAM2SERVE, "serve", "--port", str(port), *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready in time")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
