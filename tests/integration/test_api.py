@@ -162,3 +162,47 @@ def test_ops_routes(client) -> None:  # type: ignore[no-untyped-def]
     assert {"/sam2/embed_image", "/sam2/segment_image"} <= set(paths)
     missing = client.get("/nope")
     assert missing.status_code == 404 and "message" in missing.json()
+
+
+def test_embed_from_url_on_an_allowed_local_host(make_client) -> None:  # type: ignore[no-untyped-def]
+    import base64
+    import http.server
+    import threading
+
+    png = base64.b64decode(IMAGE["value"])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/photo.png"
+        strict = make_client()
+        refused = strict.post("/sam2/embed_image", json={"image": {"type": "url", "value": url}})
+        assert refused.status_code == 400
+        lenient = make_client(url_allow_http=True, url_allow_private=True)
+        r = lenient.post("/sam2/embed_image", json={"image": {"type": "url", "value": url}})
+        assert r.status_code == 200, r.text
+        assert r.json()["image_id"] == _embed(lenient)  # same pixels, same content id
+    finally:
+        server.shutdown()
+
+
+def test_readyz_with_preload_becomes_ready(make_client) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    client = make_client(preload=True)
+    deadline = time.monotonic() + 30
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.get("/info").json()["loaded_models"] == ["test_tiny"]
