@@ -115,20 +115,18 @@ SEGMENT_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "body", "status", "word"), EMBED_CASES, ids=[c[0] for c in EMBED_CASES]
-)
-def test_embed_errors(client, name: str, body: dict, status: int, word: str) -> None:  # type: ignore[no-untyped-def]
-    r = client.post("/sam2/embed_image", json=body)
-    assert r.status_code == status, r.text
-    assert word in r.json()["message"]
+ROUTE_CASES = [("/sam2/embed_image", *c) for c in EMBED_CASES] + [
+    ("/sam2/segment_image", *c) for c in SEGMENT_CASES
+]
 
 
 @pytest.mark.parametrize(
-    ("name", "body", "status", "word"), SEGMENT_CASES, ids=[c[0] for c in SEGMENT_CASES]
+    ("route", "name", "body", "status", "word"), ROUTE_CASES, ids=[c[1] for c in ROUTE_CASES]
 )
-def test_segment_errors(client, name: str, body: dict, status: int, word: str) -> None:  # type: ignore[no-untyped-def]
-    r = client.post("/sam2/segment_image", json=body)
+def test_bad_input_gets_its_4xx(
+    client, route: str, name: str, body: dict, status: int, word: str
+) -> None:  # type: ignore[no-untyped-def]
+    r = client.post(route, json=body)
     assert r.status_code == status, r.text
     assert word in r.json()["message"]
 
