@@ -97,6 +97,7 @@ class Sam2Service:
         batch = self._with_mask_input(to_batch(prompts), request, runtime, got.entry, keys)
 
         def work() -> tuple[SegmentResponse | BinaryResult, np.ndarray]:
+            multimask = request.multimask_output
             full, low_res, scores = _decode_best(runtime, got.features, batch, multimask)
             if request.format == "binary":
                 return BinaryResult(postprocess.encode_npz(full, low_res)), low_res
@@ -106,7 +107,6 @@ class Sam2Service:
             ]
             return SegmentResponse(predictions=predictions, time=0.0), low_res
 
-        multimask = request.multimask_output
         result, low_res = await self.click_lane.run(work)
         if request.save_logits_to_cache and prompts:
             self.logits.save(got.entry, keys, low_res)
