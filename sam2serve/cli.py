@@ -1,4 +1,4 @@
-"""The `sam2serve` command line: serve, download, models."""
+"""The `sam2serve` command line: serve, segment, embed, download, models."""
 
 from __future__ import annotations
 
@@ -50,17 +50,17 @@ def check_bind(settings: Settings) -> None:
 
 
 WeightsDir = Annotated[
-    Path | None, typer.Option(help="Where checkpoints live [env SAM2SERVE_WEIGHTS_DIR]")
+    Path | None, typer.Option(help="Where checkpoints live (env SAM2SERVE_WEIGHTS_DIR)")
 ]
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address [default 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default 9001]")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: 9001)")] = None,
     weights_dir: WeightsDir = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="Default sam2_version_id [hiera_tiny]")
+        str | None, typer.Option("--model", help="Default sam2_version_id (default: hiera_tiny)")
     ] = None,
     api_key: Annotated[list[str] | None, typer.Option(help="Require this key (repeatable)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
@@ -99,32 +99,344 @@ def serve(
     )
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+ANNOTATED_SUFFIX = "_annotated.png"
+
+Url = Annotated[
+    str | None,
+    typer.Option(
+        help="Use the server at this URL (e.g. http://127.0.0.1:9001) instead of a local model"
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SAM2SERVE_API_KEY", help="Key for --url (sent as the api_key query param)"
+    ),
+]
+Model = Annotated[
+    str | None, typer.Option("--model", help="sam2_version_id, e.g. hiera_tiny, sam2.1_hiera_large")
+]
+Device = Annotated[str | None, typer.Option(help="Local model: auto | cpu | cuda | cuda:N")]
+
+
+@app.command(no_args_is_help=True)
+def segment(
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files and/or folders (their image files)")
+    ],
+    point: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--point",
+            "-p",
+            help="X,Y (positive) or X,Y,neg. Repeatable: ALL points go into ONE prompt",
+        ),
+    ] = None,
+    box: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--box",
+            "-b",
+            help="X1,Y1,X2,Y2 CORNER box (top-left, bottom-right). The first box joins the "
+            "points' prompt; each further --box is a prompt of its own",
+        ),
+    ] = None,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            help='JSON file with the API\'s prompts (CENTER boxes): {"prompts": [...]}, a list, '
+            "or one prompt; --point/--box prompts are added after them",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Annotated PNG path (one image), or a folder (default: ./<name>_annotated.png)",
+        ),
+    ] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the result JSON: a .json file, or a folder"),
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="Mask format asked for and written to --json: rle | polygon"),
+    ] = "rle",
+    multimask: Annotated[
+        bool, typer.Option(help="Best of 3 proposals per prompt (--no-multimask: one mask)")
+    ] = True,
+    model: Model = None,
+    url: Url = None,
+    api_key: ApiKey = None,
+    weights_dir: WeightsDir = None,
+    device: Device = None,
+) -> None:
+    """Segment images and write annotated PNGs (mask overlay + outline + prompts).
+
+    Runs a local model by default (weights from --weights-dir / SAM2SERVE_WEIGHTS_DIR), or
+    asks the server at --url. Several images or a folder run as a batch: a failed image is
+    reported on stderr and the rest go on; the exit code is 1 if any failed, 2 on usage errors.
+
+    Example: sam2serve segment photo.jpg --point 320,240 --box 100,80,540,400 -o annotated.png
+    """
+    from sam2serve.client.prompts import build_prompts, parse_box, parse_point
+
+    if fmt not in ("rle", "polygon"):
+        _fail(f"--format must be rle or polygon, not {fmt!r}")
+    try:
+        points = [parse_point(p) for p in point or []]
+        boxes = [parse_box(b) for b in box or []]
+        prompts = build_prompts(_read_prompts(prompts_file), points or None, boxes or None)
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+    paths = _expand_images(images)
+    batch = len(paths) > 1
+    pngs = _outputs(paths, output, ANNOTATED_SUFFIX, "-o", IMAGE_SUFFIXES)
+    jsons = _outputs(paths, json_out, ".json", "--json", (".json",)) if json_out else None
+    backend = _backend(url, api_key, model, weights_dir, device)
+    failed = 0
+    bar = _progress(len(paths), batch)
+    with bar:
+        for i, path in enumerate(paths):
+            try:
+                _segment_one(
+                    backend, path, prompts, fmt, model, multimask, pngs[i], jsons and jsons[i]
+                )
+                bar.write(str(pngs[i]), file=sys.stdout)
+            except Exception as exc:
+                if not _is_handled(exc):
+                    raise  # a bug, not a user error: keep the traceback
+                if _is_fatal(exc):
+                    bar.close()
+                    _fail(_one_line(exc), 2 if _is_usage(exc) else 1)
+                failed += 1
+                bar.write(f"error: {path}: {_one_line(exc)}", file=sys.stderr)
+            bar.update()
+    if batch:
+        typer.echo(f"{len(paths) - failed} of {len(paths)} images done, {failed} failed", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command(no_args_is_help=True)
+def embed(
+    image: Annotated[Path, typer.Argument(help="Image file")],
+    image_id: Annotated[
+        str | None, typer.Option(help="Your name for it (default: the content hash)")
+    ] = None,
+    model: Model = None,
+    url: Url = None,
+    api_key: ApiKey = None,
+    weights_dir: WeightsDir = None,
+    device: Device = None,
+) -> None:
+    """Embed an image and print its image_id.
+
+    With --url the server keeps the embedding cached, so later segment_image requests can
+    send just the id. Without --url it runs locally and prints the id a server would use
+    (the content hash, unless --image-id is given).
+    """
+    if not image.is_file():
+        _fail(f"image not found: {image}")
+    backend = _backend(url, api_key, model, weights_dir, device)
+    try:
+        typer.echo(backend.embed_image(image, image_id=image_id, model=model).image_id)
+    except Exception as exc:
+        if not _is_handled(exc):
+            raise
+        _fail(_one_line(exc), 2 if _is_usage(exc) else 1)
+
+
+# -- segment/embed helpers ---------------------------------------------------------------
+
+
+def _read_prompts(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"--prompts {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"--prompts {path}: not valid JSON ({exc.msg}, line {exc.lineno})"
+        ) from exc
+
+
+def _expand_images(items: list[Path]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(
+                p
+                for p in item.iterdir()
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not p.name.endswith(ANNOTATED_SUFFIX)
+            )
+            if not found:
+                _fail(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {item}")
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            _fail(f"image not found: {item}")
+    return paths
+
+
+def _outputs(
+    paths: list[Path], target: Path | None, suffix: str, option: str, file_suffixes: tuple
+) -> list[Path]:
+    """One output path per input: `target` is a file (one input) or a folder."""
+    if target is not None and not target.is_dir() and target.suffix.lower() in file_suffixes:
+        if len(paths) > 1:
+            _fail(f"{option} {target}: with several images, give a folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return [target]
+    folder = target or Path.cwd()
+    folder.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    out = []
+    for path in paths:
+        name, n = f"{path.stem}{suffix}", 1
+        while name in used:
+            n += 1
+            name = f"{path.stem}_{n}{suffix}"
+        used.add(name)
+        out.append(folder / name)
+    return out
+
+
+def _backend(
+    url: str | None,
+    api_key: str | None,
+    model: str | None,
+    weights_dir: Path | None,
+    device: str | None,
+) -> Any:
+    if url:
+        from sam2serve.client import Sam2Client
+
+        return Sam2Client(url, api_key)
+    import warnings
+
+    from sam2serve.segmenter import Segmenter
+
+    # upstream SAM2 model code uses torch.jit.script, which newer torch flags as deprecated
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script", category=FutureWarning)
+    try:
+        segmenter = Segmenter(model, weights_dir=weights_dir, device=device)
+        segmenter.load()  # unknown id -> 400, missing weights -> 503: before any image
+    except Exception as exc:
+        if not _is_handled(exc):
+            raise
+        _fail(_one_line(exc), 2 if _is_usage(exc) else 1)
+    return segmenter
+
+
+def _segment_one(
+    backend: Any,
+    path: Path,
+    prompts: Any,
+    fmt: str,
+    model: str | None,
+    multimask: bool,
+    png: Path,
+    json_path: Path | None,
+) -> None:
+    import json
+
+    from PIL import Image
+
+    result = backend.segment_image(
+        path, prompts=prompts, multimask_output=multimask, format=fmt, model=model
+    )
+    Image.fromarray(result.annotate()).save(png)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_json()))
+
+
+def _progress(total: int, show: bool) -> Any:
+    from tqdm import tqdm
+
+    # shown on a terminal only (disable=None): logs and pipes get no bar noise
+    return tqdm(
+        total=total, disable=None if show else True, file=sys.stderr, unit="image", desc="segment"
+    )
+
+
+def _is_handled(exc: Exception) -> bool:
+    from sam2serve.client.errors import Sam2Error
+
+    return isinstance(exc, (Sam2Error, ValueError, OSError))
+
+
+def _is_usage(exc: Exception) -> bool:
+    """Errors in what the user asked for (same for every image)."""
+    from sam2serve.client.errors import BadRequestError, InvalidRequestError
+
+    if isinstance(exc, InvalidRequestError):
+        return True
+    if not isinstance(exc, BadRequestError) or exc.field in (None, "body"):
+        return False
+    return exc.field != "image" and not exc.field.startswith("image.")  # not the image's fault
+
+
+def _is_fatal(exc: Exception) -> bool:
+    """Errors that would repeat for every image: stop the batch."""
+    from sam2serve.client.errors import BadRequestError, Sam2Error
+
+    return _is_usage(exc) or (isinstance(exc, Sam2Error) and not isinstance(exc, BadRequestError))
+
+
+def _one_line(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())
+
+
 @app.command()
 def download(
-    model_ids: Annotated[list[str], typer.Argument(help="Ids or aliases, e.g. sam2.1_hiera_tiny")],
+    model_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Ids or aliases, e.g. sam2.1_hiera_tiny hiera_large (default: the default model)"
+        ),
+    ] = None,
     weights_dir: WeightsDir = None,
 ) -> None:
-    """Download official checkpoints into the weights directory."""
+    """Download official checkpoints into the weights directory (progress bar, atomic)."""
     from sam2serve.registry import REGISTRY, resolve_model_id
     from sam2serve.runtime.weights import checkpoint_path
     from sam2serve.runtime.weights import download as fetch
 
     settings = _settings(weights_dir=weights_dir)
-    failed = False
-    for requested in model_ids:
+    specs = []
+    for requested in model_ids or [settings.default_model]:
         try:
-            spec = resolve_model_id(
-                requested, registry=REGISTRY, alias_family=settings.alias_family
+            specs.append(
+                resolve_model_id(requested, registry=REGISTRY, alias_family=settings.alias_family)
             )
-            target = checkpoint_path(spec, settings.weights_dir)
-            if target.is_file():
-                typer.echo(f"{spec.model_id}: already present at {target}")
-                continue
+        except ServiceError as exc:
+            _fail(exc.message)
+    failed = False
+    for spec in specs:
+        target = checkpoint_path(spec, settings.weights_dir)
+        if target.is_file():
+            typer.echo(f"{spec.model_id}: already present at {target}")
+            continue
+        try:
             path = fetch(spec, settings.weights_dir)
-            typer.echo(f"{spec.model_id}: saved {path}")
         except ServiceError as exc:
             typer.echo(f"error: {exc.message}", err=True)
             failed = True
+        else:
+            typer.echo(f"{spec.model_id}: saved {path}")
     if failed:
         raise typer.Exit(1)
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,37 @@ from pathlib import Path
 
 import httpx
 
+from sam2serve.config import Settings
+
 SAM2SERVE = str(Path(sys.executable).with_name("sam2serve"))
+
+
+@contextmanager
+def threaded_server(settings: Settings) -> Iterator[str]:
+    """uvicorn on a free loopback port in a daemon thread, app on the test registry
+    (the tiny random-weight model and the official ids). Yields the base URL."""
+    import uvicorn
+
+    from sam2serve.api.app import build_service, create_app
+    from sam2serve.testing import test_registry
+
+    app = create_app(settings, build_service(settings, test_registry()))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, name="test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 def free_port() -> int:

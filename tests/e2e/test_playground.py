@@ -11,11 +11,7 @@ import contextlib
 import io
 import json
 import re
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2serve import testing
-from sam2serve.config import Settings
 from sam2serve.testing import TEST_MODEL_ID
 from tests.conftest import photos, tiny_settings
+from tests.helpers_server import threaded_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -57,47 +52,15 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwrig
 # ------------------------------------------------------------------ live server + browser
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """Serve create_app() with uvicorn on a free loopback port in a daemon thread."""
-    import uvicorn
-
-    from sam2serve.api.app import build_service, create_app
-
-    app = create_app(settings, build_service(settings, testing.test_registry()))
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="playground-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_weights_dir: Path) -> Iterator[str]:
-    with live_server(tiny_settings(tiny_weights_dir)) as url:
+    with threaded_server(tiny_settings(tiny_weights_dir)) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def keyed_server(tiny_weights_dir: Path) -> Iterator[str]:
-    with live_server(tiny_settings(tiny_weights_dir, api_keys=[API_KEY])) as url:
+    with threaded_server(tiny_settings(tiny_weights_dir, api_keys=[API_KEY])) as url:
         yield url
 
 

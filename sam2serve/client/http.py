@@ -1,0 +1,292 @@
+"""`Sam2Client` (sync) and `AsyncSam2Client` over httpx, for any server speaking the API.
+
+Auth: the key goes in the ``api_key`` QUERY parameter, as Roboflow's clients send it (works
+with sam2serve and with Roboflow's hosted/local servers; sam2serve never logs query strings).
+
+Retries: a 503 that carries ``Retry-After`` (server busy / model loading) is retried up to
+`max_retries` times, waiting what the server asks (capped at `max_retry_wait` seconds). A 503
+without it (e.g. weights missing) and every other error raise at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from sam2serve.client.calls import CallBuilder, embed_result
+from sam2serve.client.errors import (
+    Sam2ConnectionError,
+    Sam2TimeoutError,
+    error_from_response,
+    parse_retry_after,
+)
+from sam2serve.client.images import ImageLike
+from sam2serve.client.results import EmbedResult, SegmentResult
+
+__all__ = ["DEFAULT_BASE_URL", "AsyncSam2Client", "Sam2Client"]
+
+DEFAULT_BASE_URL = "http://127.0.0.1:9001"
+EMBED_PATH = "/sam2/embed_image"
+SEGMENT_PATH = "/sam2/segment_image"
+
+
+class _Base:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float | httpx.Timeout,
+        max_retries: int,
+        max_retry_wait: float,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = max(0, int(max_retries))
+        self.max_retry_wait = float(max_retry_wait)
+        self._params = {"api_key": api_key} if api_key else {}
+        self._timeout = (
+            timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=10)
+        )
+        self._calls = CallBuilder()
+
+    def _retry_wait(self, response: httpx.Response, attempt: int) -> float | None:
+        """Seconds to wait before retrying, or None to stop."""
+        if response.status_code != 503 or attempt >= self.max_retries:
+            return None
+        wait = parse_retry_after(response.headers.get("retry-after"))
+        return None if wait is None else min(wait, self.max_retry_wait)
+
+    def _transport_error(self, exc: httpx.TransportError) -> Exception:
+        if isinstance(exc, httpx.TimeoutException):
+            return Sam2TimeoutError(
+                f"no answer from {self.base_url} within the timeout ({type(exc).__name__}); "
+                "raise timeout= (the first request may be loading the model)"
+            )
+        return Sam2ConnectionError(
+            f"cannot reach sam2serve at {self.base_url}: {exc or type(exc).__name__}"
+        )
+
+    @staticmethod
+    def _answer(response: httpx.Response) -> dict[str, Any] | bytes:
+        if not response.is_success:
+            raise error_from_response(response)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        answer = _Base._answer(response)
+        if not isinstance(answer, dict):
+            raise error_from_response(response)
+        return answer
+
+
+class Sam2Client(_Base):
+    """Blocking client. Use as a context manager, or call `close()`.
+
+    Args:
+        base_url: server root, e.g. ``http://127.0.0.1:9001`` or
+            ``https://serverless.roboflow.com``.
+        api_key: sent as the ``api_key`` query parameter when given.
+        timeout: seconds per request (connect: 10 s). The first request on a cold server
+            may load (or download) the model: keep it generous.
+        max_retries: retries of a 503 that carries Retry-After.
+        max_retry_wait: cap, in seconds, on one Retry-After wait.
+        transport: an httpx transport (tests use `httpx.MockTransport`).
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = 120.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
+        )
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def __enter__(self) -> Sam2Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.post(path, json=body, params=self._params)
+            except httpx.TransportError as exc:
+                raise self._transport_error(exc) from exc
+            wait = self._retry_wait(response, attempt)
+            if wait is None:
+                return response
+            attempt += 1
+            self._sleep(wait)
+
+    def embed_image(
+        self,
+        image: ImageLike,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+    ) -> EmbedResult:
+        """Embed an image once; later `segment_image(image_id=...)` calls skip the upload.
+
+        `model` is a sam2_version_id (``hiera_tiny``, ``sam2.1_hiera_large``, ...);
+        None = the server's default. `bgr=True` for OpenCV (BGR) arrays.
+        """
+        body, size = self._calls.embed_body(image, image_id, model, bgr)
+        result = embed_result(self._json(self._post(EMBED_PATH, body)))
+        return self._calls.embedded(result, size)
+
+    def segment_image(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        prompts: Any = None,
+        points: Any = None,
+        boxes: Any = None,
+        multimask_output: bool = True,
+        format: str = "rle",
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+        mask_input: Any = None,
+        save_logits_to_cache: bool = False,
+        load_logits_from_cache: bool = False,
+        polygon_holes: bool = False,
+    ) -> SegmentResult:
+        """Masks for prompts on an image (or on an embedded `image_id`).
+
+        Args:
+            image: path, bytes, PIL image, numpy array (RGB; `bgr=True` for OpenCV) or URL.
+            image_id: id from `embed_image` (with no image: segment the cached embedding).
+            prompts: the API's prompt JSON (center boxes), for full control.
+            points: ``(x, y)`` / ``(x, y, positive)`` or a list: all in ONE prompt.
+            boxes: CORNER boxes ``(x1, y1, x2, y2)`` or a list; the first joins the points'
+                prompt, each further box is its own prompt. Converted to the API's center form.
+            format: "rle" (default, exact masks), "json"/"polygon", or "binary" (npz logits).
+        """
+        call = self._calls.segment_call(
+            image,
+            image_id,
+            prompts,
+            points,
+            boxes,
+            multimask_output,
+            format,
+            model,
+            bgr,
+            mask_input,
+            save_logits_to_cache,
+            load_logits_from_cache,
+            polygon_holes,
+        )
+        return call.parse(self._answer(self._post(SEGMENT_PATH, call.body)))
+
+
+class AsyncSam2Client(_Base):
+    """The asyncio twin of `Sam2Client`: same arguments, `await` the methods."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = 120.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
+        )
+        self._sleep: Callable[[float], Any] = asyncio.sleep
+
+    async def __aenter__(self) -> AsyncSam2Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.post(path, json=body, params=self._params)
+            except httpx.TransportError as exc:
+                raise self._transport_error(exc) from exc
+            wait = self._retry_wait(response, attempt)
+            if wait is None:
+                return response
+            attempt += 1
+            await self._sleep(wait)
+
+    async def embed_image(
+        self,
+        image: ImageLike,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+    ) -> EmbedResult:
+        """See `Sam2Client.embed_image`."""
+        body, size = self._calls.embed_body(image, image_id, model, bgr)
+        result = embed_result(self._json(await self._post(EMBED_PATH, body)))
+        return self._calls.embedded(result, size)
+
+    async def segment_image(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        prompts: Any = None,
+        points: Any = None,
+        boxes: Any = None,
+        multimask_output: bool = True,
+        format: str = "rle",
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+        mask_input: Any = None,
+        save_logits_to_cache: bool = False,
+        load_logits_from_cache: bool = False,
+        polygon_holes: bool = False,
+    ) -> SegmentResult:
+        """See `Sam2Client.segment_image`."""
+        call = self._calls.segment_call(
+            image,
+            image_id,
+            prompts,
+            points,
+            boxes,
+            multimask_output,
+            format,
+            model,
+            bgr,
+            mask_input,
+            save_logits_to_cache,
+            load_logits_from_cache,
+            polygon_holes,
+        )
+        return call.parse(self._answer(await self._post(SEGMENT_PATH, call.body)))
