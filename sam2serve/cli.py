@@ -90,6 +90,9 @@ def serve(
     except ValueError as exc:
         _fail(str(exc))
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    from sam2serve.runtime.openvino_runtime import pin_mmap_threshold
+
+    pin_mmap_threshold()  # keeps RSS per cached image at the features' own size
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -409,6 +412,12 @@ def download(
         ),
     ] = None,
     weights_dir: WeightsDir = None,
+    build_runtime: Annotated[
+        bool,
+        typer.Option(
+            help="Also export the fast CPU runtime's graphs now (else done on first load)"
+        ),
+    ] = False,
 ) -> None:
     """Download official checkpoints into the weights directory (progress bar, atomic)."""
     from sam2serve.registry import REGISTRY, resolve_model_id
@@ -437,6 +446,19 @@ def download(
             failed = True
         else:
             typer.echo(f"{spec.model_id}: saved {path}")
+    if build_runtime and settings.runtime != "torch" and not failed:
+        from sam2serve.runtime.openvino_export import BackendUnavailable, build_for_weights_dir
+
+        for spec in specs:
+            try:
+                built = build_for_weights_dir(
+                    spec, settings.weights_dir, settings.runtime_cache_dir, allow_download=False
+                )
+            except (BackendUnavailable, ServiceError) as exc:
+                typer.echo(f"error: {spec.model_id}: runtime not built: {exc}", err=True)
+                failed = True
+            else:
+                typer.echo(f"{spec.model_id}: fast runtime ready in {built}")
     if failed:
         raise typer.Exit(1)
 

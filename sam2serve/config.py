@@ -6,7 +6,7 @@ Nothing in the package reads the environment anywhere else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from platformdirs import user_cache_dir
 from pydantic import Field, SecretStr, field_validator
@@ -17,6 +17,10 @@ MiB = 1024 * 1024
 
 def default_weights_dir() -> Path:
     return Path(user_cache_dir("sam2serve")) / "weights"
+
+
+def default_runtime_cache_dir() -> Path:
+    return Path(user_cache_dir("sam2serve")) / "runtime"
 
 
 class Settings(BaseSettings):
@@ -39,6 +43,19 @@ class Settings(BaseSettings):
     )
     allow_download: bool = True
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    runtime: Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"] = Field(
+        "auto",
+        description=(
+            "auto: OpenVINO (bf16 where the CPU has it, else f32) on CPU, torch on CUDA; "
+            "torch: Meta's fp32 reference path, exact"
+        ),
+    )
+    runtime_cache_dir: Path = Field(
+        default_factory=default_runtime_cache_dir,
+        description="Exported/compiled models, keyed by model id and checkpoint hash.",
+    )
+    embed_threads: int = Field(0, description="Encoder threads of the fast runtime; 0 = all.")
+    decode_threads: int = Field(0, description="Decoder threads of the fast runtime; 0 = all.")
     max_models: int = Field(2, description="Models kept loaded at once (least recently used go).")
     preload: bool = Field(False, description="Load the default model at start-up.")
 
@@ -70,7 +87,6 @@ class Settings(BaseSettings):
     # scheduling
     embed_queue: int = Field(8, description="Embeds waiting beyond this answer 503 at once.")
     click_queue: int = Field(64, description="Decodes waiting beyond this answer 503 at once.")
-    torch_threads: int = Field(0, description="0 = one per core.")
 
     @field_validator("api_keys", "url_allow_hosts", "url_deny_hosts", mode="before")
     @classmethod

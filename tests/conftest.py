@@ -33,6 +33,17 @@ def photos() -> dict[str, np.ndarray]:
     }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Exported fast-runtime graphs go to a per-session dir (also for server subprocesses),
+    never into the user's cache."""
+    path = tmp_path_factory.mktemp("runtime-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SAM2SERVE_RUNTIME_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def photo_set() -> dict[str, np.ndarray]:
     return photos()

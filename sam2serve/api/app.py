@@ -20,6 +20,7 @@ from sam2serve.api.routes import router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.registry import REGISTRY, ModelSpec
+from sam2serve.runtime.openvino_runtime import factory_for
 from sam2serve.runtime.pool import ModelPool, pick_device
 from sam2serve.service import Sam2Service
 
@@ -34,6 +35,12 @@ def build_service(settings: Settings, registry: dict[str, ModelSpec] | None = No
         pick_device(settings.device),
         allow_download=settings.allow_download,
         max_models=settings.max_models,
+        factory=factory_for(
+            settings.runtime,
+            settings.runtime_cache_dir,
+            settings.embed_threads,
+            settings.decode_threads,
+        ),
     )
     return Sam2Service(settings, registry, pool)
 

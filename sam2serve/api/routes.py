@@ -86,7 +86,9 @@ async def info(request: Request) -> dict[str, Any]:
         "version": __version__,
         "device": str(service.pool.device),
         "default_model": service.spec_for(None).model_id,
+        "runtime": service.settings.runtime,
         "loaded_models": service.pool.loaded,
+        "runtimes": service.pool.describe(),
         "models": [
             {
                 "id": spec.model_id,

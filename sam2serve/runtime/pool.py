@@ -54,6 +54,16 @@ class ModelPool:
     def loaded(self) -> list[str]:
         return list(self._loaded)
 
+    def describe(self) -> dict[str, dict[str, str]]:
+        """Which runtime (and precision) serves each loaded model, for /info."""
+        return {
+            model_id: {
+                "runtime": type(runtime).__name__,
+                "precision": str(getattr(runtime, "precision", "fp32")),
+            }
+            for model_id, runtime in self._loaded.items()
+        }
+
     def load_sync(self, spec: ModelSpec) -> Runtime:
         """Blocking load (weights download if needed, build, strict state-dict check)."""
         started = time.perf_counter()

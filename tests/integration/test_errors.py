@@ -157,7 +157,10 @@ def test_oversize_body_is_413(make_client) -> None:  # type: ignore[no-untyped-d
 
 
 def test_evicted_image_id_is_404(make_client) -> None:  # type: ignore[no-untyped-def]
-    client = make_client(cache_bytes=1_500_000)  # room for one tiny-model embedding (1 MiB)
+    probe = make_client()
+    probe.post("/sam2/embed_image", json={"image": GOOD})
+    per_image = probe.get("/info").json()["cache"]["bytes"]
+    client = make_client(cache_bytes=int(per_image * 1.5))  # room for one embedding
     first = client.post("/sam2/embed_image", json={"image": GOOD, "image_id": "a"}).json()
     other = {"type": "base64", "value": encode_image(photos()["coffee"])}
     client.post("/sam2/embed_image", json={"image": other, "image_id": "b"})

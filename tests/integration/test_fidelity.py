@@ -100,8 +100,12 @@ def fidelity_client(real_weights_dir: Path):  # type: ignore[no-untyped-def]
     from sam2serve.api.app import build_service, create_app
     from sam2serve.config import Settings
 
-    settings = Settings(
-        weights_dir=real_weights_dir, allow_download=False, device="cpu", max_models=2
+    settings = Settings(  # the exact fp32 path; the fast runtime has its own tolerance test
+        weights_dir=real_weights_dir,
+        allow_download=False,
+        device="cpu",
+        max_models=2,
+        runtime="torch",
     )
     with TestClient(create_app(settings, build_service(settings))) as client:
         yield client

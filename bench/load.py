@@ -1,0 +1,256 @@
+"""The HTTP half of bench/run.py: start a server subprocess, measure it over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import signal
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from bench.fidelity import compare, seeded_prompts
+from sam2serve.postprocess import rle_to_mask
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def b64_png(rgb: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def median_time(fn: Any, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def five_boxes(h: int, w: int) -> list[np.ndarray]:
+    return [
+        np.array([(0.1 + 0.1 * i) * w, 0.2 * h, (0.4 + 0.1 * i) * w, 0.8 * h], np.float32)
+        for i in range(5)
+    ]
+
+
+# -- server -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def vmrss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+@contextmanager
+def server(
+    cmd: list[str], env: dict[str, str], port: int, log: Path
+) -> Iterator[tuple[int, float]]:
+    """Start, wait for /readyz (bounded), yield (pid, seconds to ready), stop."""
+    started = time.perf_counter()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        else:
+            raise RuntimeError(f"server not ready after 900 s; see {log}")
+        yield proc.pid, time.perf_counter() - started
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def segment_body(image_id: str, prompts: list[dict]) -> dict:
+    return {"image_id": image_id, "prompts": {"prompts": prompts}, "format": "rle"}
+
+
+def http_prompt(coords: np.ndarray, labels: np.ndarray) -> dict:
+    """bench.fidelity prompt -> API prompt (center-based box)."""
+    prompt: dict[str, Any] = {}
+    if labels[:2].tolist() == [2, 3]:
+        (x1, y1), (x2, y2) = coords[:2].tolist()
+        prompt["box"] = {
+            "x": (x1 + x2) / 2,
+            "y": (y1 + y2) / 2,
+            "width": x2 - x1,
+            "height": y2 - y1,
+        }
+        coords, labels = coords[2:], labels[2:]
+    if len(labels):
+        prompt["points"] = [
+            {"x": float(x), "y": float(y), "positive": bool(lab == 1)}
+            for (x, y), lab in zip(coords.tolist(), labels, strict=True)
+        ]
+    return prompt
+
+
+def post(client: httpx.Client, path: str, body: dict) -> dict:
+    response = client.post(path, json=body)
+    response.raise_for_status()
+    return response.json()
+
+
+def measure_server(
+    base: str, pid: int, imgs: dict[str, np.ndarray], ref: dict[str, Any], pool: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"idle_rss_mib": vmrss_mib(pid)}
+    client = httpx.Client(base_url=base, timeout=120)
+    encoded = {name: b64_png(rgb) for name, rgb in imgs.items()}
+    images = iter(pool)
+
+    def embed(c: httpx.Client, image_id: str | None = None) -> dict:
+        body: dict[str, Any] = {"image": {"type": "base64", "value": next(images)}}
+        if image_id:
+            body["image_id"] = image_id
+        return post(c, "/sam2/embed_image", body)
+
+    # embed: server-side time and round trip, distinct photos (first one is a warm-up)
+    embed(client)
+    server_times, rtts = [], []
+    for _ in range(6):
+        t = time.perf_counter()
+        server_times.append(embed(client)["time"])
+        rtts.append(time.perf_counter() - t)
+    out["embed_server_s"], out["embed_rtt_s"] = (
+        statistics.median(server_times),
+        statistics.median(rtts),
+    )
+
+    # RSS growth per cached image: 10 more distinct images
+    before = vmrss_mib(pid)
+    for _ in range(10):
+        embed(client)
+    out["rss_per_image_mib"] = (vmrss_mib(pid) - before) / 10
+
+    # cached click and 5 prompts on the astronaut
+    rgb = imgs["astronaut"]
+    h, w = rgb.shape[:2]
+    post(
+        client,
+        "/sam2/embed_image",
+        {"image": {"type": "base64", "value": encoded["astronaut"]}, "image_id": "astro"},
+    )
+    click = segment_body("astro", [{"points": [{"x": 0.5 * w, "y": 0.4 * h, "positive": True}]}])
+    out["click_rtt_s"] = median_time(lambda: post(client, "/sam2/segment_image", click), 30, 3)
+    boxes = [
+        {
+            "box": {
+                "x": float(b[0] + b[2]) / 2,
+                "y": float(b[1] + b[3]) / 2,
+                "width": float(b[2] - b[0]),
+                "height": float(b[3] - b[1]),
+            }
+        }
+        for b in five_boxes(h, w)
+    ]
+    five = segment_body("astro", boxes)
+    out["five_rtt_s"] = median_time(lambda: post(client, "/sam2/segment_image", five), 15, 2)
+
+    # throughput: 4 clients clicking for 8 s
+    done = [0] * 4
+
+    def clicker(i: int, until: float) -> None:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            while time.perf_counter() < until:
+                post(c, "/sam2/segment_image", click)
+                done[i] += 1
+
+    start = time.perf_counter()
+    run_threads([lambda i=i: clicker(i, start + 8.0) for i in range(4)])
+    out["click_throughput_per_s"] = sum(done) / (time.perf_counter() - start)
+
+    # click latency while 2 clients embed new images continuously (10 s)
+    stop = threading.Event()
+    embeds = [0]
+
+    def embedder() -> None:
+        with httpx.Client(base_url=base, timeout=120) as c:
+            while not stop.is_set():
+                try:
+                    embed(c)
+                except StopIteration:
+                    return
+                embeds[0] += 1
+
+    workers = [threading.Thread(target=embedder) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.5)
+    latencies = []
+    until = time.perf_counter() + 10.0
+    while time.perf_counter() < until:
+        t = time.perf_counter()
+        post(client, "/sam2/segment_image", click)
+        latencies.append(time.perf_counter() - t)
+    stop.set()
+    for worker in workers:
+        worker.join(timeout=120)
+    out["click_p95_under_embed_s"] = float(np.percentile(latencies, 95))
+    out["click_p50_under_embed_s"] = float(np.median(latencies))
+    out["embeds_under_load"] = embeds[0]
+
+    # fidelity over HTTP: each prompt alone, best mask, rle
+    ious: list[float] = []
+    for i, (name, im) in enumerate(imgs.items()):
+        post(
+            client,
+            "/sam2/embed_image",
+            {"image": {"type": "base64", "value": encoded[name]}, "image_id": name},
+        )
+        got = []
+        for coords, labels in seeded_prompts(*im.shape[:2], seed=i):
+            body = segment_body(name, [http_prompt(coords, labels)])
+            rle = post(client, "/sam2/segment_image", body)["predictions"][0]["masks"]
+            got.append(rle_to_mask(rle).astype(bool))
+        ious += compare(ref["masks"][name], got)
+    out["fidelity"] = {
+        "mean": float(np.mean(ious)),
+        "min": float(np.min(ious)),
+        "ious": [round(v, 4) for v in ious],
+    }
+    out["final_rss_mib"] = vmrss_mib(pid)
+    client.close()
+    return out
+
+
+def run_threads(targets: list[Any]) -> None:
+    threads = [threading.Thread(target=t) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)

@@ -1,0 +1,177 @@
+"""Export of SAM2's image encoder and rearranged mask decoder to OpenVINO graphs, cached on
+disk under `cache_dir/<model_id>-<sha256[:16]>-ov<version>-v<N>`: built once per (model,
+exact weights, OpenVINO version), by the first load or ahead of time (`build_cache`).
+Also the cheap probe of whether OpenVINO can serve on this machine, and at which precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sam2serve.registry import ModelSpec
+from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder
+from sam2serve.runtime.torch_runtime import build_model
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["bf16", "f32"]
+FORMAT_VERSION = 1  # bump when the exported graphs change
+GRAPHS = ("encoder", "prep", "decoder")
+
+
+class BackendUnavailable(RuntimeError):
+    """OpenVINO cannot serve here (not installed, no CPU plugin, unsupported device)."""
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:  # the optional backend is not installed
+        raise BackendUnavailable(
+            f"openvino is not importable ({exc}); pip install openvino"
+        ) from exc
+    return openvino
+
+
+def probe(precision: Precision | Literal["auto"] = "auto") -> Precision:
+    """Cheap check that OpenVINO's CPU plugin works here; returns the precision to use.
+
+    "auto" gives bf16 where the CPU computes bf16 natively, else f32. Raises
+    BackendUnavailable when the backend is missing, or bf16 was asked for without support.
+    """
+    ov = _openvino()
+    try:
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception as exc:
+        raise BackendUnavailable(f"OpenVINO CPU plugin unusable: {exc}") from exc
+    has_bf16 = "BF16" in caps
+    if precision == "auto":
+        return "bf16" if has_bf16 else "f32"
+    if precision == "bf16" and not has_bf16:
+        raise BackendUnavailable("this CPU has no native bf16 (AVX512-BF16/AMX); use f32")
+    return precision
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key_dir(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
+    """Where the exported graphs for (model, exact weights, OpenVINO version) live."""
+    ov = _openvino()
+    version = ov.__version__.split("-")[0]
+    sha = file_sha256(checkpoint)[:16]
+    return Path(cache_dir) / f"{spec.model_id}-{sha}-ov{version}-v{FORMAT_VERSION}"
+
+
+class _EncoderGraph(torch.nn.Module):
+    """(1, 3, S, S) normalised pixels -> image_embed, feat_s0, feat_s1 (as TorchRuntime)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model = self.model
+        fpn = model.forward_image(x)["backbone_fpn"][-model.num_feature_levels :]
+        embed = fpn[-1]
+        if model.directly_add_no_mem_embed:
+            embed = embed + model.no_mem_embed.reshape(1, -1, 1, 1)
+        return embed, fpn[0], fpn[1]
+
+
+def build_cache(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
+    """Export the three graphs for `checkpoint` once; reuse them when present. Returns the
+    key directory. Safe against concurrent builders (atomic rename of a finished dir)."""
+    ov = _openvino()
+    target = cache_key_dir(spec, checkpoint, cache_dir)
+    if (target / "meta.json").is_file():
+        return target
+    started = time.perf_counter()
+    model = build_model(spec, checkpoint, torch.device("cpu"))
+    size = int(model.image_size)
+    prep = DecoderPrep(model).eval()
+    decoder = FastMaskDecoder(model, prep).eval()
+    with torch.no_grad():
+        pixels = torch.zeros(1, 3, size, size)
+        feats = _EncoderGraph(model).eval()(pixels)
+        prepped = prep(*feats)
+        sparse = torch.zeros(2, 3, prepped[0].shape[-1])
+        graphs = {
+            "encoder": ov.convert_model(
+                _EncoderGraph(model).eval(),
+                example_input=(pixels,),
+                input=[("x", list(pixels.shape))],
+            ),
+            "prep": ov.convert_model(
+                prep,
+                example_input=feats,
+                input=[
+                    (n, list(t.shape))
+                    for n, t in zip(("image_embed", "feat_s0", "feat_s1"), feats, strict=True)
+                ],
+            ),
+            "decoder": ov.convert_model(
+                decoder,
+                example_input=(*prepped, sparse),
+                input=[
+                    *(
+                        (n, list(t.shape))
+                        for n, t in zip(("src", "k1", "v1", "q1", "s1", "s0"), prepped, strict=True)
+                    ),
+                    ("sparse", [-1, -1, int(sparse.shape[-1])]),
+                ],
+            ),
+        }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        for name, graph in graphs.items():
+            ov.save_model(graph, tmp / f"{name}.xml", compress_to_fp16=False)
+        meta = {
+            "model_id": spec.model_id,
+            "checkpoint": checkpoint.name,
+            "openvino": ov.__version__,
+            "format": FORMAT_VERSION,
+            "export_seconds": round(time.perf_counter() - started, 1),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info(
+        "exported %s OpenVINO graphs to %s in %.1fs",
+        spec.model_id,
+        target,
+        time.perf_counter() - started,
+    )
+    return target
+
+
+def build_for_weights_dir(
+    spec: ModelSpec, weights_dir: Path, cache_dir: Path, *, allow_download: bool
+) -> Path:
+    """For the CLI: make sure the checkpoint is there (downloading if allowed), then export
+    its graphs into `cache_dir` unless already present. Returns the graphs' directory."""
+    from sam2serve.runtime.weights import ensure_checkpoint
+
+    checkpoint = ensure_checkpoint(spec, weights_dir, allow_download=allow_download)
+    return build_cache(spec, checkpoint, cache_dir)

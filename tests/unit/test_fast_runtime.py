@@ -1,0 +1,233 @@
+"""The OpenVINO runtime and its rearranged decoder, on the tiny test architecture.
+
+Structural checks: the rearranged decoder equals upstream's `predict_masks`; the f32
+OpenVINO runtime equals the torch reference runtime; bf16 keeps shapes and dtypes; the
+exported graphs are built once per (model, weights, version) and reused; the factory falls
+back to torch when OpenVINO is missing or cannot do bf16. Fidelity on the real hiera_tiny
+architecture is in tests/integration/test_fast_runtime_fidelity.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sam2serve.runtime import openvino_export as ovx
+from sam2serve.runtime import openvino_runtime as ovr
+from sam2serve.runtime.base import PromptBatch
+from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder
+from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
+from sam2serve.testing import tiny_test_spec
+
+pytest.importorskip("openvino")
+
+SPEC = tiny_test_spec()
+
+# (coords in pixels of a 200x300 (h, w) image, labels) per prompt; padded per batch below
+PROMPT_SETS = {
+    "one point": [([[150, 80]], [1])],
+    "box": [([[40, 30], [220, 150]], [2, 3])],
+    "mixed batch": [
+        ([[150, 80]], [1]),
+        ([[40, 30], [220, 150], [120, 90]], [2, 3, 1]),
+        ([[10, 10], [290, 190], [100, 100]], [1, 0, 1]),
+    ],
+}
+
+
+def _batch(prompts: list[tuple[list, list]]) -> PromptBatch:
+    width = max(len(labels) for _, labels in prompts)
+    coords = np.zeros((len(prompts), width, 2), np.float32)
+    labels = np.full((len(prompts), width), -1, np.int32)
+    for i, (c, lab) in enumerate(prompts):
+        coords[i, : len(c)] = c
+        labels[i, : len(lab)] = lab
+    return PromptBatch(coords, labels)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_weights_dir: Path) -> Path:
+    return tiny_weights_dir / SPEC.filename
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ov-cache")
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint: Path) -> TorchRuntime:
+    return TorchRuntime(
+        SPEC.model_id, build_model(SPEC, checkpoint, torch.device("cpu")), torch.device("cpu")
+    )
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", list(PROMPT_SETS))
+def test_rearranged_decoder_equals_upstream(
+    reference: TorchRuntime, image: np.ndarray, name: str
+) -> None:
+    model = reference.model
+    features = reference.embed(image)
+    batch = _batch(PROMPT_SETS[name])
+    coords = reference.transforms.transform_coords(
+        torch.as_tensor(batch.coords), normalize=True, orig_hw=features.orig_hw
+    )
+    pe_enc = model.sam_prompt_encoder
+    with torch.inference_mode():
+        sparse, dense = pe_enc(
+            points=(coords, torch.as_tensor(batch.labels)), boxes=None, masks=None
+        )
+        want = model.sam_mask_decoder.predict_masks(
+            features.image_embed,
+            pe_enc.get_dense_pe(),
+            sparse,
+            dense,
+            True,
+            list(features.high_res),
+        )
+        prep = DecoderPrep(model)
+        got = FastMaskDecoder(model, prep)(*prep(features.image_embed, *features.high_res), sparse)
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def f32_runtime(checkpoint: Path, cache_dir: Path) -> ovr.OpenVinoRuntime:
+    return ovr.load_runtime(SPEC, checkpoint, cache_dir, "f32")
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("name", list(PROMPT_SETS))
+def test_f32_runtime_equals_reference(
+    f32_runtime: ovr.OpenVinoRuntime,
+    reference: TorchRuntime,
+    image: np.ndarray,
+    name: str,
+    multimask: bool,
+) -> None:
+    batch = _batch(PROMPT_SETS[name])
+    want = reference.decode(reference.embed(image), batch, multimask)
+    got_features = f32_runtime.embed(image)
+    got = f32_runtime.decode(got_features, batch, multimask)
+    torch.testing.assert_close(got.scores, want.scores, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(got.low_res, want.low_res, atol=2e-2, rtol=1e-3)
+    assert f32_runtime.low_res_size == reference.low_res_size
+    full = f32_runtime.upscale(got.low_res[:, 0], got_features.orig_hw)
+    assert full.shape == (len(batch), 200, 300)
+
+
+def test_mask_input_goes_through_the_reference_path(
+    f32_runtime: ovr.OpenVinoRuntime, reference: TorchRuntime, image: np.ndarray
+) -> None:
+    batch = _batch(PROMPT_SETS["mixed batch"])
+    m = reference.low_res_size
+    masks = np.random.default_rng(1).normal(size=(len(batch), 1, m, m)).astype(np.float32)
+    refine = PromptBatch(batch.coords, batch.labels, masks, np.array([True, False, True]))
+    want = reference.decode(reference.embed(image), refine, True)
+    got = f32_runtime.decode(f32_runtime.embed(image), refine, True)
+    torch.testing.assert_close(got.low_res, want.low_res, atol=2e-2, rtol=1e-3)
+
+
+def test_bf16_runtime_shapes_and_compact_features(
+    checkpoint: Path, cache_dir: Path, image: np.ndarray
+) -> None:
+    if ovr.probe("auto") != "bf16":
+        pytest.skip("CPU without native bf16")
+    runtime = ovr.load_runtime(SPEC, checkpoint, cache_dir, "bf16")
+    features = runtime.embed(image)
+    assert features.image_embed.dtype == torch.bfloat16
+    assert all(t.dtype == torch.bfloat16 for t in features.high_res)
+    batch = _batch(PROMPT_SETS["mixed batch"])
+    decoded = runtime.decode(features, batch, True)
+    m = runtime.low_res_size
+    assert decoded.low_res.shape == (3, 3, m, m) and decoded.scores.shape == (3, 3)
+    assert decoded.low_res.dtype == torch.float32
+    assert torch.isfinite(decoded.low_res).all()
+    # the per-image decoder inputs are memoised: a second decode reuses them
+    first = runtime._prepared(features)
+    assert runtime._prepared(features) is first
+
+
+def test_export_is_cached_and_reused(checkpoint: Path, cache_dir: Path) -> None:
+    first = ovr.build_cache(SPEC, checkpoint, cache_dir)  # built by the runtime fixtures
+    stamps = {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file()}
+    assert {"encoder.xml", "prep.xml", "decoder.xml", "meta.json"} <= set(stamps)
+    again = ovr.build_cache(SPEC, checkpoint, cache_dir)
+    assert again == first
+    assert {p.name: p.stat().st_mtime_ns for p in again.iterdir() if p.is_file()} == stamps
+    assert SPEC.model_id in first.name and ovx.file_sha256(checkpoint)[:16] in first.name
+    assert [p.name for p in cache_dir.iterdir()] == [first.name]  # no half-built leftovers
+
+
+def test_cache_key_changes_with_the_weights(checkpoint: Path, tmp_path: Path) -> None:
+    other = tmp_path / SPEC.filename
+    other.write_bytes(checkpoint.read_bytes() + b"\0")
+    assert ovx.cache_key_dir(SPEC, checkpoint, tmp_path) != ovx.cache_key_dir(SPEC, other, tmp_path)
+
+
+def test_factory_falls_back_to_torch_when_openvino_is_missing(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(ovr.BackendUnavailable, match="pip install openvino"):
+        ovr.probe()
+    runtime = ovr.make_factory(tmp_path)(SPEC, checkpoint, torch.device("cpu"))
+    assert isinstance(runtime, TorchRuntime)
+    assert not any(tmp_path.iterdir())  # nothing exported
+
+
+def _fake_openvino(caps: list[str]) -> types.SimpleNamespace:
+    core = types.SimpleNamespace(get_property=lambda device, key: caps)
+    return types.SimpleNamespace(Core=lambda: core, __version__="0")
+
+
+@pytest.mark.parametrize(
+    ("caps", "asked", "expected"),
+    [
+        (["FP32", "BF16"], "auto", "bf16"),
+        (["FP32"], "auto", "f32"),
+        (["FP32"], "f32", "f32"),
+        (["FP32"], "bf16", None),  # None: refused
+    ],
+)
+def test_probe_checks_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, caps: list[str], asked: str, expected: str | None
+) -> None:
+    monkeypatch.setattr(ovx, "_openvino", lambda: _fake_openvino(caps))
+    if expected is None:
+        with pytest.raises(ovr.BackendUnavailable, match="bf16"):
+            ovr.probe(asked)  # type: ignore[arg-type]
+    else:
+        assert ovr.probe(asked) == expected  # type: ignore[arg-type]
+
+
+def test_factory_falls_back_without_bf16(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ovx, "_openvino", lambda: _fake_openvino(["FP32"]))
+    runtime = ovr.make_factory(tmp_path, precision="bf16")(SPEC, checkpoint, torch.device("cpu"))
+    assert isinstance(runtime, TorchRuntime)
+
+
+def test_factory_uses_torch_off_cpu(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[torch.device] = []
+
+    def fake_torch_factory(spec: object, ckpt: Path, device: torch.device) -> str:
+        seen.append(device)
+        return "torch"
+
+    monkeypatch.setattr(ovr, "torch_runtime_factory", fake_torch_factory)
+    assert ovr.make_factory(tmp_path)(SPEC, checkpoint, torch.device("cuda")) == "torch"
+    assert seen == [torch.device("cuda")]
