@@ -100,29 +100,14 @@ def run_reference(checkpoint: Path, imgs: dict[str, np.ndarray]) -> dict[str, An
 # -- main ---------------------------------------------------------------------------------
 
 
-def server_command(runtime: str, port: int, weights: Path, cache: Path) -> list[str]:
-    from sam2serve.config import Settings
-
-    if runtime == "cli" or ("runtime" in Settings.model_fields and runtime == "auto"):
-        return [
-            str(VENV_BIN / "sam2serve"),
-            "serve",
-            "--port",
-            str(port),
-            "--weights-dir",
-            str(weights),
-        ]
-    chosen = "openvino" if runtime == "auto" else runtime
+def server_command(port: int, weights: Path) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "bench.serve",
+        str(VENV_BIN / "sam2serve"),
+        "serve",
         "--port",
         str(port),
-        "--runtime",
-        chosen,
-        "--cache-dir",
-        str(cache),
+        "--weights-dir",
+        str(weights),
     ]
 
 
@@ -132,7 +117,7 @@ def describe(cmd: list[str]) -> str:
     for i, word in enumerate(cmd):
         if skip:
             skip = False
-        elif word in ("--port", "--weights-dir", "--cache-dir"):
+        elif word in ("--port", "--weights-dir"):
             skip = True
         else:
             words.append(Path(word).name if i == 0 else word)
@@ -177,9 +162,8 @@ def main() -> None:
     parser.add_argument(
         "--runtime",
         default="auto",
-        choices=["auto", "cli", "torch", "openvino", "openvino-bf16", "openvino-f32"],
-        help="auto: `sam2serve serve` once it selects runtimes, else "
-        "bench.serve with openvino; cli: always `sam2serve serve`",
+        choices=["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"],
+        help="the server's SAM2SERVE_RUNTIME (auto = the shipped default)",
     )
     parser.add_argument(
         "--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "sam2serve-bench"
@@ -199,7 +183,7 @@ def main() -> None:
     ref = run_reference(checkpoint, imgs)
     pool = distinct_images(list(imgs.values()), 80)
     port = free_port()
-    cmd = server_command(args.runtime, port, weights, cache)
+    cmd = server_command(port, weights)
     env = {
         **os.environ,
         "SAM2SERVE_WEIGHTS_DIR": str(weights),
@@ -208,9 +192,8 @@ def main() -> None:
         "SAM2SERVE_PRELOAD": "true",
         "SAM2SERVE_DEVICE": "cpu",
         "SAM2SERVE_RUNTIME_CACHE_DIR": str(cache),
+        "SAM2SERVE_RUNTIME": args.runtime,
     }
-    if args.runtime not in ("auto", "cli"):
-        env["SAM2SERVE_RUNTIME"] = args.runtime
     log = args.work_dir / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
