@@ -86,6 +86,12 @@ class Settings(BaseSettings):
 
     # scheduling
     embed_queue: int = Field(8, description="Embeds waiting beyond this answer 503 at once.")
+    embed_batch_size: int = Field(
+        0, description="Micro-batch concurrent embeds up to this many; 0 = 4 on CUDA, 1 on CPU."
+    )
+    embed_batch_window_ms: float = Field(
+        5.0, description="How long an embed waits for others to batch with (ms)."
+    )
     click_queue: int = Field(64, description="Decodes waiting beyond this answer 503 at once.")
 
     @field_validator("api_keys", "url_allow_hosts", "url_deny_hosts", mode="before")

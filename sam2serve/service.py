@@ -19,6 +19,7 @@ import torch
 from sam2serve import postprocess
 from sam2serve.api.requests import EmbedRequest, ImageInput, SegmentRequest
 from sam2serve.api.responses import EmbedResponse, Prediction, RleMask, SegmentResponse
+from sam2serve.batching import MicroBatcher
 from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
 from sam2serve.errors import BadRequest, NotInCache
@@ -65,6 +66,7 @@ class Sam2Service:
         self.logits = LogitsCache(settings.logits_cache_entries)
         self.embed_lane = Lane("embed", 1, settings.embed_queue, retry_after_s=2.0)
         self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
+        self._batchers: dict[str, MicroBatcher[np.ndarray, Features]] = {}
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()
@@ -128,11 +130,33 @@ class Sam2Service:
         entry = EntryKey(namespace, spec.model_id, image.content_hash)
         image_id = image_id or image.content_hash
 
+        batcher = self._batcher(spec.model_id, runtime)
+
         async def compute() -> Features:
+            if batcher is not None:
+                return await batcher.submit(image.rgb)
             return await self.embed_lane.run(runtime.embed, image.rgb)
 
         features, cached = await self.cache.get_or_compute(entry, image_id, compute)
         return _Image(entry, image_id, features, cached)
+
+    def _batcher(self, model_id: str, runtime: Runtime) -> MicroBatcher | None:
+        """The embed micro-batcher of this model, where batching is on and supported."""
+        size = self.settings.embed_batch_size or (4 if runtime.device.type == "cuda" else 1)
+        embed_batch = getattr(runtime, "embed_batch", None)
+        if size <= 1 or embed_batch is None:
+            return None
+        batcher = self._batchers.get(model_id)
+        if batcher is None or batcher.batch_fn != embed_batch:  # model reloaded
+            batcher = MicroBatcher(
+                embed_batch,
+                self.embed_lane,
+                max_batch=size,
+                window_s=self.settings.embed_batch_window_ms / 1000,
+                max_pending=size * max(1, self.settings.embed_queue),
+            )
+            self._batchers[model_id] = batcher
+        return batcher
 
     async def _image_for_segment(
         self, spec: ModelSpec, namespace: str, request: SegmentRequest

@@ -94,21 +94,29 @@ class TorchRuntime:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    @torch.inference_mode()
     def embed(self, rgb: np.ndarray) -> Features:
         """rgb: (H, W, 3) uint8 RGB -> Features (same math as SAM2ImagePredictor.set_image)."""
-        x = self.transforms(rgb)[None].to(self.device)  # (1, 3, S, S) normalized
+        return self.embed_batch([rgb])[0]
+
+    @torch.inference_mode()
+    def embed_batch(self, rgbs: list[np.ndarray]) -> list[Features]:
+        """B images in one encoder call (all are resized to the model's S x S input)."""
+        x = torch.stack([self.transforms(rgb) for rgb in rgbs]).to(self.device)  # (B, 3, S, S)
         with self._autocast():
             out = self.model.forward_image(x)
         fpn = out["backbone_fpn"][-self.model.num_feature_levels :]
         embed = fpn[-1]
         if self.model.directly_add_no_mem_embed:
             embed = embed + self.model.no_mem_embed.reshape(1, -1, 1, 1)
-        return Features(
-            image_embed=embed.contiguous(),
-            high_res=tuple(f.contiguous() for f in fpn[:-1]),
-            orig_hw=(int(rgb.shape[0]), int(rgb.shape[1])),
-        )
+        # clone each row: a cached image must not keep the whole batch's tensors alive
+        return [
+            Features(
+                image_embed=embed[i : i + 1].clone(),
+                high_res=tuple(f[i : i + 1].clone() for f in fpn[:-1]),
+                orig_hw=(int(rgb.shape[0]), int(rgb.shape[1])),
+            )
+            for i, rgb in enumerate(rgbs)
+        ]
 
     @torch.inference_mode()
     def decode(self, features: Features, prompts: PromptBatch, multimask: bool) -> Decoded:

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from sam2serve.cache import IdKey
 from tests.conftest import encode_image, photos
 
 A = {"type": "base64", "value": encode_image(photos()["coffee"])}
@@ -94,3 +95,34 @@ def test_concurrent_embeds_of_one_image_run_the_encoder_once(tiny_weights_dir) -
 
     ids = asyncio.run(scenario())
     assert len(set(ids)) == 1
+
+
+def test_micro_batched_embeds_equal_single_embeds(tiny_weights_dir) -> None:  # type: ignore[no-untyped-def]
+    """embed_batch_size > 1 (the default on CUDA): concurrent embeds of different images
+    run as one encoder call and give the same features as one-by-one embeds."""
+    import torch
+
+    from sam2serve.api.app import build_service
+    from sam2serve.api.requests import EmbedRequest
+    from sam2serve.testing import test_registry
+    from tests.conftest import tiny_settings
+
+    settings = tiny_settings(tiny_weights_dir, runtime="torch", embed_batch_size=4)
+    service = build_service(settings, test_registry())
+    images = [{"type": "base64", "value": encode_image(rgb)} for rgb in photos().values()]
+
+    async def scenario() -> None:
+        spec = service.spec_for(None)
+        requests = [EmbedRequest(image=image) for image in images]
+        results = await asyncio.gather(*(service.embed(r, "public") for r in requests))
+        assert service._batchers[spec.model_id].batches == [3]
+        runtime = await service.pool.get(spec)
+        for result, rgb in zip(results, photos().values(), strict=True):
+            _, batched = service.cache.lookup(IdKey("public", spec.model_id, result.image_id))
+            single = runtime.embed(rgb)
+            torch.testing.assert_close(batched.image_embed, single.image_embed, atol=1e-4, rtol=0)
+            for b, s in zip(batched.high_res, single.high_res, strict=True):
+                torch.testing.assert_close(b, s, atol=1e-4, rtol=0)
+        await service.aclose()
+
+    asyncio.run(scenario())
