@@ -111,7 +111,20 @@ async def info(request: Request) -> dict[str, Any]:
             "evictions": cache.evictions,
         },
         "auth": bool(service.settings.api_keys),
+        "rss_bytes": _rss_bytes(),
     }
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident memory (Linux), for capacity planning; None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -113,3 +113,25 @@ def test_public_bind_without_keys_is_refused(
     )
     assert proc.returncode == 2
     assert "refusing to bind" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_download_build_runtime_prepares_the_fast_runtime(
+    real_weights_dir: Path, runtime_cache_dir: Path
+) -> None:
+    """`sam2serve download ID --build-runtime` exports the fast runtime's graphs once, into
+    a folder keyed by model id and checkpoint hash; a second run reuses them."""
+    cmd = [SAM2SERVE, "download", "sam2.1_hiera_tiny", "--build-runtime"]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SAM2SERVE_WEIGHTS_DIR": str(real_weights_dir),
+        "SAM2SERVE_RUNTIME_CACHE_DIR": str(runtime_cache_dir),
+    }
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "already present" in first.stdout and "fast runtime ready in" in first.stdout
+    built = [p for p in runtime_cache_dir.iterdir() if p.name.startswith("sam2.1_hiera_tiny-")]
+    assert len(built) == 1
+    stamp = {p: p.stat().st_mtime for p in built[0].iterdir()}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime for p in built[0].iterdir()} == stamp

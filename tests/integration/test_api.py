@@ -155,6 +155,8 @@ def test_ops_routes(client) -> None:  # type: ignore[no-untyped-def]
     _embed(client)
     info = client.get("/info").json()
     assert info["loaded_models"] == ["test_tiny"] and info["device"] == "cpu"
+    assert info["runtimes"]["test_tiny"]["runtime"] in ("OpenVinoRuntime", "TorchRuntime")
+    assert info["rss_bytes"] > 100 * 2**20
     metrics = client.get("/metrics").text
     assert "sam2serve_requests_total" in metrics and "sam2serve_cache_bytes" in metrics
     assert client.get("/docs").status_code == 200
