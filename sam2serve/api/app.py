@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sam2serve import __version__
@@ -83,6 +84,8 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     app.include_router(router)
     _install_error_handlers(app)
     _install_metrics(app)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
     async def playground() -> Response:
