@@ -6,9 +6,10 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError
@@ -22,10 +23,15 @@ app = typer.Typer(
 
 def _settings(**overrides: Any) -> Settings:
     """Environment (SAM2SERVE_*) first, then any CLI option the user actually gave."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        _fail(f"{where}: {first['msg']} (from a command option or SAM2SERVE_{where.upper()})")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -64,6 +70,10 @@ def serve(
     ] = None,
     api_key: Annotated[list[str] | None, typer.Option(help="Require this key (repeatable)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(help="auto | torch (exact fp32) | openvino | openvino-bf16 | openvino-f32"),
+    ] = None,
     preload: Annotated[bool, typer.Option(help="Load the default model at start")] = False,
     allow_public_without_keys: Annotated[
         bool, typer.Option(help="Allow a non-loopback bind with no keys")
@@ -82,6 +92,7 @@ def serve(
         default_model=model,
         api_keys=api_key or None,
         device=device,
+        runtime=runtime,
         preload=preload or None,
         allow_public_without_keys=allow_public_without_keys or None,
     )

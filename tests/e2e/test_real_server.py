@@ -135,3 +135,22 @@ def test_download_build_runtime_prepares_the_fast_runtime(
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr
     assert {p: p.stat().st_mtime for p in built[0].iterdir()} == stamp
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "word"),
+    [
+        (["serve", "--runtime", "bogus"], {}, "runtime"),
+        (["models"], {"SAM2SERVE_CACHE_BYTES": "lots"}, "SAM2SERVE_CACHE_BYTES"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(args: list[str], env: dict, word: str) -> None:
+    proc = subprocess.run(
+        [SAM2SERVE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+    assert proc.returncode == 2
+    assert word in proc.stderr and "Traceback" not in proc.stderr
