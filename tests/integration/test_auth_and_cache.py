@@ -126,3 +126,42 @@ def test_micro_batched_embeds_equal_single_embeds(tiny_weights_dir) -> None:  # 
         await service.aclose()
 
     asyncio.run(scenario())
+
+
+def test_click_on_cached_image_does_not_wait_for_another_embed(tiny_weights_dir) -> None:  # type: ignore[no-untyped-def]
+    """While a slow embed of image B runs, a click on already-embedded image A completes
+    (ordering, not timing: the click finishes while B's embed is still in flight)."""
+    import threading
+
+    from sam2serve.api.app import build_service
+    from sam2serve.api.requests import EmbedRequest, SegmentRequest
+    from sam2serve.testing import test_registry
+    from tests.conftest import tiny_settings
+
+    service = build_service(tiny_settings(tiny_weights_dir), test_registry())
+    release = threading.Event()
+
+    async def scenario() -> None:
+        runtime = await service.pool.get(service.spec_for(None))
+        first = await service.embed(EmbedRequest(image=A), "public")
+        original = runtime.embed
+
+        def held_embed(rgb: np.ndarray):  # type: ignore[no-untyped-def]
+            release.wait(30)
+            return original(rgb)
+
+        runtime.embed = held_embed  # type: ignore[method-assign]
+        slow = asyncio.create_task(service.embed(EmbedRequest(image=B), "public"))
+        await asyncio.sleep(0.05)
+        click = SegmentRequest(image_id=first.image_id, prompts=[POINT], format="rle")
+        answer = await asyncio.wait_for(service.segment(click, "public"), timeout=20)
+        assert len(answer.predictions) == 1
+        assert not slow.done()  # B's embed is still held: the click did not queue behind it
+        release.set()
+        await slow
+        await service.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
