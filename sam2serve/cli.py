@@ -6,11 +6,26 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
+from sam2serve.cli_support import (
+    ANNOTATED_SUFFIX,
+    IMAGE_SUFFIXES,
+    expand_images,
+    fail,
+    is_fatal,
+    is_handled,
+    is_usage,
+    one_line,
+    open_backend,
+    outputs,
+    progress,
+    read_prompts,
+    segment_one,
+)
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError
 
@@ -28,12 +43,7 @@ def _settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
-        _fail(f"{where}: {first['msg']} (from a command option or SAM2SERVE_{where.upper()})")
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+        fail(f"{where}: {first['msg']} (from a command option or SAM2SERVE_{where.upper()})")
 
 
 def is_loopback(host: str) -> bool:
@@ -99,7 +109,7 @@ def serve(
     try:
         check_bind(settings)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     from sam2serve.runtime.openvino_runtime import pin_mmap_threshold
 
@@ -112,9 +122,6 @@ def serve(
         log_level=log_level,
     )
 
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-ANNOTATED_SUFFIX = "_annotated.png"
 
 Url = Annotated[
     str | None,
@@ -200,35 +207,35 @@ def segment(
     from sam2serve.client.prompts import build_prompts, parse_box, parse_point
 
     if fmt not in ("rle", "polygon"):
-        _fail(f"--format must be rle or polygon, not {fmt!r}")
+        fail(f"--format must be rle or polygon, not {fmt!r}")
     try:
         points = [parse_point(p) for p in point or []]
         boxes = [parse_box(b) for b in box or []]
-        prompts = build_prompts(_read_prompts(prompts_file), points or None, boxes or None)
+        prompts = build_prompts(read_prompts(prompts_file), points or None, boxes or None)
     except (ValueError, TypeError) as exc:
-        _fail(str(exc))
-    paths = _expand_images(images)
+        fail(str(exc))
+    paths = expand_images(images)
     batch = len(paths) > 1
-    pngs = _outputs(paths, output, ANNOTATED_SUFFIX, "-o", IMAGE_SUFFIXES)
-    jsons = _outputs(paths, json_out, ".json", "--json", (".json",)) if json_out else None
-    backend = _backend(url, api_key, model, weights_dir, device)
+    pngs = outputs(paths, output, ANNOTATED_SUFFIX, "-o", IMAGE_SUFFIXES)
+    jsons = outputs(paths, json_out, ".json", "--json", (".json",)) if json_out else None
+    backend = open_backend(url, api_key, model, weights_dir, device)
     failed = 0
-    bar = _progress(len(paths), batch)
+    bar = progress(len(paths), batch)
     with bar:
         for i, path in enumerate(paths):
             try:
-                _segment_one(
+                segment_one(
                     backend, path, prompts, fmt, model, multimask, pngs[i], jsons and jsons[i]
                 )
                 bar.write(str(pngs[i]), file=sys.stdout)
             except Exception as exc:
-                if not _is_handled(exc):
+                if not is_handled(exc):
                     raise  # a bug, not a user error: keep the traceback
-                if _is_fatal(exc):
+                if is_fatal(exc):
                     bar.close()
-                    _fail(_one_line(exc), 2 if _is_usage(exc) else 1)
+                    fail(one_line(exc), 2 if is_usage(exc) else 1)
                 failed += 1
-                bar.write(f"error: {path}: {_one_line(exc)}", file=sys.stderr)
+                bar.write(f"error: {path}: {one_line(exc)}", file=sys.stderr)
             bar.update()
     if batch:
         typer.echo(f"{len(paths) - failed} of {len(paths)} images done, {failed} failed", err=True)
@@ -255,163 +262,14 @@ def embed(
     (the content hash, unless --image-id is given).
     """
     if not image.is_file():
-        _fail(f"image not found: {image}")
-    backend = _backend(url, api_key, model, weights_dir, device)
+        fail(f"image not found: {image}")
+    backend = open_backend(url, api_key, model, weights_dir, device)
     try:
         typer.echo(backend.embed_image(image, image_id=image_id, model=model).image_id)
     except Exception as exc:
-        if not _is_handled(exc):
+        if not is_handled(exc):
             raise
-        _fail(_one_line(exc), 2 if _is_usage(exc) else 1)
-
-
-# -- segment/embed helpers ---------------------------------------------------------------
-
-
-def _read_prompts(path: Path | None) -> Any:
-    if path is None:
-        return None
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"--prompts {path}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"--prompts {path}: not valid JSON ({exc.msg}, line {exc.lineno})"
-        ) from exc
-
-
-def _expand_images(items: list[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for item in items:
-        if item.is_dir():
-            found = sorted(
-                p
-                for p in item.iterdir()
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_SUFFIXES
-                and not p.name.endswith(ANNOTATED_SUFFIX)
-            )
-            if not found:
-                _fail(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {item}")
-            paths.extend(found)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            _fail(f"image not found: {item}")
-    return paths
-
-
-def _outputs(
-    paths: list[Path], target: Path | None, suffix: str, option: str, file_suffixes: tuple
-) -> list[Path]:
-    """One output path per input: `target` is a file (one input) or a folder."""
-    if target is not None and not target.is_dir() and target.suffix.lower() in file_suffixes:
-        if len(paths) > 1:
-            _fail(f"{option} {target}: with several images, give a folder")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return [target]
-    folder = target or Path.cwd()
-    folder.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    out = []
-    for path in paths:
-        name, n = f"{path.stem}{suffix}", 1
-        while name in used:
-            n += 1
-            name = f"{path.stem}_{n}{suffix}"
-        used.add(name)
-        out.append(folder / name)
-    return out
-
-
-def _backend(
-    url: str | None,
-    api_key: str | None,
-    model: str | None,
-    weights_dir: Path | None,
-    device: str | None,
-) -> Any:
-    if url:
-        from sam2serve.client import Sam2Client
-
-        return Sam2Client(url, api_key)
-    import warnings
-
-    from sam2serve.segmenter import Segmenter
-
-    # upstream SAM2 model code uses torch.jit.script, which newer torch flags as deprecated
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script", category=FutureWarning)
-    try:
-        segmenter = Segmenter(model, weights_dir=weights_dir, device=device)
-        segmenter.load()  # unknown id -> 400, missing weights -> 503: before any image
-    except Exception as exc:
-        if not _is_handled(exc):
-            raise
-        _fail(_one_line(exc), 2 if _is_usage(exc) else 1)
-    return segmenter
-
-
-def _segment_one(
-    backend: Any,
-    path: Path,
-    prompts: Any,
-    fmt: str,
-    model: str | None,
-    multimask: bool,
-    png: Path,
-    json_path: Path | None,
-) -> None:
-    import json
-
-    from PIL import Image
-
-    result = backend.segment_image(
-        path, prompts=prompts, multimask_output=multimask, format=fmt, model=model
-    )
-    Image.fromarray(result.annotate()).save(png)
-    if json_path is not None:
-        json_path.write_text(json.dumps(result.to_json()))
-
-
-def _progress(total: int, show: bool) -> Any:
-    from tqdm import tqdm
-
-    # shown on a terminal only (disable=None): logs and pipes get no bar noise
-    return tqdm(
-        total=total, disable=None if show else True, file=sys.stderr, unit="image", desc="segment"
-    )
-
-
-def _is_handled(exc: Exception) -> bool:
-    from sam2serve.client.errors import Sam2Error
-
-    return isinstance(exc, (Sam2Error, ValueError, OSError))
-
-
-def _is_usage(exc: Exception) -> bool:
-    """Errors in what the user asked for (same for every image)."""
-    from sam2serve.client.errors import BadRequestError, InvalidRequestError
-
-    if isinstance(exc, InvalidRequestError):
-        return True
-    if not isinstance(exc, BadRequestError) or exc.field in (None, "body"):
-        return False
-    return exc.field != "image" and not exc.field.startswith("image.")  # not the image's fault
-
-
-def _is_fatal(exc: Exception) -> bool:
-    """Errors that would repeat for every image: stop the batch."""
-    from sam2serve.client.errors import BadRequestError, Sam2Error
-
-    return _is_usage(exc) or (isinstance(exc, Sam2Error) and not isinstance(exc, BadRequestError))
-
-
-def _one_line(exc: Exception) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())
+        fail(one_line(exc), 2 if is_usage(exc) else 1)
 
 
 @app.command()
@@ -443,7 +301,7 @@ def download(
                 resolve_model_id(requested, registry=REGISTRY, alias_family=settings.alias_family)
             )
         except ServiceError as exc:
-            _fail(exc.message)
+            fail(exc.message)
     failed = False
     for spec in specs:
         target = checkpoint_path(spec, settings.weights_dir)
