@@ -38,7 +38,7 @@ def tiny_test_spec() -> ModelSpec:
     )
 
 
-def test_registry() -> dict[str, ModelSpec]:
+def registry_with_test_model() -> dict[str, ModelSpec]:
     """The official registry plus the tiny test architecture."""
     return {**REGISTRY, TEST_MODEL_ID: tiny_test_spec()}
 

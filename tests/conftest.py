@@ -14,7 +14,12 @@ from PIL import Image
 
 from sam2serve.config import Settings
 from sam2serve.registry import REGISTRY
-from sam2serve.testing import TEST_MODEL_ID, test_registry, tiny_test_spec, write_random_checkpoint
+from sam2serve.testing import (
+    TEST_MODEL_ID,
+    registry_with_test_model,
+    tiny_test_spec,
+    write_random_checkpoint,
+)
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "PNG") -> str:
@@ -88,7 +93,7 @@ def make_client(tiny_weights_dir: Path) -> Iterator:
 
     def make(**overrides: object) -> TestClient:
         settings = tiny_settings(tiny_weights_dir, **overrides)
-        service = build_service(settings, test_registry())
+        service = build_service(settings, registry_with_test_model())
         client = TestClient(create_app(settings, service), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

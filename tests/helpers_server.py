@@ -26,9 +26,9 @@ def threaded_server(settings: Settings) -> Iterator[str]:
     import uvicorn
 
     from sam2serve.api.app import build_service, create_app
-    from sam2serve.testing import test_registry
+    from sam2serve.testing import registry_with_test_model
 
-    app = create_app(settings, build_service(settings, test_registry()))
+    app = create_app(settings, build_service(settings, registry_with_test_model()))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

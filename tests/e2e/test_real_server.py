@@ -25,10 +25,13 @@ def server(real_weights_dir: Path):  # type: ignore[no-untyped-def]
         yield url
 
 
-def test_inference_sdk_sam2_segment_image(server: str) -> None:
-    from inference_sdk import InferenceHTTPClient
+@pytest.mark.parametrize("transport", ["legacy", "header"])  # ?api_key= / Authorization: Bearer
+def test_inference_sdk_sam2_segment_image(server: str, transport: str) -> None:
+    from inference_sdk import InferenceConfiguration, InferenceHTTPClient
 
-    client = InferenceHTTPClient(api_url=server, api_key="secret-key")
+    client = InferenceHTTPClient(api_url=server, api_key="secret-key").configure(
+        InferenceConfiguration(api_key_transport=transport)
+    )
     rgb = photos()["coffee"]
     h, w = rgb.shape[:2]
     prompts = [

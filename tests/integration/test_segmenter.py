@@ -18,7 +18,7 @@ from sam2serve.client import (
     UnavailableError,
 )
 from sam2serve.segmenter import Segmenter
-from sam2serve.testing import test_registry
+from sam2serve.testing import registry_with_test_model
 from tests.conftest import photos, tiny_settings
 from tests.integration.test_sdk import live_server
 
@@ -29,7 +29,9 @@ BOXES = [(100, 50, 300, 250), (0, 0, 120, 90)]
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_weights_dir: Path) -> Iterator[Segmenter]:
-    with Segmenter(settings=tiny_settings(tiny_weights_dir), registry=test_registry()) as seg:
+    with Segmenter(
+        settings=tiny_settings(tiny_weights_dir), registry=registry_with_test_model()
+    ) as seg:
         yield seg
 
 
@@ -90,7 +92,7 @@ def test_typed_errors_like_the_client(segmenter: Segmenter) -> None:
 
 
 def test_thread_safe_and_closable(tiny_weights_dir: Path) -> None:
-    seg = Segmenter(settings=tiny_settings(tiny_weights_dir), registry=test_registry())
+    seg = Segmenter(settings=tiny_settings(tiny_weights_dir), registry=registry_with_test_model())
     expected = seg.segment_image(RGB, points=POINTS)
     results: list = []
 
@@ -118,7 +120,7 @@ def test_settings_overrides(tiny_weights_dir: Path, tmp_path: Path) -> None:
         device="cpu",
         allow_download=False,
         settings=tiny_settings(tiny_weights_dir),
-        registry=test_registry(),
+        registry=registry_with_test_model(),
     ) as seg:
         assert seg.settings.weights_dir == tmp_path and seg.model_id() == "sam2.1_hiera_small"
         with pytest.raises(UnavailableError, match=str(tmp_path)):
