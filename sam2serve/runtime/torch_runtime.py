@@ -108,11 +108,13 @@ class TorchRuntime:
         embed = fpn[-1]
         if self.model.directly_add_no_mem_embed:
             embed = embed + self.model.no_mem_embed.reshape(1, -1, 1, 1)
-        # clone each row: a cached image must not keep the whole batch's tensors alive
+        # a cached image must not keep the whole batch's tensors alive: copy rows out of a
+        # real batch (a batch of one is already its own tensor)
+        row = (lambda t, i: t) if len(rgbs) == 1 else (lambda t, i: t[i : i + 1].clone())
         return [
             Features(
-                image_embed=embed[i : i + 1].clone(),
-                high_res=tuple(f[i : i + 1].clone() for f in fpn[:-1]),
+                image_embed=row(embed, i),
+                high_res=tuple(row(f, i) for f in fpn[:-1]),
                 orig_hw=(int(rgb.shape[0]), int(rgb.shape[1])),
             )
             for i, rgb in enumerate(rgbs)
