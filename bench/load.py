@@ -20,7 +20,9 @@ import numpy as np
 from PIL import Image
 
 from bench.fidelity import compare, seeded_prompts
+from sam2serve.memory import rss_bytes
 from sam2serve.postprocess import rle_to_mask
+from sam2serve.testing import wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,10 +61,10 @@ def free_port() -> int:
 
 
 def vmrss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    rss = rss_bytes(pid)
+    if rss is None:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return rss / 2**20
 
 
 @contextmanager
@@ -74,18 +76,10 @@ def server(
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        else:
-            raise RuntimeError(f"server not ready after 900 s; see {log}")
+        try:
+            wait_until_ready(f"http://127.0.0.1:{port}", proc, 900, poll_s=0.25)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; see {log}") from exc
         yield proc.pid, time.perf_counter() - started
     finally:
         proc.send_signal(signal.SIGINT)

@@ -111,7 +111,7 @@ def serve(
     except ValueError as exc:
         fail(str(exc))
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    from sam2serve.runtime.openvino_runtime import pin_mmap_threshold
+    from sam2serve.memory import pin_mmap_threshold
 
     pin_mmap_threshold()  # keeps RSS per cached image at the features' own size
     uvicorn.run(

@@ -8,8 +8,11 @@ official file name, and point the weights directory at them.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import torch
 
 from sam2serve.registry import REGISTRY, ModelSpec
@@ -62,3 +65,21 @@ def _randomize_zero_inits(model: torch.nn.Module, seed: int) -> None:
         for param in model.parameters():
             if param.numel() and not torch.any(param):
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+
+
+def wait_until_ready(
+    url: str, proc: subprocess.Popen, timeout_s: float, *, poll_s: float = 0.2
+) -> None:
+    """Poll `url`/readyz until 200; RuntimeError if `proc` exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not ready after {timeout_s:g} s")
+        time.sleep(poll_s)

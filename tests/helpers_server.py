@@ -6,15 +6,15 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from sam2serve.config import Settings
+from sam2serve.testing import wait_until_ready
 
 SAM2SERVE = str(Path(sys.executable).with_name("sam2serve"))
 
@@ -66,31 +66,25 @@ def running_server(
         "SAM2SERVE_DEVICE": "cpu",
         **(env or {}),
     }
-    proc = subprocess.Popen(
-        [SAM2SERVE, "serve", "--port", str(port), *args],
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready in time")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
+    # server output goes to a file, not a pipe: a full pipe would stall the server
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [SAM2SERVE, "serve", "--port", str(port), *args],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            try:
+                wait_until_ready(url, proc, timeout_s)
+            except RuntimeError as exc:
+                log.seek(0)
+                raise RuntimeError(f"{exc}:\n{log.read().decode(errors='replace')}") from exc
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

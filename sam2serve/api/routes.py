@@ -12,6 +12,7 @@ from sam2serve import __version__
 from sam2serve.api.body import parse_request
 from sam2serve.api.requests import EmbedRequest, Limits, SegmentRequest
 from sam2serve.api.responses import EmbedResponse, SegmentResponse
+from sam2serve.memory import rss_bytes
 from sam2serve.runtime.weights import checkpoint_path
 from sam2serve.service import BinaryResult, Sam2Service
 
@@ -111,20 +112,8 @@ async def info(request: Request) -> dict[str, Any]:
             "evictions": cache.evictions,
         },
         "auth": bool(service.settings.api_keys),
-        "rss_bytes": _rss_bytes(),
+        "rss_bytes": rss_bytes(),
     }
-
-
-def _rss_bytes() -> int | None:
-    """This process's resident memory (Linux), for capacity planning; None elsewhere."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -6,7 +6,6 @@ Also the cheap probe of whether OpenVINO can serve on this machine, and at which
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -20,6 +19,7 @@ import torch
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder
 from sam2serve.runtime.torch_runtime import build_model
+from sam2serve.runtime.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,6 @@ def probe(precision: Precision | Literal["auto"] = "auto") -> Precision:
     if precision == "bf16" and not has_bf16:
         raise BackendUnavailable("this CPU has no native bf16 (AVX512-BF16/AMX); use f32")
     return precision
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_key_dir(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:

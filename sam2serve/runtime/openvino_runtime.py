@@ -16,8 +16,6 @@ blobs live beside them. Fidelity vs the reference is asserted in tests (mask IoU
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 import weakref
@@ -28,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from sam2serve.memory import pin_mmap_threshold
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.base import Decoded, Features, PromptBatch, Runtime
 from sam2serve.runtime.openvino_export import (
@@ -44,23 +43,6 @@ from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 log = logging.getLogger(__name__)
 
 PREP_MEMO = 4  # images whose per-image decoder work is kept (~18 MiB each in bf16)
-
-
-def pin_mmap_threshold(nbytes: int = 2 << 20) -> bool:
-    """Have glibc serve allocations >= `nbytes` with mmap, handed back to the OS on free.
-
-    glibc raises that threshold after the first large free (up to 32 MiB); from then on an
-    embed's transient buffers (12 MiB of normalised pixels, encoder outputs) fragment the
-    heap around the cached features. Measured in-process (8 MiB of bf16 features per image):
-    RSS grew 11.6 MiB per cached image by default, 9.0 / 8.3 / 8.2 MiB with the threshold
-    pinned at 4 / 2 / 1 MiB; 1 MiB costs ~1 ms per click (the decoder's 1 MiB outputs get
-    mmapped), 2 MiB nothing measurable. Process-wide; a no-op (False) without glibc.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, nbytes))  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 def _bf16_tensor(ov: Any, x: torch.Tensor) -> Any:
