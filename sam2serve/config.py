@@ -68,6 +68,16 @@ class Settings(BaseSettings):
         1000, description="How many saved low-res logits sets to keep for refinement."
     )
 
+    # shared second tier (Redis) for many replicas; off when unset
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db of the embedding tier shared by replicas."
+    )
+    redis_ttl_s: int = Field(3600, description="Lifetime of shared entries, refreshed on use.")
+    redis_timeout_s: float = Field(0.5, description="Per-operation Redis timeout (s).")
+    redis_retry_s: float = Field(2.0, description="Local-only this long after a Redis fault.")
+    redis_lock_s: float = Field(10.0, description="Wait this long for another replica's embed.")
+    replica_name: str = Field("", description="Name in X-Sam2serve-Replica; default host-pid.")
+
     # input limits
     max_body_bytes: int = 16 * MiB
     max_image_pixels: int = 40_000_000

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from sam2serve.prompts import prompt_key, to_batch
 from sam2serve.registry import ModelSpec, resolve_model_id
 from sam2serve.runtime.base import Features, PromptBatch, Runtime
 from sam2serve.runtime.pool import ModelPool
+
+if TYPE_CHECKING:
+    from sam2serve.shared_tier import SharedTier
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,14 @@ class Sam2Service:
         self.embed_lane = Lane("embed", 1, settings.embed_queue, retry_after_s=2.0)
         self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
         self._batchers: dict[str, MicroBatcher[np.ndarray, Features]] = {}
+        self.shared = _shared_tier(settings)
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()
         self.click_lane.shutdown()
         await self.fetcher.aclose()
+        if self.shared is not None:
+            await self.shared.aclose()
 
     def spec_for(self, requested: str | None) -> ModelSpec:
         return resolve_model_id(
@@ -96,6 +103,12 @@ class Sam2Service:
         runtime = await self.pool.get(spec)
         prompts = request.prompt_list()
         keys = [prompt_key(p) for p in prompts]
+        if request.load_logits_from_cache and keys and self.shared is not None:
+            ident = await self.shared.identity(spec, runtime)
+            for saved_keys, saved in await self.shared.load_logits(
+                namespace, ident, got.entry.content_hash
+            ):
+                self.logits.save(got.entry, saved_keys, saved)
         batch = self._with_mask_input(to_batch(prompts), request, runtime, got.entry, keys)
 
         def work() -> tuple[SegmentResponse | BinaryResult, np.ndarray]:
@@ -112,6 +125,11 @@ class Sam2Service:
         result, low_res = await self.click_lane.run(work)
         if request.save_logits_to_cache and prompts:
             self.logits.save(got.entry, keys, low_res)
+            if self.shared is not None:
+                ident = await self.shared.identity(spec, runtime)
+                await self.shared.save_logits(
+                    namespace, ident, got.entry.content_hash, keys, low_res
+                )
         if isinstance(result, SegmentResponse):
             result.time = time.perf_counter() - started
         return result
@@ -132,12 +150,29 @@ class Sam2Service:
 
         batcher = self._batcher(spec.model_id, runtime)
 
+        shared = self.shared
+        ident = await shared.identity(spec, runtime) if shared is not None else None
+
         async def compute() -> Features:
-            if batcher is not None:
-                return await batcher.submit(image.rgb)
-            return await self.embed_lane.run(runtime.embed, image.rgb)
+            if shared is not None and ident is not None:
+                found = await shared.wait_or_lock(
+                    namespace, ident, entry.content_hash, runtime.device
+                )
+                if found is not None:
+                    return found
+            try:
+                if batcher is not None:
+                    features = await batcher.submit(image.rgb)
+                else:
+                    features = await self.embed_lane.run(runtime.embed, image.rgb)
+            finally:
+                if shared is not None and ident is not None:
+                    await shared.unlock(namespace, ident, entry.content_hash)
+            return features
 
         features, cached = await self.cache.get_or_compute(entry, image_id, compute)
+        if shared is not None and ident is not None:
+            await shared.publish(namespace, ident, image_id, entry.content_hash, features)
         return _Image(entry, image_id, features, cached)
 
     def _batcher(self, model_id: str, runtime: Runtime) -> MicroBatcher | None:
@@ -164,6 +199,8 @@ class Sam2Service:
         if request.image is None:
             assert request.image_id is not None  # request validation guarantees one of them
             found = self.cache.lookup(IdKey(namespace, spec.model_id, request.image_id))
+            if self.shared is not None:
+                found = await self._shared_lookup(spec, namespace, request.image_id, found)
             if found is None:
                 raise NotInCache(
                     f"image_id {request.image_id!r} is not in cache for {spec.model_id}: "
@@ -174,6 +211,33 @@ class Sam2Service:
             return _Image(entry, request.image_id, features, True)
         image = await self._load(request.image)
         return await self._embed(spec, namespace, image, request.image_id)
+
+    async def _shared_lookup(
+        self,
+        spec: ModelSpec,
+        namespace: str,
+        image_id: str,
+        local: tuple[EntryKey, Features] | None,
+    ) -> tuple[EntryKey, Features] | None:
+        """Check an id against the shared binding (authoritative while Redis is up): fetch
+        features this replica lacks; never answer with pixels the id is no longer bound to."""
+        assert self.shared is not None
+        runtime = await self.pool.get(spec)
+        ident = await self.shared.identity(spec, runtime)
+        local_hash = local[0].content_hash if local is not None else None
+        bound = await self.shared.binding(namespace, ident, image_id, local_hash)
+        if bound is None or bound == local_hash:
+            return local  # unknown to Redis, or Redis down: the local answer stands
+        features = await self.shared.features(namespace, ident, bound, runtime.device)
+        if features is None:
+            return None  # rebound elsewhere to pixels nobody can give us: send the image
+
+        async def fetched() -> Features:
+            return features
+
+        entry = EntryKey(namespace, spec.model_id, bound)
+        features, _ = await self.cache.get_or_compute(entry, image_id, fetched)
+        return entry, features
 
     def _with_mask_input(
         self,
@@ -192,6 +256,21 @@ class Sam2Service:
             if loaded is not None:
                 return PromptBatch(batch.coords, batch.labels, loaded[0], loaded[1])
         return batch
+
+
+def _shared_tier(settings: Settings) -> SharedTier | None:
+    if not settings.redis_url:
+        return None
+    from sam2serve.shared_tier import SharedTier  # redis-py only where the tier is on
+
+    return SharedTier(
+        settings.redis_url,
+        settings.weights_dir,
+        ttl_s=settings.redis_ttl_s,
+        timeout_s=settings.redis_timeout_s,
+        retry_s=settings.redis_retry_s,
+        lock_s=settings.redis_lock_s,
+    )
 
 
 def _parse_mask_input(raw: list, n_prompts: int, m: int) -> np.ndarray:

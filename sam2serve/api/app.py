@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -79,6 +81,11 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     )
     app.state.service = service
     app.state.metrics = Metrics()
+    app.state.replica = settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"
+    if service.shared is not None:
+        from sam2serve.shared_tier import SharedTierCollector
+
+        app.state.metrics.registry.register(SharedTierCollector(service.shared))
     app.state.draining = False
     app.state.preloading = False
     app.include_router(router)
@@ -134,6 +141,7 @@ def _install_metrics(app: FastAPI) -> None:
     async def record(request: Request, call_next):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
         response = await call_next(request)
+        response.headers["X-Sam2serve-Replica"] = request.app.state.replica
         route = request.scope.get("route")
         label = getattr(route, "path", "unmatched")
         metrics: Metrics = request.app.state.metrics

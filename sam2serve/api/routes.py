@@ -76,7 +76,11 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse(
             {"status": "loading", "message": "loading the default model"}, status_code=503
         )
-    return JSONResponse({"status": "ready"})
+    shared = _service(request).shared
+    if shared is None:
+        return JSONResponse({"status": "ready"})
+    await shared.probe()  # down: still ready, local-only; the detail says so
+    return JSONResponse({"status": "ready", "shared_tier": shared.status()})
 
 
 @router.get("/info", summary="Version, device, models and cache use")
@@ -112,6 +116,8 @@ async def info(request: Request) -> dict[str, Any]:
             "evictions": cache.evictions,
         },
         "auth": bool(service.settings.api_keys),
+        "replica": request.app.state.replica,
+        "shared_tier": service.shared.status() if service.shared else {"enabled": False},
         "rss_bytes": rss_bytes(),
     }
 
