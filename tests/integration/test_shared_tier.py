@@ -198,16 +198,16 @@ def _wait_up(client, timeout_s: float = 10.0) -> float:  # type: ignore[no-untyp
 def test_redis_down_or_slow_degrades_to_local_only(replicas, redis_proc, fault: str) -> None:  # type: ignore[no-untyped-def]
     a, b, solo = replicas(redis_timeout_s=0.2)
     a.post("/sam2/embed_image", json={"image": COFFEE, "image_id": "img"})
+    want = segment(solo, CLICKS[1], image=CHELSEA).json()["predictions"]
     sleeper = None
     if fault == "down":
         redis_proc.stop()
     else:
         sleeper = threading.Thread(
-            target=lambda: redis_proc.client().execute_command("DEBUG", "SLEEP", "4")
+            target=lambda: redis_proc.client().execute_command("DEBUG", "SLEEP", "5")
         )
         sleeper.start()
         time.sleep(0.2)
-    want = segment(solo, CLICKS[1], image=CHELSEA).json()["predictions"]
     for server in (b, a):
         local = segment(server, CLICKS[1], image=CHELSEA, image_id="cat")
         assert local.status_code == 200, local.text
