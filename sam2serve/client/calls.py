@@ -42,9 +42,14 @@ class CallBuilder:
     """Builds bodies and remembers the size of images it embedded (by image_id), so polygon
     answers for `segment_image(image_id=...)` can still be filled into masks."""
 
-    def __init__(self, max_sizes: int = 4096) -> None:
+    def __init__(self, max_sizes: int = 4096, max_kept_bytes: int = 64 * 1024 * 1024) -> None:
         self._sizes: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._max_sizes = max_sizes
+        # encoded images by image_id, to re-send once when a server no longer has the id
+        # (evicted, expired, or another replica without the shared tier); LRU by bytes
+        self._kept: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._kept_bytes = 0
+        self._max_kept_bytes = max_kept_bytes
 
     def embed_body(
         self, image: ImageLike, image_id: str | None, model: str | None, bgr: bool
@@ -56,6 +61,28 @@ class CallBuilder:
         if model is not None:
             body["sam2_version_id"] = model
         return body, encoded.size
+
+    def keep(self, image_id: str, payload: dict[str, Any]) -> None:
+        """Remember the image embedded as `image_id` (its request payload)."""
+        old = self._kept.pop(image_id, None)
+        if old is not None:
+            self._kept_bytes -= len(old["value"])
+        if len(payload["value"]) > self._max_kept_bytes:
+            return
+        self._kept[image_id] = payload
+        self._kept_bytes += len(payload["value"])
+        while self._kept_bytes > self._max_kept_bytes:
+            _, dropped = self._kept.popitem(last=False)
+            self._kept_bytes -= len(dropped["value"])
+
+    def resend_body(self, call: SegmentCall, status: int) -> dict[str, Any] | None:
+        """The body to send once more after a 404 on an id-only segment, when this client
+        still has the image it embedded under that id; None otherwise."""
+        image_id = call.body.get("image_id")
+        if status != 404 or "image" in call.body or image_id is None:
+            return None
+        payload = self._kept.get(image_id)
+        return None if payload is None else {**call.body, "image": payload}
 
     def embedded(self, result: EmbedResult, size: tuple[int, int] | None) -> EmbedResult:
         if size is not None:

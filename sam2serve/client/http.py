@@ -97,6 +97,9 @@ class Sam2Client(_Base):
         max_retries: retries of a 503 that carries Retry-After.
         max_retry_wait: cap, in seconds, on one Retry-After wait.
         transport: an httpx transport (tests use `httpx.MockTransport`).
+        resend_on_miss: on a 404 for an id-only `segment_image`, re-send the image this
+            client embedded under that id, once (the server evicted it, or a replica lost
+            it). Keeps up to 64 MiB of encoded images; False to turn off.
     """
 
     def __init__(
@@ -109,8 +112,10 @@ class Sam2Client(_Base):
         max_retry_wait: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         headers: dict[str, str] | None = None,
+        resend_on_miss: bool = True,
     ) -> None:
         super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait)
+        self.resend_on_miss = resend_on_miss
         self._http = httpx.Client(
             base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
         )
@@ -153,6 +158,8 @@ class Sam2Client(_Base):
         """
         body, size = self._calls.embed_body(image, image_id, model, bgr)
         result = embed_result(self._json(self._post(EMBED_PATH, body)))
+        if self.resend_on_miss:
+            self._calls.keep(result.image_id, body["image"])
         return self._calls.embedded(result, size)
 
     def segment_image(
@@ -198,7 +205,11 @@ class Sam2Client(_Base):
             load_logits_from_cache,
             polygon_holes,
         )
-        return call.parse(self._answer(self._post(SEGMENT_PATH, call.body)))
+        response = self._post(SEGMENT_PATH, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        if again is not None:  # the server lost the id: send the image once
+            response = self._post(SEGMENT_PATH, again)
+        return call.parse(self._answer(response))
 
 
 class AsyncSam2Client(_Base):
@@ -214,8 +225,10 @@ class AsyncSam2Client(_Base):
         max_retry_wait: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: dict[str, str] | None = None,
+        resend_on_miss: bool = True,
     ) -> None:
         super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait)
+        self.resend_on_miss = resend_on_miss
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
         )
@@ -254,6 +267,8 @@ class AsyncSam2Client(_Base):
         """See `Sam2Client.embed_image`."""
         body, size = self._calls.embed_body(image, image_id, model, bgr)
         result = embed_result(self._json(await self._post(EMBED_PATH, body)))
+        if self.resend_on_miss:
+            self._calls.keep(result.image_id, body["image"])
         return self._calls.embedded(result, size)
 
     async def segment_image(
@@ -289,4 +304,8 @@ class AsyncSam2Client(_Base):
             load_logits_from_cache,
             polygon_holes,
         )
-        return call.parse(self._answer(await self._post(SEGMENT_PATH, call.body)))
+        response = await self._post(SEGMENT_PATH, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        if again is not None:  # the server lost the id: send the image once
+            response = await self._post(SEGMENT_PATH, again)
+        return call.parse(self._answer(response))
