@@ -44,16 +44,16 @@ def serve_url(tiny_weights_dir: Path) -> Iterator[str]:
         # (and so masks) are bit-identical to the single-process server's
         "OMP_NUM_THREADS": str(torch.get_num_threads()),
     }
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = app_builder({"test_registry": True})
-    serve.run(app, name="sam2serve", route_prefix="/")
     try:
+        ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(app_builder({"test_registry": True}), name="sam2serve", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    finally:  # also when the deployment fails: never leave Ray or Redis behind
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
         redis_proc.close()
 
 
