@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 
+#: The model runtimes a server can use (see `sam2serve.runtime.factory`).
+RuntimeName = Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"]
+
 
 def default_weights_dir() -> Path:
     return Path(user_cache_dir("sam2serve")) / "weights"
@@ -43,7 +46,7 @@ class Settings(BaseSettings):
     )
     allow_download: bool = True
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    runtime: Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"] = Field(
+    runtime: RuntimeName = Field(
         "auto",
         description=(
             "auto: OpenVINO (bf16 where the CPU has it, else f32) on CPU, torch on CUDA; "

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sam2serve.api.requests import Prompt
 from sam2serve.runtime.base import (
     LABEL_BOX_BOTTOM_RIGHT,
     LABEL_BOX_TOP_LEFT,
@@ -17,6 +16,7 @@ from sam2serve.runtime.base import (
     LABEL_POSITIVE,
     PromptBatch,
 )
+from sam2serve.schema import Prompt
 
 # (box corners or None, multiset of points) — hashable identity of one prompt
 PromptKey = tuple[tuple[float, float, float, float] | None, frozenset]

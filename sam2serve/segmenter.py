@@ -25,9 +25,6 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from sam2serve.api.auth import PUBLIC_NAMESPACE
-from sam2serve.api.body import schema_error
-from sam2serve.api.requests import EmbedRequest, Limits, SegmentRequest
 from sam2serve.client.calls import CallBuilder, embed_result
 from sam2serve.client.errors import error_for_status
 from sam2serve.client.images import ImageLike
@@ -35,7 +32,9 @@ from sam2serve.client.results import EmbedResult, SegmentResult
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.registry import ModelSpec
+from sam2serve.schema import EmbedRequest, Limits, SegmentRequest, schema_error
 from sam2serve.service import BinaryResult, Sam2Service
+from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
 
 __all__ = ["Segmenter"]
 
@@ -191,8 +190,6 @@ class Segmenter:
 
 
 async def _build(settings: Settings, registry: dict[str, ModelSpec] | None) -> Sam2Service:
-    from sam2serve.api.app import build_service
-
     return build_service(settings, registry)  # built on the loop that will run it
 
 

@@ -87,7 +87,8 @@ def make_client(tiny_weights_dir: Path) -> Iterator:
     """Factory: a TestClient over an app on the tiny model, with Settings overrides."""
     from fastapi.testclient import TestClient
 
-    from sam2serve.api.app import build_service, create_app
+    from sam2serve.api.app import create_app
+    from sam2serve.wiring import build_service
 
     clients: list[TestClient] = []
 

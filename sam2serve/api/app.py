@@ -20,30 +20,11 @@ from sam2serve.api.metrics import Metrics
 from sam2serve.api.routes import router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
-from sam2serve.registry import REGISTRY, ModelSpec
-from sam2serve.runtime.openvino_runtime import factory_for
-from sam2serve.runtime.pool import ModelPool, pick_device
 from sam2serve.service import Sam2Service
+from sam2serve.wiring import build_service
 
 log = logging.getLogger("sam2serve")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-
-
-def build_service(settings: Settings, registry: dict[str, ModelSpec] | None = None) -> Sam2Service:
-    registry = registry or REGISTRY
-    pool = ModelPool(
-        settings.weights_dir,
-        pick_device(settings.device),
-        allow_download=settings.allow_download,
-        max_models=settings.max_models,
-        factory=factory_for(
-            settings.runtime,
-            settings.runtime_cache_dir,
-            settings.embed_threads,
-            settings.decode_threads,
-        ),
-    )
-    return Sam2Service(settings, registry, pool)
 
 
 def create_app(settings: Settings | None = None, service: Sam2Service | None = None) -> FastAPI:

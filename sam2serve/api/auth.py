@@ -13,8 +13,7 @@ from fastapi import Request
 from pydantic import SecretStr
 
 from sam2serve.errors import Unauthorized
-
-PUBLIC_NAMESPACE = "public"
+from sam2serve.wiring import PUBLIC_NAMESPACE
 
 
 def presented_key(request: Request, body: Any) -> str | None:

@@ -10,15 +10,10 @@ from pydantic import BaseModel, ValidationError
 
 from sam2serve.api.auth import namespace_for, presented_key
 from sam2serve.config import Settings
-from sam2serve.errors import BadRequest, PayloadTooLarge, ServiceError
+from sam2serve.errors import BadRequest, PayloadTooLarge, SchemaError
+from sam2serve.schema import schema_error
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class SchemaError(ServiceError):
-    """422: the JSON does not match the request schema."""
-
-    status = 422
 
 
 async def read_capped(request: Request, max_bytes: int) -> bytes:
@@ -38,20 +33,6 @@ async def read_capped(request: Request, max_bytes: int) -> bytes:
             raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _where(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
-
-
-def schema_error(exc: ValidationError) -> SchemaError:
-    first = exc.errors(include_url=False)[0]
-    where = _where(tuple(p for p in first["loc"] if p not in ("function-after",)))
-    message = first["msg"].removeprefix("Value error, ")
-    return SchemaError(f"{where}: {message}", field=where, errors=len(exc.errors()))
 
 
 async def parse_request(

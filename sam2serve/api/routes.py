@@ -10,10 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sam2serve import __version__
 from sam2serve.api.body import parse_request
-from sam2serve.api.requests import EmbedRequest, Limits, SegmentRequest
-from sam2serve.api.responses import EmbedResponse, SegmentResponse
 from sam2serve.memory import rss_bytes
 from sam2serve.runtime.weights import checkpoint_path
+from sam2serve.schema import EmbedRequest, EmbedResponse, Limits, SegmentRequest, SegmentResponse
 from sam2serve.service import BinaryResult, Sam2Service
 
 router = APIRouter()

@@ -251,26 +251,3 @@ def make_factory(
         return torch_runtime_factory(spec, checkpoint, device)
 
     return factory
-
-
-RUNTIMES = ("auto", "torch", "openvino", "openvino-bf16", "openvino-f32")
-
-
-def factory_for(
-    runtime: str, cache_dir: Path, embed_threads: int = 0, decode_threads: int = 0
-) -> RuntimeFactory:
-    """Settings value -> ModelPool factory. "auto" and "openvino": OpenVINO bf16 where the CPU
-    has native bf16, f32 elsewhere, torch off CPU or without OpenVINO; "openvino-bf16" /
-    "openvino-f32" pin the precision (still falling back to torch if impossible); "torch" is
-    the fp32 reference runtime."""
-    if runtime == "torch":
-        return torch_runtime_factory
-    precisions: dict[str, Precision | Literal["auto"]] = {
-        "auto": "auto",
-        "openvino": "auto",
-        "openvino-bf16": "bf16",
-        "openvino-f32": "f32",
-    }
-    if runtime not in precisions:
-        raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
-    return make_factory(cache_dir, precisions[runtime], embed_threads, decode_threads)

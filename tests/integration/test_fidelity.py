@@ -97,8 +97,9 @@ def reference_inputs(prompts: list[dict]) -> list[dict]:
 def fidelity_client(real_weights_dir: Path):  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
-    from sam2serve.api.app import build_service, create_app
+    from sam2serve.api.app import create_app
     from sam2serve.config import Settings
+    from sam2serve.wiring import build_service
 
     settings = Settings(  # the exact fp32 path; the fast runtime has its own tolerance test
         weights_dir=real_weights_dir,
