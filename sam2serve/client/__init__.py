@@ -24,6 +24,7 @@ from sam2serve.client.errors import (
     UnavailableError,
 )
 from sam2serve.client.http import DEFAULT_BASE_URL, AsyncSam2Client, Sam2Client
+from sam2serve.client.options import SegmentOptions
 from sam2serve.client.prompts import box_xyxy_to_center, point, prompt
 from sam2serve.client.results import EmbedResult, MaskPrediction, SegmentResult
 
@@ -42,6 +43,7 @@ __all__ = [
     "Sam2Error",
     "Sam2ServerError",
     "Sam2TimeoutError",
+    "SegmentOptions",
     "SegmentResult",
     "UnauthorizedError",
     "UnavailableError",
