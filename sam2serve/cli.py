@@ -204,7 +204,7 @@ def segment(
 
     Example: sam2serve segment photo.jpg --point 320,240 --box 100,80,540,400 -o annotated.png
     """
-    from sam2serve.client.prompts import build_prompts, parse_box, parse_point
+    from sam2serve.client.prompt_builder import build_prompts, parse_box, parse_point
 
     if fmt not in ("rle", "polygon"):
         fail(f"--format must be rle or polygon, not {fmt!r}")

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         "auto",
         description=(
             "auto: OpenVINO (bf16 where the CPU has it, else f32) on CPU, torch on CUDA; "
-            "torch: Meta's fp32 reference path, exact"
+            "torch: Meta's fp32 model code, exact"
         ),
     )
     runtime_cache_dir: Path = Field(

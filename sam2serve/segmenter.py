@@ -30,15 +30,21 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from sam2serve import images
+from sam2serve import image_decode
 from sam2serve.client.calls import CallBuilder, SegmentCall
 from sam2serve.client.errors import error_for_status
-from sam2serve.client.images import ImageLike, is_url, load_rgb, read_image_file, with_png_mode
+from sam2serve.client.image_encode import (
+    ImageLike,
+    is_url,
+    load_rgb,
+    read_image_file,
+    with_png_mode,
+)
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
-from sam2serve.images import LoadedImage
+from sam2serve.image_decode import LoadedImage
 from sam2serve.registry import ModelSpec
 from sam2serve.schema import EmbedRequest, Limits, LocalEmbedRequest, SegmentRequest, schema_error
 from sam2serve.service import BinaryResult, Sam2Service
@@ -192,13 +198,15 @@ class Segmenter:
         cap = self.settings.max_image_pixels
         try:
             if isinstance(image, np.ndarray):
-                return images.from_rgb(load_rgb(image, bgr=bgr), max_pixels=cap)
+                return image_decode.from_rgb(load_rgb(image, bgr=bgr), max_pixels=cap)
             if isinstance(image, Image.Image):
-                return images.from_rgb(images.pil_to_rgb(with_png_mode(image)), max_pixels=cap)
+                return image_decode.from_rgb(
+                    image_decode.pil_to_rgb(with_png_mode(image)), max_pixels=cap
+                )
             if isinstance(image, (bytes, bytearray, memoryview)):
-                return images.decode_image_bytes(bytes(image), max_pixels=cap)
+                return image_decode.decode_image_bytes(bytes(image), max_pixels=cap)
             if isinstance(image, (str, os.PathLike)):
-                return images.decode_image_bytes(read_image_file(image), max_pixels=cap)
+                return image_decode.decode_image_bytes(read_image_file(image), max_pixels=cap)
         except ServiceError as exc:
             raise _client_error(exc) from exc
         raise TypeError(

@@ -22,10 +22,10 @@ from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
 from sam2serve.errors import BadRequest, NotInCache
 from sam2serve.fetch import UrlFetcher
-from sam2serve.images import LoadedImage, load_image
+from sam2serve.image_decode import LoadedImage, load_image
 from sam2serve.lanes import Lane
 from sam2serve.logits_cache import LogitsCache
-from sam2serve.prompts import prompt_key, to_batch
+from sam2serve.prompt_batch import prompt_key, to_batch
 from sam2serve.registry import ModelSpec, resolve_model_id
 from sam2serve.runtime.base import Features, PromptBatch, Runtime
 from sam2serve.runtime.pool import ModelPool

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from sam2serve.client.images import ImageLike, encode_image
+from sam2serve.client.image_encode import ImageLike, encode_image
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult, parse_segment
 

@@ -24,7 +24,7 @@ from sam2serve.client.errors import (
     error_from_response,
     parse_retry_after,
 )
-from sam2serve.client.images import ImageLike
+from sam2serve.client.image_encode import ImageLike
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
 

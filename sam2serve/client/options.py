@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sam2serve.client.prompts import build_prompts
+from sam2serve.client.prompt_builder import build_prompts
 
 __all__ = ["FORMATS", "SegmentOptions"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sam2serve.client import SegmentOptions
-from sam2serve.client.prompts import build_prompts, prompt
+from sam2serve.client.prompt_builder import build_prompts, prompt
 from sam2serve.schema import SegmentRequest
 
 P1 = {"x": 10, "y": 20, "positive": True}

@@ -20,8 +20,8 @@ from PIL import Image
 from sam2serve import postprocess
 from sam2serve.config import Settings
 from sam2serve.errors import BadRequest, NotInCache, ServiceError, Unavailable
-from sam2serve.images import from_rgb
-from sam2serve.prompts import to_batch
+from sam2serve.image_decode import from_rgb
+from sam2serve.prompt_batch import to_batch
 from sam2serve.registry import REGISTRY
 from sam2serve.runtime.pool import ModelPool
 from sam2serve.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest, SegmentResponse

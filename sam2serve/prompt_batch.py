@@ -26,8 +26,8 @@ def to_batch(prompts: Sequence[Prompt]) -> PromptBatch:
     """Pad every prompt to the same token count with not-a-point tokens (label -1).
 
     Box corners come first (labels 2, 3), then points, as SAM2ImagePredictor orders them.
-    No prompts at all gives one prediction from a single not-a-point token, as the
-    reference server does.
+    No prompts at all gives one prediction from a single not-a-point token, as
+    Roboflow's server does.
     """
     rows = list(prompts) or [Prompt()]
     width = max(1, *(p.token_count() for p in rows))

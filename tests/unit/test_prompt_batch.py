@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sam2serve.logits_cache import LogitsCache
-from sam2serve.prompts import match_subset, prompt_key, to_batch
+from sam2serve.prompt_batch import match_subset, prompt_key, to_batch
 from sam2serve.schema import Box, Point, Prompt
 
 P = lambda x, y, pos=True: Point(x=x, y=y, positive=pos)  # noqa: E731

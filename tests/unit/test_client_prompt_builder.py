@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sam2serve.client.prompts import (
+from sam2serve.client.prompt_builder import (
     box_xyxy_to_center,
     build_prompts,
     parse_box,
