@@ -24,6 +24,7 @@ from sam2serve.cli_support import (
     outputs,
     progress,
     read_prompts,
+    require_server_extra,
     segment_one,
 )
 from sam2serve.config import Settings
@@ -91,6 +92,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Run the HTTP server (uvicorn)."""
+    require_server_extra("serve")
     import uvicorn
 
     from sam2serve.api.app import create_app
