@@ -1,6 +1,7 @@
 """The import contracts in pyproject.toml ([tool.importlinter]) hold: dependencies point one
 way (cli -> api | segmenter -> wiring -> service -> core), only the CLI imports the HTTP
-layer, and the SDK imports nothing from the server side."""
+layer, only tests use sam2serve.testing, and the SDK imports nothing from the server side
+(and works without the [server] extra installed)."""
 
 from __future__ import annotations
 
