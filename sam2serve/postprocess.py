@@ -5,7 +5,7 @@ Pure numpy / OpenCV / pycocotools; no torch. Every function takes and returns pl
 
 Conventions:
 - A *mask* is a 2-D ``bool`` array of shape ``(H, W)`` in original-image pixels.
-- *Logits* are float arrays where ``> 0`` means "inside" (SPEC section 1, binary format).
+- *Logits* are float arrays where ``> 0`` means "inside" (as in the binary format's npz).
 - A *polygon* is a list of ``[x, y]`` python-int points (x = column, y = row), each inside
   ``[0, W-1] x [0, H-1]``.
 """
@@ -56,7 +56,7 @@ def select_best(scores: np.ndarray) -> np.ndarray:
 
 
 def logits_to_mask(logits: np.ndarray, threshold: float = 0.0) -> np.ndarray:
-    """Binarise logits: ``logits > threshold`` (SPEC: ``> 0`` means inside).
+    """Binarise logits: ``logits > threshold`` (``> 0`` means inside).
 
     Args:
         logits: float array of any shape, e.g. ``(H, W)`` or ``(N, H, W)``.

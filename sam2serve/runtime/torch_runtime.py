@@ -1,9 +1,9 @@
 """The torch runtime: Meta's SAM2 modules in eager torch (fp32, exact).
 
-This is the ONLY module of sam2serve that touches SAM2 internals. It uses the model's own
-modules (image encoder, prompt encoder, mask decoder) and the upstream transforms, but
-never the stateful `SAM2ImagePredictor`: per-image state lives in `Features`, which the
-caller owns, so one runtime serves concurrent requests.
+It uses the model's own modules (image encoder, prompt encoder, mask decoder) and the
+upstream transforms (only `sam2serve.runtime` touches SAM2 internals), but never the
+stateful `SAM2ImagePredictor`: per-image state lives in `Features`, which the caller owns,
+so one runtime serves concurrent requests.
 """
 
 from __future__ import annotations
