@@ -9,6 +9,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sam2serve import __version__
+from sam2serve.api.admission import (
+    SMALL_BODY_BYTES,
+    AdmissionTicket,
+    ImageAdmission,
+    declared_length,
+)
 from sam2serve.api.body import parse_request
 from sam2serve.api.requests import EmbedRequest, Limits, SegmentRequest
 from sam2serve.api.responses import EmbedResponse, SegmentResponse
@@ -21,6 +27,11 @@ router = APIRouter()
 
 def _service(request: Request) -> Sam2Service:
     return request.app.state.service
+
+
+def _admission(request: Request) -> AdmissionTicket:
+    admission: ImageAdmission = request.app.state.admission
+    return admission.ticket(request, _service(request).settings.max_body_bytes)
 
 
 def _body_schema(model: type) -> dict[str, Any]:
@@ -40,8 +51,10 @@ def _body_schema(model: type) -> dict[str, Any]:
 )
 async def embed_image(request: Request) -> EmbedResponse:
     service = _service(request)
-    body, namespace = await parse_request(request, EmbedRequest, service.settings, {})
-    return await service.embed(body, namespace)
+    async with _admission(request) as ticket:
+        await ticket.take(body_read=False)  # refused before the body is parsed or decoded
+        body, namespace = await parse_request(request, EmbedRequest, service.settings, {})
+        return await service.embed(body, namespace)
 
 
 @router.post(
@@ -55,8 +68,13 @@ async def segment_image(request: Request) -> Response:
     service = _service(request)
     s = service.settings
     limits = Limits(s.max_prompts, s.max_points_per_prompt, s.max_coordinate)
-    body, namespace = await parse_request(request, SegmentRequest, s, {"limits": limits})
-    result = await service.segment(body, namespace)
+    async with _admission(request) as ticket:
+        if declared_length(request) > SMALL_BODY_BYTES:  # it carries an image
+            await ticket.take(body_read=False)
+        body, namespace = await parse_request(request, SegmentRequest, s, {"limits": limits})
+        if body.image is not None:
+            await ticket.take(body_read=True)
+        result = await service.segment(body, namespace)
     if isinstance(result, BinaryResult):
         return Response(content=result.content, media_type=result.media_type)
     return JSONResponse(result.model_dump(mode="json"))
