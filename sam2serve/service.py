@@ -22,7 +22,7 @@ from sam2serve.api.responses import EmbedResponse, Prediction, RleMask, SegmentR
 from sam2serve.batching import MicroBatcher
 from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
-from sam2serve.errors import BadRequest, NotInCache
+from sam2serve.errors import BadRequest, NotInCache, Unavailable
 from sam2serve.fetch import UrlFetcher
 from sam2serve.images import LoadedImage, load_image
 from sam2serve.lanes import Lane
@@ -85,6 +85,13 @@ class Sam2Service:
         spec = self.spec_for(request.sam2_version_id)
         image = await self._load(request.image)
         got = await self._embed(spec, namespace, image, request.image_id)
+        if got.features.nbytes > self.cache.max_bytes:  # an id that is gone already is no use
+            raise Unavailable(
+                f"this image's embedding is {got.features.nbytes} bytes, over the embedding "
+                f"cache budget of {self.cache.max_bytes} bytes, so its image_id cannot be kept: "
+                "raise SAM2SERVE_CACHE_BYTES, or send the image with each segment_image request",
+                field="image",
+            )
         return EmbedResponse(image_id=got.image_id, time=time.perf_counter() - started)
 
     async def segment(

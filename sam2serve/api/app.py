@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     )
     app.state.service = service
     app.state.metrics = Metrics()
+    app.state.metrics.watch(service)
     app.state.draining = False
     app.state.preloading = False
     app.state.admission = image_admission(service)

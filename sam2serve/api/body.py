@@ -85,6 +85,8 @@ def parse_json(raw: bytes) -> Any:
 
 
 def _short(exc: Exception) -> str:
+    if "integer string conversion" in str(exc):
+        return "a number has more than 4300 digits"
     text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
     return text[:200]
 

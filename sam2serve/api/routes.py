@@ -15,9 +15,11 @@ from sam2serve.api.admission import (
     ImageAdmission,
     declared_length,
 )
+from sam2serve.api.auth import namespace_for, presented_key
 from sam2serve.api.body import parse_request
 from sam2serve.api.requests import EmbedRequest, Limits, SegmentRequest
 from sam2serve.api.responses import EmbedResponse, SegmentResponse
+from sam2serve.errors import Unauthorized
 from sam2serve.memory import rss_bytes
 from sam2serve.runtime.weights import checkpoint_path
 from sam2serve.service import BinaryResult, Sam2Service
@@ -97,9 +99,34 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/info", summary="Version, device, models and cache use")
+@router.get(
+    "/info",
+    summary="Version, device, models and cache use",
+    description=(
+        "With API keys configured, a caller without a valid key gets only the public part "
+        "(version, models, aliases, auth); device, runtimes, cache and memory figures need a key."
+    ),
+)
 async def info(request: Request) -> dict[str, Any]:
     service = _service(request)
+    body = _info(service)
+    if not _has_valid_key(request, service):
+        for private in ("device", "runtime", "loaded_models", "runtimes", "cache", "rss_bytes"):
+            body.pop(private, None)
+        body["detail"] = "send an API key for device, runtime, cache and memory figures"
+    return body
+
+
+def _has_valid_key(request: Request, service: Sam2Service) -> bool:
+    """True when no keys are configured, or the request presents a valid one."""
+    try:
+        namespace_for(service.settings.api_keys, presented_key(request, None))
+    except Unauthorized:
+        return False
+    return True
+
+
+def _info(service: Sam2Service) -> dict[str, Any]:
     cache = service.cache
     return {
         "version": __version__,
@@ -136,10 +163,11 @@ async def info(request: Request) -> dict[str, Any]:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
+    service = _service(request)
+    if service.settings.metrics_require_key:
+        namespace_for(service.settings.api_keys, presented_key(request, None))  # or 401
     m = request.app.state.metrics
-    cache = _service(request).cache
+    cache = service.cache
     m.cache_bytes.set(cache.bytes_used)
     m.cache_entries.set(len(cache))
-    m.cache_hits.set(cache.hits)
-    m.cache_misses.set(cache.misses)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

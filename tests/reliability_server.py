@@ -1,0 +1,24 @@
+"""`python -m tests.reliability_server`: the server exactly as `sam2serve serve` runs it
+(same app, same uvicorn runner: JSON 400s, SIGTERM -> exit 0), on the registry that also
+holds the tiny random-weight test model. Settings come from `SAM2SERVE_*` variables."""
+
+from __future__ import annotations
+
+import logging
+
+from sam2serve.api.app import build_service, create_app
+from sam2serve.api.server import serve
+from sam2serve.config import Settings
+from sam2serve.memory import pin_mmap_threshold
+from sam2serve.testing import registry_with_test_model
+
+
+def main() -> None:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    settings = Settings()
+    pin_mmap_threshold()
+    serve(create_app(settings, build_service(settings, registry_with_test_model())), settings, "info")
+
+
+if __name__ == "__main__":
+    main()
