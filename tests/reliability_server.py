@@ -17,7 +17,9 @@ def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings()
     pin_mmap_threshold()
-    serve(create_app(settings, build_service(settings, registry_with_test_model())), settings, "info")
+    serve(
+        create_app(settings, build_service(settings, registry_with_test_model())), settings, "info"
+    )
 
 
 if __name__ == "__main__":
