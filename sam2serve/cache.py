@@ -103,7 +103,7 @@ class EmbeddingCache:
                 return await asyncio.shield(task), was_cached
             except asyncio.CancelledError:
                 me = asyncio.current_task()
-                if me is not None and me.cancelling():  # this caller is cancelled
+                if me is None or getattr(me, "cancelling", lambda: 1)():  # this caller is cancelled
                     if not task.done() and self._callers.get(entry) == 1:
                         task.cancel()  # nobody else waits: drop the work if not started
                     raise

@@ -58,7 +58,7 @@ class Lane:
                 # already running: let it finish so its result is not wasted (it may be
                 # cached for the next caller); the cancellation is taken back
                 task = asyncio.current_task()
-                if task is not None:
+                if task is not None and hasattr(task, "uncancel"):  # Python >= 3.11
                     task.uncancel()
                 return await asyncio.wrap_future(job)
         finally:

@@ -18,6 +18,7 @@ from sam2serve import __version__
 from sam2serve.api.admission import image_admission
 from sam2serve.api.guard import RequestGuard
 from sam2serve.api.metrics import Metrics
+from sam2serve.api.openapi import install as install_openapi
 from sam2serve.api.routes import router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     app.include_router(router)
     _install_error_handlers(app)
     app.add_middleware(RequestGuard)  # request ids, JSON 500s, metrics, access log
+    install_openapi(app)  # $refs that resolve, error answers, examples
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
