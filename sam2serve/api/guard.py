@@ -139,7 +139,10 @@ def _client_gone(exc: BaseException) -> bool:
 
 def _record(scope: Scope, status: int, seconds: float, rid: str) -> None:
     route: Any = scope.get("route")
-    label = getattr(route, "path", None) or "unmatched"
+    label = getattr(route, "path", None)
+    if label is None and scope.get("endpoint") is not None:  # a Mount (/static): its prefix
+        label = scope.get("root_path") or None
+    label = label or "unmatched"
     app = scope.get("app")
     metrics = getattr(getattr(app, "state", None), "metrics", None)
     if metrics is not None:
