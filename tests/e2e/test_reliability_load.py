@@ -180,3 +180,43 @@ def test_readyz_is_503_as_soon_as_a_signal_arrives(tiny_weights_dir: Path) -> No
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "draining"
     assert server.should_exit
+
+
+def test_healthz_answers_while_large_bodies_are_parsed(tiny_weights_dir: Path) -> None:
+    """Three clients send 11 MB JSON bodies in a loop; /healthz latency meanwhile."""
+    import base64
+    import os
+
+    junk = base64.b64encode(os.urandom(8 * 1024 * 1024)).decode()  # ~11 MB of base64
+    body = {"image": {"type": "base64", "value": junk}}
+    with reliability_server(tiny_weights_dir) as srv:
+        stop = threading.Event()
+        answers: list[int] = []
+
+        def sender() -> None:
+            with httpx.Client(base_url=srv.url, timeout=120) as c:
+                while not stop.is_set():
+                    answers.append(c.post(EMB, json=body).status_code)
+
+        probe = httpx.Client(base_url=srv.url, timeout=30)
+        idle = [_timed_get(probe, "/healthz") for _ in range(20)]
+        threads = [threading.Thread(target=sender) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        busy = [_timed_get(probe, "/healthz") for _ in range(40)]
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        assert answers and set(answers) <= {400, 503}, set(answers)  # not an image / busy
+        print(
+            f"healthz: idle p99 {np.percentile(idle, 99):.1f} ms; with 3 clients sending 11 MB "
+            f"bodies ({len(answers)} sent): p50 {np.percentile(busy, 50):.1f} ms, "
+            f"p99 {np.percentile(busy, 99):.1f} ms"
+        )
+
+
+def _timed_get(client: httpx.Client, path: str) -> float:
+    t0 = time.perf_counter()
+    assert client.get(path).status_code == 200
+    return (time.perf_counter() - t0) * 1e3
