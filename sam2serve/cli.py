@@ -93,9 +93,8 @@ def serve(
 ) -> None:
     """Run the HTTP server (uvicorn)."""
     require_server_extra("serve")
-    import uvicorn
-
     from sam2serve.api.app import create_app
+    from sam2serve.api.server import serve as serve_app
 
     settings = _settings(
         host=host,
@@ -116,13 +115,7 @@ def serve(
     from sam2serve.memory import pin_mmap_threshold
 
     pin_mmap_threshold()  # keeps RSS per cached image at the features' own size
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=False,  # uvicorn's access log prints query strings, which may hold api_key
-        log_level=log_level,
-    )
+    serve_app(create_app(settings), settings, log_level)  # JSON 400s, SIGTERM -> exit 0
 
 
 Url = Annotated[

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
 
     # auth: comma-separated keys in the environment
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    metrics_require_key: bool = Field(
+        False, description="With API keys configured, /metrics also needs one (else open)."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, description="On SIGTERM, how long in-flight requests may take to finish (s)."
+    )
 
     # caches
     cache_bytes: int = Field(1024 * MiB, description="Byte budget of the embedding cache.")

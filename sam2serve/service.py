@@ -20,7 +20,7 @@ from sam2serve import postprocess
 from sam2serve.batching import MicroBatcher
 from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
-from sam2serve.errors import BadRequest, NotInCache
+from sam2serve.errors import BadRequest, NotInCache, Unavailable
 from sam2serve.fetch import UrlFetcher
 from sam2serve.image_decode import LoadedImage, load_image
 from sam2serve.lanes import Lane
@@ -106,6 +106,13 @@ class Sam2Service:
             assert isinstance(request, EmbedRequest)  # only pixel calls come without an image
             pixels = await self._load(request.image)
         got = await self._embed(spec, namespace, pixels, request.image_id)
+        if got.features.nbytes > self.cache.max_bytes:  # an id that is gone already is no use
+            raise Unavailable(
+                f"this image's embedding is {got.features.nbytes} bytes, over the embedding "
+                f"cache budget of {self.cache.max_bytes} bytes, so its image_id cannot be kept: "
+                "raise SAM2SERVE_CACHE_BYTES, or send the image with each segment_image request",
+                field="image",
+            )
         return EmbedResponse(image_id=got.image_id, time=time.perf_counter() - started)
 
     async def segment(

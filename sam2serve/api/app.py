@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +14,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sam2serve import __version__
+from sam2serve.api.admission import image_admission
+from sam2serve.api.guard import RequestGuard
 from sam2serve.api.metrics import Metrics
+from sam2serve.api.openapi import install as install_openapi
 from sam2serve.api.routes import router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
@@ -59,11 +61,14 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     )
     app.state.service = service
     app.state.metrics = Metrics()
+    app.state.metrics.watch(service)
     app.state.draining = False
     app.state.preloading = False
+    app.state.admission = image_admission(service)
     app.include_router(router)
     _install_error_handlers(app)
-    _install_metrics(app)
+    app.add_middleware(RequestGuard)  # request ids, JSON 500s, metrics, access log
+    install_openapi(app)  # $refs that resolve, error answers, examples
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -92,27 +97,4 @@ def _install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.url.path}; see /docs for the API"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        return JSONResponse({"message": message}, status_code=exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error")
-        return JSONResponse(
-            {"message": "internal server error; the server log has the details"},
-            status_code=500,
-        )
-
-
-def _install_metrics(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def record(request: Request, call_next):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        metrics: Metrics = request.app.state.metrics
-        metrics.requests.labels(label, str(response.status_code)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - started)
-        # access log without the query string: it may carry api_key
-        log.info("%s %s %d", request.method, request.url.path, response.status_code)
-        return response
+        return JSONResponse({"message": message}, status_code=exc.status_code, headers=exc.headers)

@@ -396,6 +396,7 @@ import { curlSnippet, pythonSnippet } from "./js/snippets.js";
       state.lastBody = body;
       state.lastColors = included.map((o) => o.color);
       state.lastResponse = res;
+      state.reembedded404 = false;
       clearError();
       const confs = preds.map((p) => p.confidence.toFixed(3)).join(", ");
       el.result.textContent = `${preds.length} mask${preds.length === 1 ? "" : "s"} · ` +
@@ -406,8 +407,10 @@ import { curlSnippet, pythonSnippet } from "./js/snippets.js";
       if (err.name === "AbortError" || seq !== state.seq) return;
       state.segmenting = false;
       state.controller = null;
-      if (err instanceof ApiError && err.status === 404 && !retried) {
+      if (err instanceof ApiError && err.status === 404 && !retried && !state.reembedded404) {
         // the server evicted the embedding: send the image again, then retry this request
+        // (once until a segment succeeds: an id gone right after its embed would loop)
+        state.reembedded404 = true;
         setStatus("The server no longer holds this image's embedding; embedding it again…", true);
         state.imageId = null;
         embed();
