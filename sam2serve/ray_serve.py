@@ -17,6 +17,7 @@ Run (see docs/scaling.md):
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
@@ -25,10 +26,11 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
-from sam2serve.api.app import build_service, create_app
+from sam2serve.api.app import create_app
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError
-from sam2serve.registry import REGISTRY
+from sam2serve.registry import REGISTRY, ModelSpec
+from sam2serve.wiring import build_service
 
 log = logging.getLogger("sam2serve.ray")
 
@@ -37,7 +39,9 @@ class SAM2ServeArgs(BaseModel):
     """`args:` of the Serve config's application entry."""
 
     preload: bool = True  # load the default model before the replica takes traffic
-    test_registry: bool = False  # add the tiny random-weight test model (tests, benchmarks)
+    # "module:function" returning the model registry (dict of id -> ModelSpec); empty: the
+    # built-in models. Tests name sam2serve.testing:registry_with_test_model (a tiny model).
+    registry: str = ""
 
 
 @serve.deployment(
@@ -53,15 +57,10 @@ class SAM2ServeArgs(BaseModel):
 class Sam2Deployment:
     """One replica: the FastAPI app of `sam2serve.api.app.create_app`."""
 
-    async def __init__(self, preload: bool = True, test_registry: bool = False) -> None:
+    async def __init__(self, preload: bool = True, registry: str = "") -> None:
         context = serve.get_replica_context()
         settings = Settings(replica_name=f"{context.deployment}#{context.replica_tag}")
-        registry = REGISTRY
-        if test_registry:
-            from sam2serve.testing import registry_with_test_model
-
-            registry = registry_with_test_model()
-        self.service = build_service(settings, registry)
+        self.service = build_service(settings, _registry(registry))
         self.fastapi_app = create_app(settings, self.service)
         if preload:
             try:
@@ -84,4 +83,14 @@ class Sam2Deployment:
 def app_builder(args: dict[str, Any]) -> Application:
     """`import_path: sam2serve.ray_serve:app_builder` in a Serve config."""
     parsed = SAM2ServeArgs.model_validate(args or {})
-    return Sam2Deployment.bind(preload=parsed.preload, test_registry=parsed.test_registry)
+    return Sam2Deployment.bind(preload=parsed.preload, registry=parsed.registry)
+
+
+def _registry(path: str) -> dict[str, ModelSpec]:
+    """The registry named by `path` ("module:function"), or the built-in one."""
+    if not path:
+        return REGISTRY
+    module, _, name = path.partition(":")
+    if not name:
+        raise ValueError(f"registry {path!r}: expected 'module:function'")
+    return getattr(importlib.import_module(module), name)()

@@ -18,20 +18,28 @@ import numpy as np
 import torch
 
 from sam2serve import postprocess
-from sam2serve.api.requests import EmbedRequest, ImageInput, SegmentRequest
-from sam2serve.api.responses import EmbedResponse, Prediction, RleMask, SegmentResponse
 from sam2serve.batching import MicroBatcher
 from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
-from sam2serve.errors import BadRequest, NotInCache
+from sam2serve.errors import BadRequest, NotInCache, Unavailable
 from sam2serve.fetch import UrlFetcher
-from sam2serve.images import LoadedImage, load_image
+from sam2serve.image_decode import LoadedImage, load_image
 from sam2serve.lanes import Lane
 from sam2serve.logits_cache import LogitsCache
-from sam2serve.prompts import prompt_key, to_batch
+from sam2serve.prompt_batch import prompt_key, to_batch
 from sam2serve.registry import ModelSpec, resolve_model_id
 from sam2serve.runtime.base import Features, PromptBatch, Runtime
 from sam2serve.runtime.pool import ModelPool
+from sam2serve.schema import (
+    EmbedRequest,
+    EmbedResponse,
+    ImageInput,
+    LocalEmbedRequest,
+    Prediction,
+    RleMask,
+    SegmentRequest,
+    SegmentResponse,
+)
 
 if TYPE_CHECKING:
     from sam2serve.shared_tier import SharedTier
@@ -61,6 +69,7 @@ class Sam2Service:
         pool: ModelPool,
         *,
         fetcher: UrlFetcher | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -71,7 +80,7 @@ class Sam2Service:
         self.embed_lane = Lane("embed", 1, settings.embed_queue, retry_after_s=2.0)
         self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
         self._batchers: dict[str, MicroBatcher[np.ndarray, Features]] = {}
-        self.shared = _shared_tier(settings)
+        self.shared = shared  # the Redis tier shared by replicas; None: local cache only
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()
@@ -87,19 +96,44 @@ class Sam2Service:
             alias_family=self.settings.alias_family,
         )
 
-    async def embed(self, request: EmbedRequest, namespace: str) -> EmbedResponse:
+    async def embed(
+        self,
+        request: EmbedRequest | LocalEmbedRequest,
+        namespace: str,
+        *,
+        pixels: LoadedImage | None = None,
+    ) -> EmbedResponse:
+        """Embed an image once (cached by content) and answer its image_id.
+
+        `pixels`: an image already decoded in this process (the in-process Segmenter); then
+        `request` carries no image of its own.
+        """
         started = time.perf_counter()
         spec = self.spec_for(request.sam2_version_id)
-        image = await self._load(request.image)
-        got = await self._embed(spec, namespace, image, request.image_id)
+        if pixels is None:
+            assert isinstance(request, EmbedRequest)  # only pixel calls come without an image
+            pixels = await self._load(request.image)
+        got = await self._embed(spec, namespace, pixels, request.image_id)
+        if got.features.nbytes > self.cache.max_bytes:  # an id that is gone already is no use
+            raise Unavailable(
+                f"this image's embedding is {got.features.nbytes} bytes, over the embedding "
+                f"cache budget of {self.cache.max_bytes} bytes, so its image_id cannot be kept: "
+                "raise SAM2SERVE_CACHE_BYTES, or send the image with each segment_image request",
+                field="image",
+            )
         return EmbedResponse(image_id=got.image_id, time=time.perf_counter() - started)
 
     async def segment(
-        self, request: SegmentRequest, namespace: str
+        self, request: SegmentRequest, namespace: str, *, pixels: LoadedImage | None = None
     ) -> SegmentResponse | BinaryResult:
+        """Masks for the request's prompts, one per prompt (the best of C when multimask).
+
+        `pixels`: an image already decoded in this process, used instead of `request.image`
+        (the in-process Segmenter); it is cached under `request.image_id`.
+        """
         started = time.perf_counter()
         spec = self.spec_for(request.sam2_version_id)
-        got = await self._image_for_segment(spec, namespace, request)
+        got = await self._image_for_segment(spec, namespace, request, pixels)
         runtime = await self.pool.get(spec)
         prompts = request.prompt_list()
         keys = [prompt_key(p) for p in prompts]
@@ -111,7 +145,7 @@ class Sam2Service:
                 self.logits.save(got.entry, saved_keys, saved)
         batch = self._with_mask_input(to_batch(prompts), request, runtime, got.entry, keys)
 
-        def work() -> tuple[SegmentResponse | BinaryResult, np.ndarray]:
+        def work() -> tuple[list[Prediction] | BinaryResult, np.ndarray]:
             multimask = request.multimask_output
             full, low_res, scores = _decode_best(runtime, got.features, batch, multimask)
             if request.format == "binary":
@@ -120,7 +154,7 @@ class Sam2Service:
                 _prediction(logits > 0, float(score), request.format, request.polygon_holes)
                 for logits, score in zip(full, scores, strict=True)
             ]
-            return SegmentResponse(predictions=predictions, time=0.0), low_res
+            return predictions, low_res
 
         result, low_res = await self.click_lane.run(work)
         if request.save_logits_to_cache and prompts:
@@ -130,9 +164,9 @@ class Sam2Service:
                 await self.shared.save_logits(
                     namespace, ident, got.entry.content_hash, keys, low_res
                 )
-        if isinstance(result, SegmentResponse):
-            result.time = time.perf_counter() - started
-        return result
+        if isinstance(result, BinaryResult):
+            return result
+        return SegmentResponse(predictions=result, time=time.perf_counter() - started)
 
     # -- steps -----------------------------------------------------------------------
 
@@ -171,7 +205,7 @@ class Sam2Service:
             return features
 
         features, cached = await self.cache.get_or_compute(entry, image_id, compute)
-        if shared is not None and ident is not None:
+        if shared is not None and ident is not None and features.nbytes <= self.cache.max_bytes:
             await shared.publish(namespace, ident, image_id, entry.content_hash, features)
         return _Image(entry, image_id, features, cached)
 
@@ -194,8 +228,14 @@ class Sam2Service:
         return batcher
 
     async def _image_for_segment(
-        self, spec: ModelSpec, namespace: str, request: SegmentRequest
+        self,
+        spec: ModelSpec,
+        namespace: str,
+        request: SegmentRequest,
+        pixels: LoadedImage | None,
     ) -> _Image:
+        if pixels is not None:
+            return await self._embed(spec, namespace, pixels, request.image_id)
         if request.image is None:
             assert request.image_id is not None  # request validation guarantees one of them
             found = self.cache.lookup(IdKey(namespace, spec.model_id, request.image_id))
@@ -256,21 +296,6 @@ class Sam2Service:
             if loaded is not None:
                 return PromptBatch(batch.coords, batch.labels, loaded[0], loaded[1])
         return batch
-
-
-def _shared_tier(settings: Settings) -> SharedTier | None:
-    if not settings.redis_url:
-        return None
-    from sam2serve.shared_tier import SharedTier  # redis-py only where the tier is on
-
-    return SharedTier(
-        settings.redis_url,
-        settings.weights_dir,
-        ttl_s=settings.redis_ttl_s,
-        timeout_s=settings.redis_timeout_s,
-        retry_s=settings.redis_retry_s,
-        lock_s=settings.redis_lock_s,
-    )
 
 
 def _parse_mask_input(raw: list, n_prompts: int, m: int) -> np.ndarray:

@@ -34,14 +34,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import redis.asyncio as aioredis
 import torch
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sam2serve import feature_codec as codec
-from sam2serve.prompts import PromptKey
+from sam2serve.prompt_batch import PromptKey
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.base import Features, Runtime
 from sam2serve.runtime.weights import checkpoint_path, file_sha256
@@ -335,24 +333,3 @@ def _keys_from_text(text: bytes | str) -> list[PromptKey]:
         pts = frozenset(((float(x), float(y), bool(pos)), int(n)) for x, y, pos, n in points)
         keys.append((box_t, pts))  # type: ignore[arg-type]
     return keys
-
-
-class SharedTierCollector(Collector):
-    """Prometheus view of the tier: operations by result, and whether Redis is up."""
-
-    def __init__(self, tier: SharedTier) -> None:
-        self.tier = tier
-
-    def collect(self) -> Iterator[Any]:
-        ops = CounterMetricFamily(
-            "sam2serve_shared_tier_ops",
-            "Shared tier (Redis) operations by result: hit, miss, stored, refused "
-            "(bad value), error (Redis fault), skipped (breaker open)",
-            labels=["op", "result"],
-        )
-        for (op, result), n in sorted(self.tier.counts.items()):
-            ops.add_metric([op, result], n)
-        yield ops
-        up = GaugeMetricFamily("sam2serve_shared_tier_up", "1 while Redis answers, 0 while down")
-        up.add_metric([], 1.0 if self.tier.up else 0.0)
-        yield up

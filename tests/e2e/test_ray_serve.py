@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 COFFEE = {"type": "base64", "value": encode_image(photos()["coffee"])}
 CLICKS = [{"points": [{"x": 40 + 9 * i, "y": 30 + 7 * i, "positive": True}]} for i in range(20)]
 REPLICA = "X-Sam2serve-Replica"
+TEST_REGISTRY = "sam2serve.testing:registry_with_test_model"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def serve_url(tiny_weights_dir: Path) -> Iterator[str]:
         ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(app_builder({"test_registry": True}), name="sam2serve", route_prefix="/")
+        serve.run(app_builder({"registry": TEST_REGISTRY}), name="sam2serve", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:  # also when the deployment fails: never leave Ray or Redis behind
         if ray.is_initialized():
