@@ -67,7 +67,7 @@ def runtime_masks(runtime: Runtime, rgb: np.ndarray, prompts: list[Prompt]) -> l
     for coords, labels in prompts:
         decoded = runtime.decode(features, PromptBatch(coords[None], labels[None]), True)
         best = int(torch.argmax(decoded.scores[0]))
-        masks.append(runtime.upscale(decoded.low_res[:, best], (h, w))[0].numpy() > 0)
+        masks.append(runtime.upscale(decoded.low_res[:, best], (h, w))[0].float().cpu().numpy() > 0)
     return masks
 
 
