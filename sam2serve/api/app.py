@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sam2serve import __version__
+from sam2serve.api.everything_routes import router as everything_router
 from sam2serve.api.metrics import Metrics
 from sam2serve.api.routes import router
 from sam2serve.config import Settings
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     app.state.draining = False
     app.state.preloading = False
     app.include_router(router)
+    app.include_router(everything_router)
     _install_error_handlers(app)
     _install_metrics(app)
 
