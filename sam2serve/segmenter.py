@@ -30,6 +30,7 @@ from sam2serve.api.body import schema_error
 from sam2serve.api.requests import EmbedRequest, Limits, SegmentRequest
 from sam2serve.client.calls import CallBuilder, embed_result
 from sam2serve.client.errors import error_for_status
+from sam2serve.client.everything import EverythingResult, everything_call
 from sam2serve.client.images import ImageLike
 from sam2serve.client.results import EmbedResult, SegmentResult
 from sam2serve.config import Settings
@@ -168,6 +169,24 @@ class Segmenter:
         if isinstance(answer, BinaryResult):
             return call.parse(answer.content)
         return call.parse(answer.model_dump(mode="json"))
+
+    def segment_everything(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+        **params: Any,
+    ) -> EverythingResult:
+        """See `Sam2Client.segment_everything` (same arguments, same result)."""
+        from sam2serve.everything_schema import EverythingRequest
+        from sam2serve.everything_service import segment_everything
+
+        call = everything_call(image, image_id, model, bgr, params)
+        request = self._validate(EverythingRequest, call.body)
+        answer = self._call(segment_everything(self._service, request, PUBLIC_NAMESPACE))
+        return call.parse(answer.model_dump(mode="json"))  # type: ignore[union-attr]
 
     # -- plumbing --------------------------------------------------------------------
 

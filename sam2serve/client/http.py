@@ -24,6 +24,7 @@ from sam2serve.client.errors import (
     error_from_response,
     parse_retry_after,
 )
+from sam2serve.client.everything import EVERYTHING_PATH, EverythingResult, everything_call
 from sam2serve.client.images import ImageLike
 from sam2serve.client.results import EmbedResult, SegmentResult
 
@@ -200,6 +201,20 @@ class Sam2Client(_Base):
         )
         return call.parse(self._answer(self._post(SEGMENT_PATH, call.body)))
 
+    def segment_everything(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+        **params: Any,
+    ) -> EverythingResult:
+        """Every object of the image as a mask (Meta's automatic mask generator; `params`
+        under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
+        call = everything_call(image, image_id, model, bgr, params)
+        return call.parse(self._json(self._post(EVERYTHING_PATH, call.body)))
+
 
 class AsyncSam2Client(_Base):
     """The asyncio twin of `Sam2Client`: same arguments, `await` the methods."""
@@ -290,3 +305,17 @@ class AsyncSam2Client(_Base):
             polygon_holes,
         )
         return call.parse(self._answer(await self._post(SEGMENT_PATH, call.body)))
+
+    async def segment_everything(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+        **params: Any,
+    ) -> EverythingResult:
+        """Every object of the image as a mask (Meta's automatic mask generator; `params`
+        under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
+        call = everything_call(image, image_id, model, bgr, params)
+        return call.parse(self._json(await self._post(EVERYTHING_PATH, call.body)))
