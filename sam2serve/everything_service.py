@@ -9,6 +9,7 @@ between batches it checks the time budget and whether the caller is still there.
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -112,7 +113,8 @@ def to_response(
             EverythingPrediction(
                 masks=encoded,  # type: ignore[arg-type]
                 confidence=m.predicted_iou,
-                stability_score=m.stability_score,
+                # upstream's stability of an empty mask is 0/0 = nan; JSON has no nan
+                stability_score=m.stability_score if math.isfinite(m.stability_score) else 0.0,
                 bbox=m.bbox,
                 area=m.area,
                 point=m.point,

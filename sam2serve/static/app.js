@@ -850,4 +850,6 @@
   renderAuth();
   renderObjects();
   loadInfo();
+  // shared with add-on modules (everything.js)
+  window.sam2serve = { state, api, changed, makeObject, pushHistory, setStatus, showError, fmtSeconds };
 })();

@@ -26,7 +26,7 @@ from tests.conftest import photos
 
 pytestmark = pytest.mark.slow
 
-# keeps 10-60 masks per photo on the seeded random tiny model
+# keeps 10-100 masks per photo on the seeded random tiny model
 BASE = dict(
     points_per_side=8,
     mask_threshold=0.25,
@@ -67,7 +67,8 @@ def assert_same_masks(ref: list[dict], ours: list[AutoMask], *, iou_min: float =
         got = ours[free.pop(best)]
         assert ious[best] >= iou_min, f"reference mask {r['bbox']} best IoU {ious[best]:.4f}"
         assert got.predicted_iou == pytest.approx(r["predicted_iou"], abs=1e-3)
-        assert got.stability_score == pytest.approx(r["stability_score"], abs=1e-3)
+        # an empty mask has stability 0/0 = nan upstream, and here
+        assert got.stability_score == pytest.approx(r["stability_score"], abs=1e-3, nan_ok=True)
         assert got.area == pytest.approx(r["area"], rel=0.01)
         assert got.bbox == pytest.approx(r["bbox"], abs=2)
         assert got.point == pytest.approx(r["point_coords"][0], abs=1e-3)
@@ -97,7 +98,7 @@ def test_equals_meta_generator(tiny_model: torch.nn.Module, photo: str, override
     params = EverythingParams(**{**BASE, **overrides})
     image = photos()[photo]
     ref = reference(tiny_model, image, params)
-    assert 10 <= len(ref) <= 60, f"the reference keeps {len(ref)} masks: retune BASE"
+    assert 10 <= len(ref) <= 100, f"the reference keeps {len(ref)} masks: retune BASE"
     runtime = TorchRuntime("test_tiny", tiny_model, torch.device("cpu"))
     assert_same_masks(ref, generate(runtime, params, rgb=image))
 
@@ -125,7 +126,7 @@ def test_small_region_cleanup_equals_upstream(
     params = EverythingParams(**{**BASE, "min_mask_region_area": 20})
     image = photos()["astronaut"]
     ref = reference(tiny_model, image, params)
-    assert 10 <= len(ref) <= 60
+    assert 10 <= len(ref) <= 100
     runtime = TorchRuntime("test_tiny", tiny_model, torch.device("cpu"))
     ours = generate(runtime, params, rgb=image)
     assert_same_masks(ref, ours)
@@ -139,6 +140,6 @@ def test_real_hiera_tiny_equals_meta_generator(real_weights_dir: Path) -> None:
     params = EverythingParams(**{**BASE, "points_per_side": 6})
     image = photos()["chelsea"]
     ref = reference(model, image, params)
-    assert 10 <= len(ref) <= 60, f"the reference keeps {len(ref)} masks"
+    assert 10 <= len(ref) <= 100, f"the reference keeps {len(ref)} masks"
     runtime = TorchRuntime(spec.model_id, model, torch.device("cpu"))
     assert_same_masks(ref, generate(runtime, params, rgb=image))
