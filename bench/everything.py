@@ -53,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photo", default="astronaut")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--no-exact", action="store_true", help="skip the torch fp32 rows")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import skimage.data
@@ -62,6 +64,7 @@ def main() -> None:
     spec = REGISTRY["sam2.1_hiera_tiny"]
     tmp = Path(tempfile.mkdtemp(prefix="bench-everything-"))
     checkpoint = write_random_checkpoint(spec, tmp, seed=1)
+    PARAMS["points_per_side"] = args.points_per_side
     params = EverythingParams(**PARAMS)
     model = build_model(spec, checkpoint, torch.device("cpu"))
     exact = TorchRuntime(spec.model_id, model, torch.device("cpu"))
@@ -77,7 +80,8 @@ def main() -> None:
     t_meta_f, meta = _best(lambda: ref.generate(image), args.repeat)
     pred.set_image, pred.reset_predictor = set_image, reset
     rows = []
-    for name, rt in (("fast (OpenVINO)", fast), ("exact (torch fp32)", exact)):
+    runtimes = [("fast (OpenVINO)", fast)] + ([] if args.no_exact else [("exact", exact)])
+    for name, rt in runtimes:
         feats = rt.embed(image)
         t_f, masks = _best(
             lambda rt=rt, feats=feats: to_response(
