@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 
+#: The model runtimes a server can use (see `sam2serve.runtime.factory`).
+RuntimeName = Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"]
+
 
 def default_weights_dir() -> Path:
     return Path(user_cache_dir("sam2serve")) / "weights"
@@ -43,11 +46,11 @@ class Settings(BaseSettings):
     )
     allow_download: bool = True
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    runtime: Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"] = Field(
+    runtime: RuntimeName = Field(
         "auto",
         description=(
             "auto: OpenVINO (bf16 where the CPU has it, else f32) on CPU, torch on CUDA; "
-            "torch: Meta's fp32 reference path, exact"
+            "torch: Meta's fp32 model code, exact"
         ),
     )
     runtime_cache_dir: Path = Field(
@@ -61,12 +64,28 @@ class Settings(BaseSettings):
 
     # auth: comma-separated keys in the environment
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    metrics_require_key: bool = Field(
+        False, description="With API keys configured, /metrics also needs one (else open)."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, description="On SIGTERM, how long in-flight requests may take to finish (s)."
+    )
 
     # caches
     cache_bytes: int = Field(1024 * MiB, description="Byte budget of the embedding cache.")
     logits_cache_entries: int = Field(
         1000, description="How many saved low-res logits sets to keep for refinement."
     )
+
+    # shared second tier (Redis) for many replicas; off when unset
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db of the embedding tier shared by replicas."
+    )
+    redis_ttl_s: int = Field(3600, description="Lifetime of shared entries, refreshed on use.")
+    redis_timeout_s: float = Field(0.5, description="Per-operation Redis timeout (s).")
+    redis_retry_s: float = Field(2.0, description="Local-only this long after a Redis fault.")
+    redis_lock_s: float = Field(10.0, description="Wait this long for another replica's embed.")
+    replica_name: str = Field("", description="Name in X-Sam2serve-Replica; default host-pid.")
 
     # input limits
     max_body_bytes: int = 16 * MiB

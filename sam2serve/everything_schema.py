@@ -10,8 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sam2serve.api.requests import ApiKeyField, ImageId, ImageInput
-from sam2serve.api.responses import RleMask
+from sam2serve.schema import ApiKeyField, ImageId, ImageInput, RleMask
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
@@ -62,6 +61,14 @@ class EverythingParams(BaseModel):
         factor = self.crop_n_points_downscale_factor
         return [int(self.points_per_side / factor**i) for i in range(self.crop_n_layers + 1)]
 
+    def crop_count(self) -> int:
+        """Crops over all layers, as upstream lays them out (layer i: 4**i crops)."""
+        return sum(4**i for i in range(self.crop_n_layers + 1))
+
+    def total_points(self) -> int:
+        """Grid points over all crops (known before the image is read)."""
+        return sum(4**i * side * side for i, side in enumerate(self.grid_sides()))
+
     def generator_kwargs(self) -> dict[str, object]:
         """These parameters as keyword arguments of Meta's SAM2AutomaticMaskGenerator."""
         return self.model_dump()
@@ -95,7 +102,7 @@ class EverythingPrediction(BaseModel):
         description="polygon: a list of polygons of [x, y] pixel points; rle: COCO RLE"
     )
     confidence: float = Field(description="the model's predicted IoU of the mask")
-    stability_score: float
+    stability_score: float = Field(description="IoU of the mask at thresholds +- offset")
     bbox: list[float] = Field(description="[x, y, w, h] in pixels, as upstream reports it")
     area: int = Field(description="mask pixels")
     point: list[float] = Field(description="[x, y] grid point that prompted the mask")

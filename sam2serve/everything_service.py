@@ -3,7 +3,9 @@
 Lifecycle: resolve the model, find or embed the image (the same cache as clicks, so one
 embed serves both), then every batch of grid points as its own job on the embed lane (a
 segment-everything never occupies the click lane, and other embeds interleave with it);
-between batches it checks the time budget and whether the caller is still there.
+between batches it checks the time budget. A caller that goes away cancels the coroutine
+(the HTTP guard cancels the route on disconnect): it stops at the next batch, and a batch
+still waiting in the lane is dropped.
 """
 
 from __future__ import annotations
@@ -11,84 +13,76 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Awaitable, Callable
 
 import numpy as np
 
 from sam2serve import postprocess
-from sam2serve.api.responses import RleMask
 from sam2serve.errors import BadRequest, PayloadTooLarge
-from sam2serve.everything import (
-    AutoMask,
-    EverythingRun,
-    Stopped,
-    check_budget,
-    crop_pixels,
-)
+from sam2serve.everything import AutoMask, EverythingRun, check_budget, crop_pixels
 from sam2serve.everything_schema import (
     EverythingPrediction,
     EverythingRequest,
     EverythingResponse,
 )
+from sam2serve.image_decode import LoadedImage
+from sam2serve.schema import RleMask
 from sam2serve.service import BinaryResult, Sam2Service
 
-__all__ = ["Stopped", "segment_everything", "to_response"]
+__all__ = ["encode_npz", "segment_everything", "to_response"]
 
 
 async def segment_everything(
     service: Sam2Service,
     request: EverythingRequest,
     namespace: str,
-    is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+    *,
+    pixels: LoadedImage | None = None,
 ) -> EverythingResponse | BinaryResult:
-    """Raises Stopped when `is_disconnected()` turns true (the remaining batches are
-    skipped), PayloadTooLarge / Unavailable when over the configured budgets."""
+    """Every object of the image as a mask.
+
+    `pixels`: an image already decoded in this process (the in-process Segmenter), used
+    instead of `request.image` and cached under `request.image_id`. Raises
+    PayloadTooLarge / Unavailable when over the configured budgets.
+    """
     started = time.perf_counter()
     settings = service.settings
     params = request.params()
-    if params.crop_n_layers > 0 and request.image is None:
+    if params.crop_n_layers > 0 and request.image is None and pixels is None:
         raise BadRequest(
             "crop_n_layers > 0 embeds each crop and needs the pixels: send `image` too "
             "(with image_id, the cached whole-image embedding is still reused)",
             field="image",
         )
-    spec = service.spec_for(request.sam2_version_id)
-    if request.image is not None:
-        image = await service._load(request.image)
-        rgb: np.ndarray | None = image.rgb
-        got = await service._embed(spec, namespace, image, request.image_id)
-    else:
-        rgb = None
-        got = await service._image_for_segment(spec, namespace, request)  # type: ignore[arg-type]
-    runtime = await service.pool.get(spec)
-    run = EverythingRun(
-        runtime, params, got.features.orig_hw, max_candidates=settings.everything_max_candidates
-    )
-    if run.total_points > settings.everything_max_points:
+    if params.total_points() > settings.everything_max_points:  # before any image work
         raise PayloadTooLarge(
-            f"{run.total_points} grid points over {len(run.crops)} crops is over this server's "
-            f"limit of {settings.everything_max_points}: lower points_per_side or crop_n_layers",
+            f"{params.total_points()} grid points over {params.crop_count()} crops is over this "
+            f"server's limit of {settings.everything_max_points}: lower points_per_side or "
+            "crop_n_layers",
             field="points_per_side",
         )
+    spec = service.spec_for(request.sam2_version_id)
+    features, image = await service.features_for(
+        spec, namespace, request.image_id, image=request.image, pixels=pixels
+    )
+    runtime = await service.pool.get(spec)
+    run = EverythingRun(
+        runtime, params, features.orig_hw, max_candidates=settings.everything_max_candidates
+    )
     deadline = time.monotonic() + settings.everything_max_seconds
     lane = service.embed_lane
 
-    async def checkpoint() -> None:
-        gone = is_disconnected is not None and await is_disconnected()
-        check_budget(deadline, lambda: gone)
-
     for crop in run.crops:
-        await checkpoint()
+        check_budget(deadline, None)
         if crop.is_whole_image:
-            features = got.features
+            crop_features = features
         else:
-            assert rgb is not None
-            features = await lane.run(runtime.embed, crop_pixels(rgb, crop))
+            assert image is not None
+            crop_features = await lane.run(runtime.embed, crop_pixels(image.rgb, crop))
         for points in run.batches(crop):
-            await checkpoint()
-            await lane.run(run.process_batch, crop, features, points)
+            check_budget(deadline, None)
+            await lane.run(run.process_batch, crop, crop_features, points)
         run.finish_crop(crop)
-    await checkpoint()
+    check_budget(deadline, None)
     masks = await lane.run(run.finish)
     result = to_response(masks, request.format, request.polygon_holes)
     if isinstance(result, EverythingResponse):

@@ -12,25 +12,37 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from sam2serve import postprocess
-from sam2serve.api.requests import EmbedRequest, ImageInput, SegmentRequest
-from sam2serve.api.responses import EmbedResponse, Prediction, RleMask, SegmentResponse
 from sam2serve.batching import MicroBatcher
 from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
-from sam2serve.errors import BadRequest, NotInCache
+from sam2serve.errors import BadRequest, NotInCache, Unavailable
 from sam2serve.fetch import UrlFetcher
-from sam2serve.images import LoadedImage, load_image
+from sam2serve.image_decode import LoadedImage, load_image
 from sam2serve.lanes import Lane
 from sam2serve.logits_cache import LogitsCache
-from sam2serve.prompts import prompt_key, to_batch
+from sam2serve.prompt_batch import prompt_key, to_batch
 from sam2serve.registry import ModelSpec, resolve_model_id
 from sam2serve.runtime.base import Features, PromptBatch, Runtime
 from sam2serve.runtime.pool import ModelPool
+from sam2serve.schema import (
+    EmbedRequest,
+    EmbedResponse,
+    ImageInput,
+    LocalEmbedRequest,
+    Prediction,
+    RleMask,
+    SegmentRequest,
+    SegmentResponse,
+)
+
+if TYPE_CHECKING:
+    from sam2serve.shared_tier import SharedTier
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class Sam2Service:
         pool: ModelPool,
         *,
         fetcher: UrlFetcher | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -67,11 +80,14 @@ class Sam2Service:
         self.embed_lane = Lane("embed", 1, settings.embed_queue, retry_after_s=2.0)
         self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
         self._batchers: dict[str, MicroBatcher[np.ndarray, Features]] = {}
+        self.shared = shared  # the Redis tier shared by replicas; None: local cache only
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()
         self.click_lane.shutdown()
         await self.fetcher.aclose()
+        if self.shared is not None:
+            await self.shared.aclose()
 
     def spec_for(self, requested: str | None) -> ModelSpec:
         return resolve_model_id(
@@ -80,25 +96,56 @@ class Sam2Service:
             alias_family=self.settings.alias_family,
         )
 
-    async def embed(self, request: EmbedRequest, namespace: str) -> EmbedResponse:
+    async def embed(
+        self,
+        request: EmbedRequest | LocalEmbedRequest,
+        namespace: str,
+        *,
+        pixels: LoadedImage | None = None,
+    ) -> EmbedResponse:
+        """Embed an image once (cached by content) and answer its image_id.
+
+        `pixels`: an image already decoded in this process (the in-process Segmenter); then
+        `request` carries no image of its own.
+        """
         started = time.perf_counter()
         spec = self.spec_for(request.sam2_version_id)
-        image = await self._load(request.image)
-        got = await self._embed(spec, namespace, image, request.image_id)
+        if pixels is None:
+            assert isinstance(request, EmbedRequest)  # only pixel calls come without an image
+            pixels = await self._load(request.image)
+        got = await self._embed(spec, namespace, pixels, request.image_id)
+        if got.features.nbytes > self.cache.max_bytes:  # an id that is gone already is no use
+            raise Unavailable(
+                f"this image's embedding is {got.features.nbytes} bytes, over the embedding "
+                f"cache budget of {self.cache.max_bytes} bytes, so its image_id cannot be kept: "
+                "raise SAM2SERVE_CACHE_BYTES, or send the image with each segment_image request",
+                field="image",
+            )
         return EmbedResponse(image_id=got.image_id, time=time.perf_counter() - started)
 
     async def segment(
-        self, request: SegmentRequest, namespace: str
+        self, request: SegmentRequest, namespace: str, *, pixels: LoadedImage | None = None
     ) -> SegmentResponse | BinaryResult:
+        """Masks for the request's prompts, one per prompt (the best of C when multimask).
+
+        `pixels`: an image already decoded in this process, used instead of `request.image`
+        (the in-process Segmenter); it is cached under `request.image_id`.
+        """
         started = time.perf_counter()
         spec = self.spec_for(request.sam2_version_id)
-        got = await self._image_for_segment(spec, namespace, request)
+        got = await self._image_for_segment(spec, namespace, request, pixels)
         runtime = await self.pool.get(spec)
         prompts = request.prompt_list()
         keys = [prompt_key(p) for p in prompts]
+        if request.load_logits_from_cache and keys and self.shared is not None:
+            ident = await self.shared.identity(spec, runtime)
+            for saved_keys, saved in await self.shared.load_logits(
+                namespace, ident, got.entry.content_hash
+            ):
+                self.logits.save(got.entry, saved_keys, saved)
         batch = self._with_mask_input(to_batch(prompts), request, runtime, got.entry, keys)
 
-        def work() -> tuple[SegmentResponse | BinaryResult, np.ndarray]:
+        def work() -> tuple[list[Prediction] | BinaryResult, np.ndarray]:
             multimask = request.multimask_output
             full, low_res, scores = _decode_best(runtime, got.features, batch, multimask)
             if request.format == "binary":
@@ -107,14 +154,19 @@ class Sam2Service:
                 _prediction(logits > 0, float(score), request.format, request.polygon_holes)
                 for logits, score in zip(full, scores, strict=True)
             ]
-            return SegmentResponse(predictions=predictions, time=0.0), low_res
+            return predictions, low_res
 
         result, low_res = await self.click_lane.run(work)
         if request.save_logits_to_cache and prompts:
             self.logits.save(got.entry, keys, low_res)
-        if isinstance(result, SegmentResponse):
-            result.time = time.perf_counter() - started
-        return result
+            if self.shared is not None:
+                ident = await self.shared.identity(spec, runtime)
+                await self.shared.save_logits(
+                    namespace, ident, got.entry.content_hash, keys, low_res
+                )
+        if isinstance(result, BinaryResult):
+            return result
+        return SegmentResponse(predictions=result, time=time.perf_counter() - started)
 
     # -- steps -----------------------------------------------------------------------
 
@@ -132,12 +184,29 @@ class Sam2Service:
 
         batcher = self._batcher(spec.model_id, runtime)
 
+        shared = self.shared
+        ident = await shared.identity(spec, runtime) if shared is not None else None
+
         async def compute() -> Features:
-            if batcher is not None:
-                return await batcher.submit(image.rgb)
-            return await self.embed_lane.run(runtime.embed, image.rgb)
+            if shared is not None and ident is not None:
+                found = await shared.wait_or_lock(
+                    namespace, ident, entry.content_hash, runtime.device
+                )
+                if found is not None:
+                    return found
+            try:
+                if batcher is not None:
+                    features = await batcher.submit(image.rgb)
+                else:
+                    features = await self.embed_lane.run(runtime.embed, image.rgb)
+            finally:
+                if shared is not None and ident is not None:
+                    await shared.unlock(namespace, ident, entry.content_hash)
+            return features
 
         features, cached = await self.cache.get_or_compute(entry, image_id, compute)
+        if shared is not None and ident is not None and features.nbytes <= self.cache.max_bytes:
+            await shared.publish(namespace, ident, image_id, entry.content_hash, features)
         return _Image(entry, image_id, features, cached)
 
     def _batcher(self, model_id: str, runtime: Runtime) -> MicroBatcher | None:
@@ -158,22 +227,85 @@ class Sam2Service:
             self._batchers[model_id] = batcher
         return batcher
 
+    async def features_for(
+        self,
+        spec: ModelSpec,
+        namespace: str,
+        image_id: str | None,
+        *,
+        image: ImageInput | None = None,
+        pixels: LoadedImage | None = None,
+    ) -> tuple[Features, LoadedImage | None]:
+        """The features of a request's image: `pixels` (decoded in this process) or `image`
+        (loaded here) are embedded once and cached under `image_id` (default: their content
+        hash); with neither, the cached `image_id` (this replica, then the shared tier).
+
+        Returns the features and the pixels, when the request had any (None for an id).
+        Raises NotInCache for an unknown id.
+        """
+        if pixels is None and image is not None:
+            pixels = await self._load(image)
+        if pixels is not None:
+            got = await self._embed(spec, namespace, pixels, image_id)
+        else:
+            assert image_id is not None  # request validation guarantees one of them
+            got = await self._cached(spec, namespace, image_id)
+        return got.features, pixels
+
     async def _image_for_segment(
-        self, spec: ModelSpec, namespace: str, request: SegmentRequest
+        self,
+        spec: ModelSpec,
+        namespace: str,
+        request: SegmentRequest,
+        pixels: LoadedImage | None,
     ) -> _Image:
+        if pixels is not None:
+            return await self._embed(spec, namespace, pixels, request.image_id)
         if request.image is None:
             assert request.image_id is not None  # request validation guarantees one of them
-            found = self.cache.lookup(IdKey(namespace, spec.model_id, request.image_id))
-            if found is None:
-                raise NotInCache(
-                    f"image_id {request.image_id!r} is not in cache for {spec.model_id}: "
-                    "send the image (embed_image, or `image` in this request)",
-                    field="image_id",
-                )
-            entry, features = found
-            return _Image(entry, request.image_id, features, True)
+            return await self._cached(spec, namespace, request.image_id)
         image = await self._load(request.image)
         return await self._embed(spec, namespace, image, request.image_id)
+
+    async def _cached(self, spec: ModelSpec, namespace: str, image_id: str) -> _Image:
+        found = self.cache.lookup(IdKey(namespace, spec.model_id, image_id))
+        if self.shared is not None:
+            found = await self._shared_lookup(spec, namespace, image_id, found)
+        if found is None:
+            raise NotInCache(
+                f"image_id {image_id!r} is not in cache for {spec.model_id}: "
+                "send the image (embed_image, or `image` in this request)",
+                field="image_id",
+            )
+        entry, features = found
+        return _Image(entry, image_id, features, True)
+
+    async def _shared_lookup(
+        self,
+        spec: ModelSpec,
+        namespace: str,
+        image_id: str,
+        local: tuple[EntryKey, Features] | None,
+    ) -> tuple[EntryKey, Features] | None:
+        """Check an id against the shared binding (authoritative while Redis is up): fetch
+        features this replica lacks; never answer with pixels the id is no longer bound to."""
+        assert self.shared is not None
+        runtime = await self.pool.get(spec)
+        ident = await self.shared.identity(spec, runtime)
+        local_hash = local[0].content_hash if local is not None else None
+        bound = await self.shared.binding(namespace, ident, image_id, local_hash)
+        if bound is None or bound == local_hash:
+            return local  # unknown to Redis, or Redis down: the local answer stands
+        features = await self.shared.features(namespace, ident, bound, runtime.device)
+        if features is None:
+            return None  # rebound elsewhere to pixels nobody can give us: send the image
+
+        async def fetched() -> Features:
+            return features
+
+        entry = EntryKey(namespace, spec.model_id, bound)
+        features, _ = await self.cache.get_or_compute(entry, image_id, fetched)
+        return entry, features
 
     def _with_mask_input(
         self,

@@ -1,18 +1,22 @@
-"""HTTP route of segment-everything: parse, call the service, serialize."""
+"""HTTP route of segment-everything: parse, call the service, serialize.
+
+A request that carries an image takes an image admission slot before its body is parsed,
+as segment_image does. A client that disconnects has its route cancelled by the request
+guard, which stops the remaining batches.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_length
 from sam2serve.api.body import parse_request
 from sam2serve.everything_schema import EverythingRequest, EverythingResponse
-from sam2serve.everything_service import Stopped, segment_everything
+from sam2serve.everything_service import segment_everything
 from sam2serve.service import BinaryResult, Sam2Service
 
 router = APIRouter()
-
-CLIENT_CLOSED = 499  # nobody reads it: the client is gone
 
 
 @router.post(
@@ -34,11 +38,14 @@ CLIENT_CLOSED = 499  # nobody reads it: the client is gone
 )
 async def segment_everything_route(request: Request) -> Response:
     service: Sam2Service = request.app.state.service
-    body, namespace = await parse_request(request, EverythingRequest, service.settings, {})
-    try:
-        result = await segment_everything(service, body, namespace, request.is_disconnected)
-    except Stopped:
-        return Response(status_code=CLIENT_CLOSED)
+    admission: ImageAdmission = request.app.state.admission
+    async with admission.ticket(request, service.settings.max_body_bytes) as ticket:
+        if declared_length(request) > SMALL_BODY_BYTES:  # it carries an image
+            await ticket.take(body_read=False)
+        body, namespace = await parse_request(request, EverythingRequest, service.settings, {})
+        if body.image is not None:
+            await ticket.take(body_read=True)
+        result = await segment_everything(service, body, namespace)
     if isinstance(result, BinaryResult):
         return Response(content=result.content, media_type=result.media_type)
     return JSONResponse(result.model_dump(mode="json"))

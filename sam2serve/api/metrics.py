@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from sam2serve.service import Sam2Service
 
 
 class Metrics:
@@ -27,9 +35,63 @@ class Metrics:
         self.cache_entries = Gauge(
             "sam2serve_cache_entries", "Images in the embedding cache", registry=self.registry
         )
-        self.cache_hits = Gauge(
-            "sam2serve_cache_hits", "Embedding cache hits since start", registry=self.registry
+
+    def watch(self, service: Sam2Service) -> None:
+        """Export the service's running totals (cache, lanes, shared tier) as counters read
+        at scrape."""
+        self.registry.register(ServiceCounters(service))
+        if service.shared is not None:
+            self.registry.register(SharedTierCounters(service))
+
+
+class ServiceCounters(Collector):
+    """Counters owned by the service, read when /metrics is scraped."""
+
+    def __init__(self, service: Sam2Service) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self._service.cache
+        for name, doc, value in (
+            ("sam2serve_cache_hits", "Embedding cache hits since start", cache.hits),
+            ("sam2serve_cache_misses", "Embedding cache misses since start", cache.misses),
+            ("sam2serve_cache_evictions", "Embeddings evicted for room", cache.evictions),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        refused = CounterMetricFamily(
+            "sam2serve_lane_refused", "Jobs answered 503 because a lane was full", labels=["lane"]
         )
-        self.cache_misses = Gauge(
-            "sam2serve_cache_misses", "Embedding cache misses since start", registry=self.registry
+        dropped = CounterMetricFamily(
+            "sam2serve_lane_dropped",
+            "Queued jobs dropped because their client went away",
+            labels=["lane"],
         )
+        for lane in (self._service.embed_lane, self._service.click_lane):
+            refused.add_metric([lane.name], lane.refused)
+            dropped.add_metric([lane.name], lane.dropped)
+        yield refused
+        yield dropped
+
+
+class SharedTierCounters(Collector):
+    """The shared tier (Redis): operations by result, and whether Redis is up."""
+
+    def __init__(self, service: Sam2Service) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        tier = self._service.shared
+        if tier is None:
+            return
+        ops = CounterMetricFamily(
+            "sam2serve_shared_tier_ops",
+            "Shared tier (Redis) operations by result: hit, miss, stored, refused "
+            "(bad value), error (Redis fault), skipped (breaker open)",
+            labels=["op", "result"],
+        )
+        for (op, result), n in sorted(tier.counts.items()):
+            ops.add_metric([op, result], n)
+        yield ops
+        up = GaugeMetricFamily("sam2serve_shared_tier_up", "1 while Redis answers, 0 while down")
+        up.add_metric([], 1.0 if tier.up else 0.0)
+        yield up

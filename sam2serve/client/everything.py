@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sam2serve.client.images import ImageLike, encode_image
+from sam2serve.client.image_encode import ImageLike, encode_image
 from sam2serve.client.results import MaskPrediction, SegmentResult
 
 EVERYTHING_PATH = "/sam2/segment_everything"
@@ -57,7 +57,7 @@ class EverythingResult(SegmentResult):
         over larger ones) with a white outline."""
         import cv2
 
-        from sam2serve.client.images import load_rgb
+        from sam2serve.client.image_encode import load_rgb
 
         if image is None:
             if self.source is None:
@@ -124,6 +124,24 @@ class EverythingCall:
         )
 
 
+def everything_body(
+    image_id: str | None, model: str | None, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The request body without its image; unknown parameter names are a ValueError."""
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise ValueError(
+            f"unknown segment_everything parameter(s) {', '.join(unknown)}; "
+            f"known: {', '.join(PARAMS)}"
+        )
+    body: dict[str, Any] = {**params, "format": "rle"}
+    if image_id is not None:
+        body["image_id"] = image_id
+    if model is not None:
+        body["sam2_version_id"] = model
+    return body
+
+
 def everything_call(
     image: ImageLike | None,
     image_id: str | None,
@@ -132,19 +150,9 @@ def everything_call(
     params: dict[str, Any],
 ) -> EverythingCall:
     """Body of a segment_everything request; unknown parameter names are a ValueError."""
-    unknown = sorted(set(params) - set(PARAMS))
-    if unknown:
-        raise ValueError(
-            f"unknown segment_everything parameter(s) {', '.join(unknown)}; "
-            f"known: {', '.join(PARAMS)}"
-        )
+    body = everything_body(image_id, model, params)
     if image is None and image_id is None:
         raise ValueError("give an image, or the image_id of an image embedded before")
-    body: dict[str, Any] = {**params, "format": "rle"}
     if image is not None:
         body["image"] = encode_image(image, bgr=bgr).payload
-    if image_id is not None:
-        body["image_id"] = image_id
-    if model is not None:
-        body["sam2_version_id"] = model
     return EverythingCall(body, image, bgr)

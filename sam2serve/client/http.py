@@ -25,7 +25,8 @@ from sam2serve.client.errors import (
     parse_retry_after,
 )
 from sam2serve.client.everything import EVERYTHING_PATH, EverythingResult, everything_call
-from sam2serve.client.images import ImageLike
+from sam2serve.client.image_encode import ImageLike
+from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncSam2Client", "Sam2Client"]
@@ -98,6 +99,9 @@ class Sam2Client(_Base):
         max_retries: retries of a 503 that carries Retry-After.
         max_retry_wait: cap, in seconds, on one Retry-After wait.
         transport: an httpx transport (tests use `httpx.MockTransport`).
+        resend_on_miss: on a 404 for an id-only `segment_image`, re-send the image this
+            client embedded under that id, once (the server evicted it, or a replica lost
+            it). Keeps up to 64 MiB of encoded images; False to turn off.
     """
 
     def __init__(
@@ -110,8 +114,10 @@ class Sam2Client(_Base):
         max_retry_wait: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         headers: dict[str, str] | None = None,
+        resend_on_miss: bool = True,
     ) -> None:
         super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait)
+        self.resend_on_miss = resend_on_miss
         self._http = httpx.Client(
             base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
         )
@@ -154,52 +160,38 @@ class Sam2Client(_Base):
         """
         body, size = self._calls.embed_body(image, image_id, model, bgr)
         result = embed_result(self._json(self._post(EMBED_PATH, body)))
+        if self.resend_on_miss:
+            self._calls.keep(result.image_id, body["image"])
         return self._calls.embedded(result, size)
 
     def segment_image(
         self,
         image: ImageLike | None = None,
         image_id: str | None = None,
-        prompts: Any = None,
-        points: Any = None,
-        boxes: Any = None,
-        multimask_output: bool = True,
-        format: str = "rle",
-        model: str | None = None,
         *,
+        options: SegmentOptions | None = None,
         bgr: bool = False,
-        mask_input: Any = None,
-        save_logits_to_cache: bool = False,
-        load_logits_from_cache: bool = False,
-        polygon_holes: bool = False,
+        **fields: Any,
     ) -> SegmentResult:
         """Masks for prompts on an image (or on an embedded `image_id`).
 
         Args:
             image: path, bytes, PIL image, numpy array (RGB; `bgr=True` for OpenCV) or URL.
             image_id: id from `embed_image` (with no image: segment the cached embedding).
-            prompts: the API's prompt JSON (center boxes), for full control.
-            points: ``(x, y)`` / ``(x, y, positive)`` or a list: all in ONE prompt.
-            boxes: CORNER boxes ``(x1, y1, x2, y2)`` or a list; the first joins the points'
-                prompt, each further box is its own prompt. Converted to the API's center form.
-            format: "rle" (default, exact masks), "json"/"polygon", or "binary" (npz logits).
+            options: a `SegmentOptions`; keyword `fields` (its field names: ``points``,
+                ``boxes``, ``prompts``, ``multimask_output``, ``format``, ``model``,
+                ``mask_input``, ``save_logits_to_cache``, ``load_logits_from_cache``,
+                ``polygon_holes``) build one, or override those of `options`.
+                Boxes are CORNER boxes ``(x1, y1, x2, y2)``; numpy arrays are accepted.
         """
         call = self._calls.segment_call(
-            image,
-            image_id,
-            prompts,
-            points,
-            boxes,
-            multimask_output,
-            format,
-            model,
-            bgr,
-            mask_input,
-            save_logits_to_cache,
-            load_logits_from_cache,
-            polygon_holes,
+            image, image_id, SegmentOptions.of(options, **fields), bgr=bgr
         )
-        return call.parse(self._answer(self._post(SEGMENT_PATH, call.body)))
+        response = self._post(SEGMENT_PATH, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        if again is not None:  # the server lost the id: send the image once
+            response = self._post(SEGMENT_PATH, again)
+        return call.parse(self._answer(response))
 
     def segment_everything(
         self,
@@ -213,7 +205,11 @@ class Sam2Client(_Base):
         """Every object of the image as a mask (Meta's automatic mask generator; `params`
         under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
         call = everything_call(image, image_id, model, bgr, params)
-        return call.parse(self._json(self._post(EVERYTHING_PATH, call.body)))
+        response = self._post(EVERYTHING_PATH, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        if again is not None:  # the server lost the id: send the image once
+            response = self._post(EVERYTHING_PATH, again)
+        return call.parse(self._json(response))
 
 
 class AsyncSam2Client(_Base):
@@ -229,8 +225,10 @@ class AsyncSam2Client(_Base):
         max_retry_wait: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: dict[str, str] | None = None,
+        resend_on_miss: bool = True,
     ) -> None:
         super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait)
+        self.resend_on_miss = resend_on_miss
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
         )
@@ -269,42 +267,28 @@ class AsyncSam2Client(_Base):
         """See `Sam2Client.embed_image`."""
         body, size = self._calls.embed_body(image, image_id, model, bgr)
         result = embed_result(self._json(await self._post(EMBED_PATH, body)))
+        if self.resend_on_miss:
+            self._calls.keep(result.image_id, body["image"])
         return self._calls.embedded(result, size)
 
     async def segment_image(
         self,
         image: ImageLike | None = None,
         image_id: str | None = None,
-        prompts: Any = None,
-        points: Any = None,
-        boxes: Any = None,
-        multimask_output: bool = True,
-        format: str = "rle",
-        model: str | None = None,
         *,
+        options: SegmentOptions | None = None,
         bgr: bool = False,
-        mask_input: Any = None,
-        save_logits_to_cache: bool = False,
-        load_logits_from_cache: bool = False,
-        polygon_holes: bool = False,
+        **fields: Any,
     ) -> SegmentResult:
         """See `Sam2Client.segment_image`."""
         call = self._calls.segment_call(
-            image,
-            image_id,
-            prompts,
-            points,
-            boxes,
-            multimask_output,
-            format,
-            model,
-            bgr,
-            mask_input,
-            save_logits_to_cache,
-            load_logits_from_cache,
-            polygon_holes,
+            image, image_id, SegmentOptions.of(options, **fields), bgr=bgr
         )
-        return call.parse(self._answer(await self._post(SEGMENT_PATH, call.body)))
+        response = await self._post(SEGMENT_PATH, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        if again is not None:  # the server lost the id: send the image once
+            response = await self._post(SEGMENT_PATH, again)
+        return call.parse(self._answer(response))
 
     async def segment_everything(
         self,
@@ -318,4 +302,8 @@ class AsyncSam2Client(_Base):
         """Every object of the image as a mask (Meta's automatic mask generator; `params`
         under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
         call = everything_call(image, image_id, model, bgr, params)
-        return call.parse(self._json(await self._post(EVERYTHING_PATH, call.body)))
+        response = await self._post(EVERYTHING_PATH, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        if again is not None:  # the server lost the id: send the image once
+            response = await self._post(EVERYTHING_PATH, again)
+        return call.parse(self._json(response))

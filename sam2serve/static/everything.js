@@ -1,4 +1,3 @@
-"use strict";
 // "Segment everything" for the playground: one POST /sam2/segment_everything on the image
 // already embedded (by image_id, so the embedding is reused), the masks drawn each in its
 // own colour on their own canvas, a list to pick some, and "Keep" turns each picked mask

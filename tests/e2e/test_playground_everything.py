@@ -21,6 +21,7 @@ pytestmark = [*pytestmark, pytest.mark.slow]
 
 def test_segment_everything_and_keep_masks(server: str, photo: Path, make_page) -> None:  # noqa: F811
     p = make_page()
+    p.page.set_default_timeout(90_000)  # embed and segment-everything on a shared 2-core box
     p.open(server, photo)
     page = p.page
     page.fill("#everything-points_per_side", "4")

@@ -147,7 +147,9 @@ def test_budgets(make_client, image, settings, status, word) -> None:  # type: i
 def test_openapi_documents_the_route(torch_client) -> None:  # type: ignore[no-untyped-def]
     spec = torch_client.get("/openapi.json").json()
     op = spec["paths"]["/sam2/segment_everything"]["post"]
-    props = op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/EverythingRequest"}
+    props = spec["components"]["schemas"]["EverythingRequest"]["properties"]
     assert props["points_per_side"]["maximum"] == 64 and props["points_per_side"]["default"] == 32
     assert "crop_n_layers" in props and "use_m2m" in props
 

@@ -29,11 +29,26 @@ PARAMS = {
 }
 
 
+def _no_encoding(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the in-process Segmenter must hand pixels over, not encode them")
+
+
 @pytest.fixture(scope="module")
 def local(tiny_weights_dir: Path) -> EverythingResult:
     settings = tiny_settings(tiny_weights_dir, runtime="torch")
-    with Segmenter(settings=settings, registry=registry_with_test_model()) as seg:
-        return seg.segment_everything(RGB, **PARAMS)
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        Segmenter(settings=settings, registry=registry_with_test_model()) as seg,
+    ):
+        mp.setattr("sam2serve.client.everything.encode_image", _no_encoding)
+        result = seg.segment_everything(RGB, **PARAMS)
+        # the pixels were cached under their content hash: that id reuses the features
+        misses = seg._service.cache.misses
+        image_id = seg.embed_image(RGB).image_id
+        by_id = seg.segment_everything(image_id=image_id, **PARAMS)
+        assert seg._service.cache.misses == misses
+        assert np.array_equal(by_id.masks, result.masks)
+        return result
 
 
 def test_segmenter_result_is_typed(local: EverythingResult) -> None:

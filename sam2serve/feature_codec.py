@@ -1,0 +1,176 @@
+"""A typed binary format for embeddings and logits kept in the shared (Redis) tier.
+
+Never pickle: a value is a small fixed prefix, a JSON header and raw little-endian tensor
+bytes, so a value written by anything else (another deployment, another version, a
+pickle, random bytes) is refused with `CodecError` instead of being executed or misread.
+
+Layout::
+
+    b"S2SF" | u16 format version | u32 header length | header (UTF-8 JSON) | tensor bytes
+
+The header names what the bytes are (`kind`: "features" | "logits"), the model id, the
+checkpoint sha256 and the producing runtime, the image content hash, and for each tensor
+its dtype (float32 | float16 | bfloat16) and shape; a CRC32 covers the tensor bytes.
+Decoding does not copy the tensor bytes: tensors are views over the received buffer
+(numpy `frombuffer` -> `torch.from_numpy`), read-only by contract.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sam2serve.runtime.base import Features
+
+MAGIC = b"S2SF"
+VERSION = 1
+_PREFIX = struct.Struct("<4sHI")
+_MAX_HEADER = 64 * 1024
+_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
+    "float32": (torch.float32, np.dtype("<f4")),
+    "float16": (torch.float16, np.dtype("<f2")),
+    "bfloat16": (torch.bfloat16, np.dtype("<i2")),  # numpy has no bf16: carried as int16 bits
+}
+_NAMES = {torch_dtype: name for name, (torch_dtype, _) in _DTYPES.items()}
+
+
+class CodecError(ValueError):
+    """The bytes are not a value this version of sam2serve wrote for this model."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a value must match to be used: model, exact checkpoint and producing runtime."""
+
+    model_id: str
+    checkpoint_sha256: str
+    producer: str  # runtime class + precision: features of different runtimes differ
+
+
+def encode(
+    kind: str, identity: Identity, content_hash: str, tensors: list[torch.Tensor], **extra: object
+) -> bytes:
+    """One value: prefix + header + the tensors' bytes (CPU, contiguous), in order."""
+    arrays = []
+    specs = []
+    for t in tensors:
+        t = t.detach().cpu()
+        name = _NAMES.get(t.dtype)
+        if name is None:
+            raise CodecError(f"cannot store dtype {t.dtype}")
+        # keep the memory layout (e.g. channels-last conv outputs): decoder results depend
+        # on it in the last bit, and a dense permuted tensor then needs no copy here
+        order = sorted(range(t.ndim), key=lambda d: -t.stride(d))
+        dense = t.permute(order).contiguous()
+        raw = dense.view(torch.int16) if t.dtype == torch.bfloat16 else dense
+        arrays.append(raw.numpy())
+        specs.append({"dtype": name, "shape": list(t.shape), "order": order})
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(memoryview(a).cast("B"), crc)
+    header = {
+        "kind": kind,
+        "model_id": identity.model_id,
+        "checkpoint_sha256": identity.checkpoint_sha256,
+        "producer": identity.producer,
+        "content_hash": content_hash,
+        "tensors": specs,
+        "crc32": crc,
+        **extra,
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    parts = [_PREFIX.pack(MAGIC, VERSION, len(head)), head]
+    parts += [memoryview(a).cast("B") for a in arrays]
+    return b"".join(parts)  # the one copy: Redis takes a single value buffer
+
+
+def decode(
+    value: bytes | memoryview,
+    kind: str,
+    identity: Identity,
+    content_hash: str | None,
+    device: torch.device | None = None,
+) -> tuple[list[torch.Tensor], dict]:
+    """Tensors (views over `value`, moved to `device` if given) and the header.
+
+    Raises CodecError when the value is not ours, is another version, or names another
+    model, checkpoint, runtime, kind or image than the caller expects.
+    """
+    view = memoryview(value)
+    if len(view) < _PREFIX.size:
+        raise CodecError("value too short")
+    magic, version, head_len = _PREFIX.unpack_from(view)
+    if magic != MAGIC:
+        raise CodecError("not a sam2serve value (bad magic; a pickle or foreign data?)")
+    if version != VERSION:
+        raise CodecError(f"format version {version}, this server reads {VERSION}")
+    if head_len > _MAX_HEADER or _PREFIX.size + head_len > len(view):
+        raise CodecError("header length out of range")
+    try:
+        header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + head_len]))
+        specs = [
+            (_DTYPES[s["dtype"]], tuple(int(d) for d in s["shape"]), _order(s))
+            for s in header["tensors"]
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CodecError(f"unreadable header: {exc}") from exc
+    expected = {
+        "kind": kind,
+        "model_id": identity.model_id,
+        "checkpoint_sha256": identity.checkpoint_sha256,
+        "producer": identity.producer,
+    }
+    if content_hash is not None:
+        expected["content_hash"] = content_hash
+    for field, want in expected.items():
+        if header.get(field) != want:
+            raise CodecError(f"{field} is {header.get(field)!r}, expected {want!r}")
+    offset = _PREFIX.size + head_len
+    sizes = [int(np.prod(shape)) * np_dtype.itemsize for (_, np_dtype), shape, _ in specs]
+    if offset + sum(sizes) != len(view):
+        raise CodecError("tensor bytes do not match the header's shapes")
+    crc = zlib.crc32(view[offset:])
+    if crc != header.get("crc32"):
+        raise CodecError("checksum mismatch (corrupt value)")
+    tensors = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only buffer: never written to
+        for ((torch_dtype, np_dtype), shape, order), size in zip(specs, sizes, strict=True):
+            count = size // np_dtype.itemsize
+            arr = np.frombuffer(view, dtype=np_dtype, count=count, offset=offset)
+            dense = torch.from_numpy(arr).view(torch_dtype).reshape([shape[d] for d in order])
+            t = dense.permute([order.index(d) for d in range(len(order))])
+            tensors.append(t.to(device) if device is not None and device.type != "cpu" else t)
+            offset += size
+    return tensors, header
+
+
+def _order(spec: dict) -> list[int]:
+    order = [int(d) for d in spec.get("order", range(len(spec["shape"])))]
+    if sorted(order) != list(range(len(spec["shape"]))):
+        raise CodecError("tensor order is not a permutation of its dimensions")
+    return order
+
+
+def encode_features(identity: Identity, content_hash: str, features: Features) -> bytes:
+    tensors = [features.image_embed, *features.high_res]
+    return encode("features", identity, content_hash, tensors, orig_hw=list(features.orig_hw))
+
+
+def decode_features(
+    value: bytes, identity: Identity, content_hash: str, device: torch.device | None = None
+) -> Features:
+    tensors, header = decode(value, "features", identity, content_hash, device)
+    try:
+        h, w = (int(v) for v in header["orig_hw"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CodecError("features header lacks orig_hw") from exc
+    if len(tensors) < 1:
+        raise CodecError("features value holds no tensors")
+    return Features(image_embed=tensors[0], high_res=tuple(tensors[1:]), orig_hw=(h, w))
