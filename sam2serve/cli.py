@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from sam2serve.cli_everything import everything
 from sam2serve.cli_support import (
     ANNOTATED_SUFFIX,
     IMAGE_SUFFIXES,
@@ -342,6 +343,9 @@ def models(weights_dir: WeightsDir = None) -> None:
         present = "present" if checkpoint_path(spec, settings.weights_dir).is_file() else "missing"
         alias = aliases.get(spec.model_id, "")
         typer.echo(f"{spec.model_id:<22} {alias:<13} {spec.size_mb:>5} MB  {present}")
+
+
+app.command(no_args_is_help=True)(everything)
 
 
 def main() -> None:

@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     )
     click_queue: int = Field(64, description="Decodes waiting beyond this answer 503 at once.")
 
+    # segment everything (per request)
+    everything_max_points: int = Field(
+        16384, description="Grid points over all crops; more answers 413 before any work."
+    )
+    everything_max_candidates: int = Field(
+        2048, description="Candidate masks held at once (m x m logits each); more answers 413."
+    )
+    everything_max_seconds: float = Field(300.0, description="Longer answers 503.")
+
     @field_validator("api_keys", "url_allow_hosts", "url_deny_hosts", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:

@@ -33,6 +33,12 @@ from pydantic import ValidationError
 from sam2serve import image_decode
 from sam2serve.client.calls import CallBuilder, SegmentCall
 from sam2serve.client.errors import error_for_status
+from sam2serve.client.everything import (
+    EverythingCall,
+    EverythingResult,
+    everything_body,
+    everything_call,
+)
 from sam2serve.client.image_encode import (
     ImageLike,
     is_url,
@@ -191,6 +197,36 @@ class Segmenter:
         if isinstance(answer, BinaryResult):
             return call.parse(answer.content)
         return call.parse(answer.model_dump(mode="json"))
+
+    def segment_everything(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+        **params: Any,
+    ) -> EverythingResult:
+        """See `Sam2Client.segment_everything` (same arguments, same result)."""
+        from sam2serve.everything_schema import EverythingRequest
+        from sam2serve.everything_service import segment_everything
+
+        pixels: LoadedImage | None = None
+        if image is None or (isinstance(image, str) and is_url(image)):
+            call = everything_call(image, image_id, model, bgr, params)
+            body = call.body
+        else:
+            request_body = everything_body(image_id, model, params)
+            self.model_id(model)  # an unknown model is reported before the image is decoded
+            pixels = self._pixels(image, bgr)
+            call = EverythingCall(request_body, image, bgr)
+            # the pixels are cached under their content hash unless an id was given
+            body = {**request_body, "image_id": image_id or pixels.content_hash}
+        request = self._validate(EverythingRequest, body)
+        answer = self._call(
+            segment_everything(self._service, request, PUBLIC_NAMESPACE, pixels=pixels)
+        )
+        return call.parse(answer.model_dump(mode="json"))  # type: ignore[union-attr]
 
     def _pixels(self, image: ImageLike, bgr: bool) -> LoadedImage:
         """Decode an image here, as the server decodes an upload (EXIF orientation, every

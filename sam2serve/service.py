@@ -227,6 +227,31 @@ class Sam2Service:
             self._batchers[model_id] = batcher
         return batcher
 
+    async def features_for(
+        self,
+        spec: ModelSpec,
+        namespace: str,
+        image_id: str | None,
+        *,
+        image: ImageInput | None = None,
+        pixels: LoadedImage | None = None,
+    ) -> tuple[Features, LoadedImage | None]:
+        """The features of a request's image: `pixels` (decoded in this process) or `image`
+        (loaded here) are embedded once and cached under `image_id` (default: their content
+        hash); with neither, the cached `image_id` (this replica, then the shared tier).
+
+        Returns the features and the pixels, when the request had any (None for an id).
+        Raises NotInCache for an unknown id.
+        """
+        if pixels is None and image is not None:
+            pixels = await self._load(image)
+        if pixels is not None:
+            got = await self._embed(spec, namespace, pixels, image_id)
+        else:
+            assert image_id is not None  # request validation guarantees one of them
+            got = await self._cached(spec, namespace, image_id)
+        return got.features, pixels
+
     async def _image_for_segment(
         self,
         spec: ModelSpec,
@@ -238,19 +263,22 @@ class Sam2Service:
             return await self._embed(spec, namespace, pixels, request.image_id)
         if request.image is None:
             assert request.image_id is not None  # request validation guarantees one of them
-            found = self.cache.lookup(IdKey(namespace, spec.model_id, request.image_id))
-            if self.shared is not None:
-                found = await self._shared_lookup(spec, namespace, request.image_id, found)
-            if found is None:
-                raise NotInCache(
-                    f"image_id {request.image_id!r} is not in cache for {spec.model_id}: "
-                    "send the image (embed_image, or `image` in this request)",
-                    field="image_id",
-                )
-            entry, features = found
-            return _Image(entry, request.image_id, features, True)
+            return await self._cached(spec, namespace, request.image_id)
         image = await self._load(request.image)
         return await self._embed(spec, namespace, image, request.image_id)
+
+    async def _cached(self, spec: ModelSpec, namespace: str, image_id: str) -> _Image:
+        found = self.cache.lookup(IdKey(namespace, spec.model_id, image_id))
+        if self.shared is not None:
+            found = await self._shared_lookup(spec, namespace, image_id, found)
+        if found is None:
+            raise NotInCache(
+                f"image_id {image_id!r} is not in cache for {spec.model_id}: "
+                "send the image (embed_image, or `image` in this request)",
+                field="image_id",
+            )
+        entry, features = found
+        return _Image(entry, image_id, features, True)
 
     async def _shared_lookup(
         self,

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sam2serve import __version__
 from sam2serve.api.admission import image_admission
+from sam2serve.api.everything_routes import router as everything_router
 from sam2serve.api.guard import RequestGuard
 from sam2serve.api.metrics import Metrics
 from sam2serve.api.openapi import install as install_openapi
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     app.state.preloading = False
     app.state.admission = image_admission(service)
     app.include_router(router)
+    app.include_router(everything_router)
     _install_error_handlers(app)
     # request ids, replica header, JSON 500s, metrics, access log
     app.add_middleware(RequestGuard, replica=app.state.replica)

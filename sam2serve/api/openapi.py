@@ -41,6 +41,12 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "load_logits_from_cache": "start from the logits saved for the same prompts",
         "format": "json: polygons; rle: COCO RLE; binary: an .npz of logits",
     },
+    "EverythingRequest": {
+        "api_key": "API key, when the server requires one (also: ?api_key= or a Bearer header)",
+        "image": "the image; omit it to use `image_id` of an embedded image",
+        "sam2_version_id": "model id or Roboflow alias (default: the server's model)",
+        "format": "json: polygons; rle: COCO RLE; binary: an .npz of masks and records",
+    },
     "ImageInput": {"type": "'base64' or 'url'"},
     "Point": {
         "x": "column in original-image pixels",
@@ -65,6 +71,11 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "SegmentRequest": {
         "image": {"type": "base64", "value": EXAMPLE_PNG_BASE64},
         "prompts": {"prompts": [{"points": [{"x": 16, "y": 16, "positive": True}]}]},
+        "format": "rle",
+    },
+    "EverythingRequest": {  # a 4x4 grid: cheap enough to try
+        "image": {"type": "base64", "value": EXAMPLE_PNG_BASE64},
+        "points_per_side": 4,
         "format": "rle",
     },
     "ImageInput": {"type": "base64", "value": EXAMPLE_PNG_BASE64},
@@ -207,5 +218,7 @@ def _document_errors(path: str, method: str, op: dict[str, Any]) -> None:
         }
     else:
         codes = ["500"]
-    for code in codes:
-        responses.setdefault(code, _error(_ERRORS[code], retry_after=code == "503"))
+    for code in codes:  # a route's own description of a code is kept, the rest filled in
+        given = responses.setdefault(code, {})
+        for key, value in _error(_ERRORS[code], retry_after=code == "503").items():
+            given.setdefault(key, value)

@@ -23,6 +23,7 @@ from sam2serve.client.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from sam2serve.client.everything import AutoMaskPrediction, EverythingResult
 from sam2serve.client.http import DEFAULT_BASE_URL, AsyncSam2Client, Sam2Client
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.prompt_builder import box_xyxy_to_center, point, prompt
@@ -31,9 +32,11 @@ from sam2serve.client.results import EmbedResult, MaskPrediction, SegmentResult
 __all__ = [
     "DEFAULT_BASE_URL",
     "AsyncSam2Client",
+    "AutoMaskPrediction",
     "BadRequestError",
     "ConflictError",
     "EmbedResult",
+    "EverythingResult",
     "InvalidRequestError",
     "MaskPrediction",
     "NotFoundError",

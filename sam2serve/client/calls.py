@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sam2serve.client.image_encode import ImageLike, encode_image
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult, parse_segment
+
+if TYPE_CHECKING:
+    from sam2serve.client.everything import EverythingCall
 
 
 @dataclass
@@ -70,8 +73,9 @@ class CallBuilder:
             _, dropped = self._kept.popitem(last=False)
             self._kept_bytes -= len(dropped["value"])
 
-    def resend_body(self, call: SegmentCall, status: int) -> dict[str, Any] | None:
-        """The body to send once more after a 404 on an id-only segment, when this client
+    def resend_body(self, call: SegmentCall | EverythingCall, status: int) -> dict[str, Any] | None:
+        """The body to send once more after a 404 on an id-only segment (or segment
+        everything), when this client
         still has the image it embedded under that id; None otherwise."""
         image_id = call.body.get("image_id")
         if status != 404 or "image" in call.body or image_id is None:

@@ -24,6 +24,7 @@ from sam2serve.client.errors import (
     error_from_response,
     parse_retry_after,
 )
+from sam2serve.client.everything import EVERYTHING_PATH, EverythingResult, everything_call
 from sam2serve.client.image_encode import ImageLike
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
@@ -192,6 +193,24 @@ class Sam2Client(_Base):
             response = self._post(SEGMENT_PATH, again)
         return call.parse(self._answer(response))
 
+    def segment_everything(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+        **params: Any,
+    ) -> EverythingResult:
+        """Every object of the image as a mask (Meta's automatic mask generator; `params`
+        under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
+        call = everything_call(image, image_id, model, bgr, params)
+        response = self._post(EVERYTHING_PATH, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        if again is not None:  # the server lost the id: send the image once
+            response = self._post(EVERYTHING_PATH, again)
+        return call.parse(self._json(response))
+
 
 class AsyncSam2Client(_Base):
     """The asyncio twin of `Sam2Client`: same arguments, `await` the methods."""
@@ -270,3 +289,21 @@ class AsyncSam2Client(_Base):
         if again is not None:  # the server lost the id: send the image once
             response = await self._post(SEGMENT_PATH, again)
         return call.parse(self._answer(response))
+
+    async def segment_everything(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+        **params: Any,
+    ) -> EverythingResult:
+        """Every object of the image as a mask (Meta's automatic mask generator; `params`
+        under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
+        call = everything_call(image, image_id, model, bgr, params)
+        response = await self._post(EVERYTHING_PATH, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        if again is not None:  # the server lost the id: send the image once
+            response = await self._post(EVERYTHING_PATH, again)
+        return call.parse(self._json(response))

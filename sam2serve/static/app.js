@@ -731,4 +731,6 @@ import { curlSnippet, pythonSnippet } from "./js/snippets.js";
   renderAuth();
   renderObjects();
   loadInfo();
+  // shared with add-on modules (everything.js)
+  window.sam2serve = { state, api, changed, makeObject, pushHistory, setStatus, showError, fmtSeconds };
 })();

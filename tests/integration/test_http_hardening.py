@@ -84,12 +84,20 @@ def test_openapi_is_valid_and_complete(client) -> None:
     for ref in refs:
         _resolve(doc, ref)
     schemas = doc["components"]["schemas"]
-    for name in ("EmbedRequest", "SegmentRequest", "ImageInput", "Point", "Box", "Prompt"):
+    for name in (
+        "EmbedRequest",
+        "SegmentRequest",
+        "EverythingRequest",
+        "ImageInput",
+        "Point",
+        "Box",
+        "Prompt",
+    ):
         schema = schemas[name]
         assert schema.get("examples"), name
         for field, prop in schema["properties"].items():
             assert prop.get("description"), f"{name}.{field} has no description"
-    for path in ("/sam2/embed_image", "/sam2/segment_image"):
+    for path in ("/sam2/embed_image", "/sam2/segment_image", "/sam2/segment_everything"):
         op = doc["paths"][path]["post"]
         assert op["requestBody"]["content"]["application/json"]["example"]
         for code in ERROR_CODES:
@@ -102,7 +110,7 @@ def test_openapi_is_valid_and_complete(client) -> None:
 
 def test_openapi_examples_work(client) -> None:
     doc = client.get("/openapi.json").json()
-    for path in ("/sam2/embed_image", "/sam2/segment_image"):
+    for path in ("/sam2/embed_image", "/sam2/segment_image", "/sam2/segment_everything"):
         example = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         r = client.post(path, json=example["example"])
         assert r.status_code == 200, (path, r.text)
@@ -126,12 +134,16 @@ def test_full_embed_lane_refuses_big_bodies_before_parsing(client, monkeypatch) 
         "/sam2/segment_image", content=big, headers={"content-type": "application/json"}
     )
     assert r.status_code == 503 and parsed == []
+    r = client.post(
+        "/sam2/segment_everything", content=big, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 503 and parsed == []
     monkeypatch.undo()
     # a click (small body, image_id only) is not an image request: it is not refused
     r = client.post("/sam2/segment_image", json={"image_id": "nope"})
     assert r.status_code == 404
     admission.in_use = 0
-    assert admission.refused == 2
+    assert admission.refused == 3
     print(f"refused a 4 MB body in {elapsed * 1e3:.1f} ms")
 
 

@@ -1,0 +1,85 @@
+"""`sam2serve everything`: segment everything in images, write PNGs with each mask in its
+own colour (and optionally the JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sam2serve.cli_support import (
+    IMAGE_SUFFIXES,
+    expand_images,
+    fail,
+    is_fatal,
+    is_handled,
+    is_usage,
+    one_line,
+    open_backend,
+    outputs,
+)
+
+SUFFIX = "_everything.png"
+
+
+def everything(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders")],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="PNG path (one image), or a folder"),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the masks (RLE) as JSON")
+    ] = None,
+    points_per_side: Annotated[int, typer.Option(help="Grid points per side (<= 64)")] = 32,
+    pred_iou_thresh: Annotated[float, typer.Option(help="Predicted-IoU filter")] = 0.8,
+    stability_score_thresh: Annotated[float, typer.Option(help="Stability filter")] = 0.95,
+    crop_n_layers: Annotated[int, typer.Option(help="Crop layers (<= 2)")] = 0,
+    min_mask_region_area: Annotated[int, typer.Option(help="Fill holes/specks up to")] = 0,
+    use_m2m: Annotated[bool, typer.Option(help="One mask-input refinement step")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="sam2_version_id")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Ask this server instead of a local model")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --url")] = None,
+    weights_dir: Annotated[Path | None, typer.Option(help="Local weights folder")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+) -> None:
+    """Every object in the image as a mask (Meta's automatic mask generator), each drawn in
+    its own colour.
+
+    Example: sam2serve everything photo.jpg -o annotated.png
+    """
+    params = {
+        "points_per_side": points_per_side,
+        "pred_iou_thresh": pred_iou_thresh,
+        "stability_score_thresh": stability_score_thresh,
+        "crop_n_layers": crop_n_layers,
+        "min_mask_region_area": min_mask_region_area,
+        "use_m2m": use_m2m,
+    }
+    paths = expand_images(images)
+    pngs = outputs(paths, output, SUFFIX, "-o", IMAGE_SUFFIXES)
+    jsons = outputs(paths, json_out, ".json", "--json", (".json",)) if json_out else None
+    backend = open_backend(url, api_key, model, weights_dir, device)
+    failed = 0
+    for i, path in enumerate(paths):
+        try:
+            result = backend.segment_everything(path, model=model, **params)
+            result.save_annotated(pngs[i])
+            if jsons is not None:
+                jsons[i].write_text(json.dumps(result.to_json()))
+            typer.echo(f"{pngs[i]}: {len(result)} masks")
+        except Exception as exc:
+            if not is_handled(exc):
+                raise
+            if is_fatal(exc):
+                fail(one_line(exc), 2 if is_usage(exc) else 1)
+            failed += 1
+            typer.echo(f"error: {path}: {one_line(exc)}", err=True)
+    if failed:
+        print(f"{failed} of {len(paths)} images failed", file=sys.stderr)
+        raise typer.Exit(1)
