@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sam2serve import __version__
 from sam2serve.api.metrics import Metrics
 from sam2serve.api.routes import router
+from sam2serve.api.video_routes import router as video_router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.registry import REGISTRY, ModelSpec
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     app.state.draining = False
     app.state.preloading = False
     app.include_router(router)
+    app.include_router(video_router)
     _install_error_handlers(app)
     _install_metrics(app)
 

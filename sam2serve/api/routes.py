@@ -113,6 +113,7 @@ async def info(request: Request) -> dict[str, Any]:
         },
         "auth": bool(service.settings.api_keys),
         "rss_bytes": rss_bytes(),
+        "video": video.describe() if (video := getattr(request.app.state, "video", None)) else None,
     }
 
 

@@ -86,6 +86,32 @@ def _nbytes(obj: Any, seen: set[int]) -> int:
     return 0
 
 
+def _float_memories(model: torch.nn.Module) -> None:
+    """Let memory attention take bf16-only memories on fp32 weights.
+
+    Upstream stores mask memories as bfloat16 and concatenates them with the float32 object
+    pointers, which promotes the memory to float32. When a frame has no object pointer (e.g.
+    tracking backward from a frame past every prompt near the clip's end), the memory stays
+    bfloat16 and, outside CUDA autocast, upstream fails with a dtype error. Casting it to
+    float32 is exactly what the promotion does in every other case, so results elsewhere are
+    unchanged.
+    """
+    attention = model.memory_attention
+    if getattr(attention, "_sam2serve_float_memories", False):
+        return
+
+    def hook(_: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        for key in ("memory", "memory_pos"):
+            value = kwargs.get(key)
+            is_bf16 = isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16
+            if is_bf16 and not torch.is_autocast_enabled(value.device.type):
+                kwargs[key] = value.float()
+        return args, kwargs
+
+    attention.register_forward_pre_hook(hook, with_kwargs=True)
+    attention._sam2serve_float_memories = True
+
+
 class FeatureStore:
     """Byte-bounded LRU of per-frame backbone outputs, read by upstream as a dict.
 
@@ -150,6 +176,7 @@ class VideoTracker:
         self.model = model
         self.device = device
         self.precision = precision
+        _float_memories(model)
 
     @property
     def image_size(self) -> int:
@@ -295,7 +322,9 @@ class VideoTracker:
                 for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
                     out = out or per_obj.get(key, {}).get(frame_index)
             score = out["object_score_logits"] if out is not None else None
-            scores.append(float(torch.sigmoid(score.float()).flatten()[0]) if score is not None else 0.0)
+            scores.append(
+                float(torch.sigmoid(score.float()).flatten()[0]) if score is not None else 0.0
+            )
         return FrameMasks(
             frame_index=int(frame_index),
             object_ids=[int(i) for i in ids],

@@ -32,7 +32,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def _scenario(add_points, add_box, propagate) -> dict[tuple[str, int], np.ndarray]:  # type: ignore[no-untyped-def]
     """Run the scenario; returns {(step, frame): (N, H, W) bool masks}."""
     out: dict[tuple[str, int], np.ndarray] = {}
-    out[("prompt1", 1)] = add_points(1, 1, np.array([[60.0, 120.0], [200.0, 40.0]]), np.array([1, 0]))
+    out[("prompt1", 1)] = add_points(
+        1, 1, np.array([[60.0, 120.0], [200.0, 40.0]]), np.array([1, 0])
+    )
     for idx, masks in propagate(None, False):
         out[("fwd1", idx)] = masks
     out[("prompt2", 3)] = add_box(3, 2, np.array([210.0, 40.0, 280.0, 110.0]))
@@ -70,9 +72,7 @@ def _reference(model: torch.nn.Module, rgb_frames: list[np.ndarray], tmp: Path) 
 def _ours(tracker: VideoTracker, clip: Path, tmp: Path) -> dict:
     out_dir = tmp / "session"
     out_dir.mkdir()
-    reader, info = decode_video(
-        clip, out_dir, tracker.image_size, max_frames=100, max_pixels=10**7
-    )
+    reader, info = decode_video(clip, out_dir, tracker.image_size, max_frames=100, max_pixels=10**7)
     state = tracker.new_state(reader, info.height, info.width, feature_bytes=64 << 20)
 
     def add_points(frame, obj, pts, labels):  # type: ignore[no-untyped-def]
