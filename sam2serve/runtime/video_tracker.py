@@ -165,8 +165,8 @@ class FeatureStore:
 class VideoTracker:
     """One loaded video model, shared by all sessions (stateless; state is per session).
 
-    precision "fp32" is Meta's exact path; "bf16" runs the image encoder under bfloat16
-    autocast (features are cast back to float32), the rest stays fp32.
+    precision "fp32" is Meta's exact path; "bf16" runs every step (encoder, memory attention,
+    decoder, memory encoder) under bfloat16 autocast, as Meta runs the video predictor on GPU.
     """
 
     def __init__(
@@ -260,6 +260,19 @@ class VideoTracker:
         """Points (P, 2) px + labels (P,) 1/0 and/or a box (4,) x0 y0 x1 y1 px, or a mask
         (H, W) bool, for one object on one frame; replaces that object's earlier prompts on
         the frame. Returns the frame's masks for all objects."""
+        with self._autocast():
+            return self._add_prompt(state, frame_index, object_id, points, labels, box, mask)
+
+    def _add_prompt(
+        self,
+        state: dict[str, Any],
+        frame_index: int,
+        object_id: int,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask: np.ndarray | None,
+    ) -> FrameMasks:
         if mask is not None:
             idx, ids, logits = self.model.add_new_mask(
                 state, frame_index, object_id, torch.as_tensor(mask, dtype=torch.bool)
@@ -288,7 +301,8 @@ class VideoTracker:
             state, start_frame_idx=start_frame, max_frame_num_to_track=max_frames, reverse=reverse
         )
         while True:
-            item = next(gen, None)
+            with self._autocast():
+                item = next(gen, None)
             if item is None:
                 return
             idx, ids, logits = item

@@ -8,6 +8,7 @@ mid-video with a box, forward again, then backward propagation.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,17 +55,17 @@ def _reference(model: torch.nn.Module, rgb_frames: list[np.ndarray], tmp: Path) 
 
     def add_points(frame, obj, pts, labels):  # type: ignore[no-untyped-def]
         _, _, logits = model.add_new_points_or_box(state, frame, obj, points=pts, labels=labels)
-        return (logits[:, 0] > 0).numpy()
+        return (logits[:, 0] > 0).cpu().numpy()
 
     def add_box(frame, obj, box):  # type: ignore[no-untyped-def]
         _, _, logits = model.add_new_points_or_box(state, frame, obj, box=box)
-        return (logits[:, 0] > 0).numpy()
+        return (logits[:, 0] > 0).cpu().numpy()
 
     def propagate(start, reverse):  # type: ignore[no-untyped-def]
         for idx, _, logits in model.propagate_in_video(
             state, start_frame_idx=start, reverse=reverse
         ):
-            yield idx, (logits[:, 0] > 0).numpy()
+            yield idx, (logits[:, 0] > 0).cpu().numpy()
 
     return _scenario(add_points, add_box, propagate)
 
@@ -103,8 +104,9 @@ def test_exact_path_equals_meta_video_predictor(
     else:
         spec, weights = REGISTRY["sam2.1_hiera_tiny"], request.getfixturevalue("real_weights_dir")
     clip = write_mp4(tmp_path / "clip.mp4", synthetic_frames(frames))
-    video_model = build_video_model(spec, weights / spec.filename, torch.device("cpu"))
-    tracker = VideoTracker(spec.model_id, video_model, torch.device("cpu"))
+    device = torch.device(os.environ.get("SAM2SERVE_TEST_DEVICE", "cpu"))
+    video_model = build_video_model(spec, weights / spec.filename, device)
+    tracker = VideoTracker(spec.model_id, video_model, device)
 
     ours = _ours(tracker, clip, tmp_path)
     ref = _reference(video_model, list(_decoded(clip)), tmp_path)
