@@ -349,6 +349,11 @@ def models(weights_dir: WeightsDir = None) -> None:
         typer.echo(f"{spec.model_id:<22} {alias:<13} {spec.size_mb:>5} MB  {present}")
 
 
+from sam2serve.cli_track import track  # noqa: E402
+
+app.command(no_args_is_help=True)(track)
+
+
 def main() -> None:
     try:
         app()
