@@ -6,7 +6,9 @@ For 1 and 3 objects (point prompts on frame 0) it measures, in one process and o
 for the reference (`init_state` + `propagate_in_video`) and for our tracker at each
 requested precision. Weights are the real architecture with seeded random values.
 
-    PYTHONPATH=$PWD python bench/video.py --frames 8 --precision fp32 bf16 [--device cpu]
+    PYTHONPATH=$PWD python bench/video.py --frames 8 --precision fp32 bf16 fast [--device cpu]
+
+`--model test_tiny` uses the small 256 px test architecture (quick smoke run).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sam2serve.registry import REGISTRY
 from sam2serve.runtime.video_tracker import VideoTracker, build_video_model
-from sam2serve.testing import write_random_checkpoint
+from sam2serve.testing import registry_with_test_model, write_random_checkpoint
 from sam2serve.video.frames import _decoded, decode_video
 from sam2serve.video.synthetic import synthetic_frames, write_mp4
 
@@ -63,18 +64,32 @@ def bench_ours(tracker: VideoTracker, clip: Path, tmp: Path, objects: int) -> di
     return {"first_frame_s": first, "per_frame_s": per_frame, "frames": n}
 
 
+def _tracker(spec, ckpt, model, device, precision: str, tmp: Path) -> VideoTracker:  # type: ignore[no-untyped-def]
+    """fp32 (exact) | bf16 (autocast) | fast (OpenVINO encoder + bf16 autocast)."""
+    if precision != "fast":
+        return VideoTracker(spec.model_id, model, device, precision)
+    from sam2serve.runtime.openvino_runtime import load_runtime
+
+    runtime = _RUNTIMES.get(spec.model_id) or load_runtime(spec, ckpt, tmp / "ov-cache")
+    _RUNTIMES[spec.model_id] = runtime
+    return VideoTracker(spec.model_id, model, device, "bf16", embed=runtime.embed)
+
+
+_RUNTIMES: dict = {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="sam2.1_hiera_tiny")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16", "fast"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    spec = REGISTRY[args.model]
+    spec = registry_with_test_model()[args.model]
     tmp = Path(tempfile.mkdtemp(prefix="bench-video-"))
     ckpt = write_random_checkpoint(spec, tmp, seed=1)
     clip = write_mp4(tmp / "clip.mp4", synthetic_frames(args.frames))
@@ -89,7 +104,7 @@ def main() -> None:
         ref = bench_reference(model, folder, objects, device)
         rows.append({"runner": "SAM2VideoPredictor (reference)", "objects": objects, **ref})
         for precision in args.precision:
-            tracker = VideoTracker(spec.model_id, model, device, precision)
+            tracker = _tracker(spec, ckpt, model, device, precision, tmp)
             ours = bench_ours(tracker, clip, tmp, objects)
             ratio = ours["per_frame_s"] / ref["per_frame_s"]
             rows.append(

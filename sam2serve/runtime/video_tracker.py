@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sam2serve.registry import ModelSpec
+from sam2serve.runtime.base import Features
 
 IMG_MEAN = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
 IMG_STD = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
@@ -167,15 +168,24 @@ class VideoTracker:
 
     precision "fp32" is Meta's exact path; "bf16" runs every step (encoder, memory attention,
     decoder, memory encoder) under bfloat16 autocast, as Meta runs the video predictor on GPU.
+    `embed`, when given, replaces the image encoder: an image runtime's `embed` (e.g. the
+    OpenVINO bf16 encoder), fed the S x S frame; its features are turned back into the
+    backbone outputs the tracker needs (the no-memory embedding it adds is subtracted).
     """
 
     def __init__(
-        self, model_id: str, model: torch.nn.Module, device: torch.device, precision: str = "fp32"
+        self,
+        model_id: str,
+        model: torch.nn.Module,
+        device: torch.device,
+        precision: str = "fp32",
+        embed: Callable[[np.ndarray], Features] | None = None,
     ) -> None:
         self.model_id = model_id
         self.model = model
         self.device = device
         self.precision = precision
+        self.embed = embed
         _float_memories(model)
 
     @property
@@ -233,6 +243,8 @@ class VideoTracker:
     @torch.inference_mode()
     def _encode(self, frames: FrameReader, index: int) -> list[torch.Tensor]:
         """Frame -> backbone_fpn, the math of upstream's frame loader + `forward_image`."""
+        if self.embed is not None:
+            return self._encode_with_runtime(frames.frame(index))
         rgb = torch.from_numpy(np.array(frames.frame(index)))  # a writable copy
         x = rgb.permute(2, 0, 1).to(torch.float64) / 255.0  # upstream: uint8 / 255.0 (float64)
         x = x.float()
@@ -240,6 +252,14 @@ class VideoTracker:
         with self._autocast():
             out = self.model.forward_image(x)
         return [f.float() for f in out["backbone_fpn"]]
+
+    def _encode_with_runtime(self, rgb: np.ndarray) -> list[torch.Tensor]:
+        assert self.embed is not None
+        features = self.embed(rgb)
+        lowest = features.image_embed.float().to(self.device)
+        if self.model.directly_add_no_mem_embed:
+            lowest = lowest - self.model.no_mem_embed.reshape(1, -1, 1, 1)
+        return [*(f.float().to(self.device) for f in features.high_res), lowest]
 
     @torch.inference_mode()
     def _position_encoding(self, fpn: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,4 +25,10 @@ class VideoSettings(BaseSettings):
         256 * MiB, description="Per-session cache of per-frame image features."
     )
     queue: int = Field(4, description="Video jobs waiting beyond this answer 503 at once.")
-    precision: str = Field("fp32", description="fp32 (exact, Meta's path) | bf16 (encoder).")
+    precision: Literal["fp32", "bf16", "fast"] = Field(
+        "fp32",
+        description=(
+            "fp32: Meta's exact path; bf16: every step under bfloat16 autocast; fast: the image "
+            "runtime's encoder (OpenVINO bf16 on CPU) + bf16 autocast for the rest"
+        ),
+    )

@@ -70,9 +70,13 @@ class VideoService:
                         spec, pool.weights_dir, allow_download=pool.allow_download
                     )
                     model = build_video_model(spec, ckpt, pool.device)
-                    return VideoTracker(spec.model_id, model, pool.device, self.settings.precision)
+                    precision = "fp32" if self.settings.precision == "fp32" else "bf16"
+                    return VideoTracker(spec.model_id, model, pool.device, precision)
 
                 found = await asyncio.to_thread(load)
+                if self.settings.precision == "fast":
+                    runtime = await pool.get(spec)  # the image runtime's (fast) encoder
+                    found.embed = runtime.embed
                 self._trackers[spec.model_id] = found
             return found
 

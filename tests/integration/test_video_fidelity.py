@@ -93,7 +93,9 @@ def _ours(tracker: VideoTracker, clip: Path, tmp: Path) -> dict:
     ("model", "frames"),
     [
         pytest.param("tiny", 6, id="tiny-256px"),
-        pytest.param("real", 4, id="hiera_tiny-2.1", marks=pytest.mark.slow),
+        pytest.param(
+            "real", 4, id="hiera_tiny-2.1", marks=[pytest.mark.slow, pytest.mark.timeout(3600)]
+        ),
     ],
 )
 def test_exact_path_equals_meta_video_predictor(
