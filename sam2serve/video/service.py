@@ -171,7 +171,7 @@ class VideoService:
         if request.mask is not None:
             mask = _rle_mask(request.mask, session.info)
         async with _exclusive(session):
-            fm = await self.lane.run(
+            fm = await self._guarded(
                 lambda: session.tracker.add_prompt(
                     session.state,
                     request.frame_index,
@@ -210,15 +210,29 @@ class VideoService:
                 steps: Iterator[FrameMasks] = session.tracker.propagate(
                     session.state, request.start_frame, request.max_frames, reverse
                 )
-                while True:
-                    fm = await self.lane.run(next, steps, None)
-                    if fm is None:
-                        break
-                    session.record(fm)
-                    session.last_used = time.monotonic()
-                    yield frame_result(
-                        fm.frame_index, fm.object_ids, fm.logits > 0, fm.scores, request.format
-                    )
+                try:
+                    while True:
+                        fm = await self._guarded(next, steps, None)
+                        if fm is None:
+                            break
+                        session.record(fm)
+                        session.last_used = time.monotonic()
+                        yield frame_result(
+                            fm.frame_index, fm.object_ids, fm.logits > 0, fm.scores, request.format
+                        )
+                finally:
+                    steps.close()  # no step is running here: `_guarded` waited for it
+
+    async def _guarded(self, fn: Any, *args: Any) -> Any:
+        """Run a session step on the video lane. If the caller is cancelled (client gone),
+        wait for the step in flight before letting go of the session, so a step never runs
+        while another request holds the session."""
+        task = asyncio.ensure_future(self.lane.run(fn, *args))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            raise
 
     def frame(
         self, namespace: str, session_id: str, frame_index: int, fmt: MaskFormat
@@ -240,13 +254,13 @@ class VideoService:
                 field="object_id",
             )
         async with _exclusive(session):
-            await self.lane.run(session.tracker.remove_object, session.state, object_id)
+            await self._guarded(session.tracker.remove_object, session.state, object_id)
             session.forget_results()
 
     async def reset(self, namespace: str, session_id: str) -> None:
         session = self.store.get(namespace, session_id)
         async with _exclusive(session):
-            await self.lane.run(session.tracker.reset, session.state)
+            await self._guarded(session.tracker.reset, session.state)
             session.forget_results()
 
 

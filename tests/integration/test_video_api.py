@@ -208,3 +208,42 @@ def test_tmp_dirs_are_removed(client, clip_bytes: bytes) -> None:  # type: ignor
     assert (workdir / "frames.u8").is_file()
     client.delete(f"{BASE}/{sid}")
     assert not workdir.exists()
+
+
+def test_closing_a_propagation_cancels_it_and_frees_the_session(  # type: ignore[no-untyped-def]
+    tiny_weights_dir: Path, tmp_path: Path
+) -> None:
+    """A client that goes away mid-stream: the remaining frames are not computed, and the
+    session is usable (not stuck busy) right after."""
+    import asyncio
+
+    from sam2serve.api.app import build_service
+    from sam2serve.testing import registry_with_test_model
+    from sam2serve.video.schema import PromptRequest, PropagateRequest
+    from sam2serve.video.service import VideoService
+    from tests.conftest import tiny_settings
+
+    clip = write_mp4(tmp_path / "clip.mp4", synthetic_frames(FRAMES))
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        images = build_service(tiny_settings(tiny_weights_dir), registry_with_test_model())
+        video = VideoService(images)
+        try:
+            info = await video.create_from_file(clip, "ns", None)
+            prompt = PromptRequest(frame_index=0, object_id=1, points=[{"x": 60, "y": 120}])
+            await video.add_prompt("ns", info.session_id, prompt)
+            stream = await video.propagate("ns", info.session_id, PropagateRequest())
+            first = [(await anext(stream)).frame_index]
+            await stream.aclose()
+            session = video.store.get("ns", info.session_id)
+            assert not session.lock.locked()
+            computed = sorted(session.results)
+            again = await video.propagate("ns", info.session_id, PropagateRequest())
+            return first + computed, [f.frame_index async for f in again]
+        finally:
+            video.close()
+            await images.aclose()
+
+    partial, full = asyncio.run(scenario())
+    assert partial == [0, 0]  # one frame streamed, only it (and the prompt frame) computed
+    assert full == list(range(FRAMES))
