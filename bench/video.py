@@ -65,14 +65,14 @@ def bench_ours(tracker: VideoTracker, clip: Path, tmp: Path, objects: int) -> di
 
 
 def _tracker(spec, ckpt, model, device, precision: str, tmp: Path) -> VideoTracker:  # type: ignore[no-untyped-def]
-    """fp32 (exact) | bf16 (autocast) | fast (OpenVINO encoder + bf16 autocast)."""
+    """fp32 (exact) | bf16 (autocast) | fast (OpenVINO encoder, the rest fp32)."""
     if precision != "fast":
         return VideoTracker(spec.model_id, model, device, precision)
     from sam2serve.runtime.openvino_runtime import load_runtime
 
     runtime = _RUNTIMES.get(spec.model_id) or load_runtime(spec, ckpt, tmp / "ov-cache")
     _RUNTIMES[spec.model_id] = runtime
-    return VideoTracker(spec.model_id, model, device, "bf16", embed=runtime.embed)
+    return VideoTracker(spec.model_id, model, device, "fp32", embed=runtime.embed)
 
 
 _RUNTIMES: dict = {}

@@ -29,6 +29,6 @@ class VideoSettings(BaseSettings):
         "fp32",
         description=(
             "fp32: Meta's exact path; bf16: every step under bfloat16 autocast; fast: the image "
-            "runtime's encoder (OpenVINO bf16 on CPU) + bf16 autocast for the rest"
+            "runtime's encoder (OpenVINO bf16 on CPU), the rest fp32"
         ),
     )

@@ -70,7 +70,7 @@ class VideoService:
                         spec, pool.weights_dir, allow_download=pool.allow_download
                     )
                     model = build_video_model(spec, ckpt, pool.device)
-                    precision = "fp32" if self.settings.precision == "fp32" else "bf16"
+                    precision = "bf16" if self.settings.precision == "bf16" else "fp32"
                     return VideoTracker(spec.model_id, model, pool.device, precision)
 
                 found = await asyncio.to_thread(load)
