@@ -123,6 +123,7 @@ def test_exact_path_equals_meta_video_predictor(
             assert _iou(got[obj], expected[obj]) >= 0.999, (key, obj)
 
 
+@pytest.mark.slow
 def test_fast_path_tolerance(tiny_weights_dir: Path, tmp_path: Path) -> None:
     """The fast path (OpenVINO encoder, the rest fp32) stays close to the exact path: mean
     mask IoU >= 0.9 over the scenario's frames and objects (measured: see docs/benchmarks.md)."""
