@@ -45,11 +45,11 @@ def _local_frames(
     prompts: list[dict],
     both: bool,
 ) -> tuple[dict[str, Any], list[VideoFrame]]:
-    from sam2serve.api.app import build_service
-    from sam2serve.api.requests import Box, Point
     from sam2serve.config import Settings
+    from sam2serve.schema import Box, Point
     from sam2serve.video.schema import PromptRequest, PropagateRequest
     from sam2serve.video.service import VideoService
+    from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
 
     overrides = {"weights_dir": weights_dir, "device": device, "runtime": "torch"}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -58,7 +58,7 @@ def _local_frames(
         service = build_service(settings)
         video = VideoService(service)
         try:
-            info = await video.create_from_file(clip, "local", model)
+            info = await video.create_from_file(clip, PUBLIC_NAMESPACE, model)
             size = (info.height, info.width)
             for p in prompts:
                 box = None
@@ -69,10 +69,10 @@ def _local_frames(
                 request = PromptRequest(
                     frame_index=p["frame"], object_id=p["object_id"], points=points, box=box
                 )
-                await video.add_prompt("local", info.session_id, request)
+                await video.add_prompt(PUBLIC_NAMESPACE, info.session_id, request)
             direction = "both" if both else "forward"
             stream = await video.propagate(
-                "local", info.session_id, PropagateRequest(direction=direction)
+                PUBLIC_NAMESPACE, info.session_id, PropagateRequest(direction=direction)
             )
             frames = [VideoFrame.from_json(f.model_dump(), size) async for f in stream]
             return info.model_dump(), frames
@@ -163,7 +163,7 @@ def track(
 
     Example: sam2serve track clip.mp4 --frame 0 --point 320,240 -o tracked.mp4
     """
-    from sam2serve.client.prompts import parse_box, parse_point
+    from sam2serve.client.prompt_builder import parse_box, parse_point
 
     if not clip.is_file():
         fail(f"{clip}: no such file")

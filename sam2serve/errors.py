@@ -52,6 +52,12 @@ class Conflict(ServiceError):
     status = 409
 
 
+class SchemaError(ServiceError):
+    """422: the JSON does not match the request schema."""
+
+    status = 422
+
+
 class PayloadTooLarge(ServiceError):
     """413: body, download or decoded image is over a configured cap."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sam2serve.prompts import PromptKey, match_subset, point_count
+from sam2serve.prompt_batch import PromptKey, match_subset, point_count
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,3 @@ class LogitsCache:
                 mask_input[c_idx, 0] = saved.logits[e_idx]
                 has_mask[c_idx] = True
         return mask_input, has_mask
-
-    def drop_image(self, image_key: Hashable) -> None:
-        for key in [k for k in self._sets if k[0] == image_key]:
-            del self._sets[key]

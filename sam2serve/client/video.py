@@ -23,8 +23,8 @@ import numpy as np
 
 from sam2serve import postprocess
 from sam2serve.client.errors import Sam2ServerError, error_for_status, error_from_response
-from sam2serve.client.images import ImageLike, encode_image, is_url
-from sam2serve.client.prompts import box_xyxy_to_center, point
+from sam2serve.client.image_encode import ImageLike, encode_image, is_url
+from sam2serve.client.prompt_builder import box_xyxy_to_center, point
 
 if TYPE_CHECKING:
     import supervision

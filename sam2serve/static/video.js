@@ -4,8 +4,11 @@
 //   POST .../prompts on a click (shift+click: negative point) -> that frame's masks
 //   POST .../propagate (both directions) -> NDJSON, one frame per line, progress bar
 // Masks arrive as COCO RLE and are drawn over the <video> for the frame being shown.
+// An ES module: the RLE decoder and the error wording are the page's shared ones (js/).
+import { errorMessage } from "./js/api.js";
+import { decodeRle } from "./js/rle.js";
+
 (() => {
-  "use strict";
   const BASE = "/sam2/video/sessions";
   const COLOURS = [[255, 64, 64], [64, 160, 255], [64, 220, 96], [255, 200, 0], [200, 80, 255]];
   const state = { session: null, objectId: 1, points: {}, masks: new Map(), abort: null };
@@ -54,39 +57,15 @@
   async function call(path, init) {
     const response = await fetch(path, init);
     if (!response.ok) {
-      let message = `${response.status}`;
-      try { message += ": " + (await response.json()).message; } catch (_) { /* not JSON */ }
-      throw new Error(message);
+      const text = await response.text();
+      let data = null;
+      try { data = JSON.parse(text); } catch { data = null; }
+      throw new Error(errorMessage(response.status, text, data, {
+        hasKey: Boolean(localStorage.getItem("sam2serve.apiKey")),
+        retryAfter: response.headers.get("Retry-After"), statusText: response.statusText,
+      }));
     }
     return response;
-  }
-
-  // COCO compressed RLE -> Uint8Array (column-major runs, as pycocotools writes them)
-  function decodeRle(rle) {
-    const [h, w] = rle.size, s = rle.counts, counts = [];
-    let p = 0;
-    while (p < s.length) {
-      let x = 0, k = 0, more = 1, c = 0;
-      while (more) {
-        c = s.charCodeAt(p) - 48;
-        x |= (c & 0x1f) << (5 * k);
-        more = c & 0x20;
-        p++; k++;
-        if (!more && (c & 0x10)) x |= -1 << (5 * k);
-      }
-      if (counts.length > 2) x += counts[counts.length - 2];
-      counts.push(x);
-    }
-    const mask = new Uint8Array(h * w);
-    let idx = 0, value = 0;
-    for (const n of counts) {
-      if (value) for (let i = 0; i < n; i++) {
-        const j = idx + i;
-        mask[(j % h) * w + Math.floor(j / h)] = 1;
-      }
-      idx += n; value ^= 1;
-    }
-    return mask;
   }
 
   function frameIndex() {

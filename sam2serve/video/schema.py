@@ -10,8 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sam2serve.api.requests import Box, ImageInput, Point
-from sam2serve.api.responses import RleMask
+from sam2serve.schema import Box, ImageInput, Point, RleMask
 
 MaskFormat = Literal["json", "rle"]
 

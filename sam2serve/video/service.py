@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from sam2serve import postprocess
-from sam2serve.api.responses import RleMask
 from sam2serve.errors import BadRequest, Conflict, NotInCache
-from sam2serve.images import load_image
+from sam2serve.image_decode import load_image
 from sam2serve.lanes import Lane
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.video_tracker import FrameMasks, VideoTracker, build_video_model
 from sam2serve.runtime.weights import ensure_checkpoint
+from sam2serve.schema import RleMask
 from sam2serve.service import Sam2Service
 from sam2serve.video.config import VideoSettings
 from sam2serve.video.frames import VideoInfo, decode_video, write_frames

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import encode_image, photos
 from tests.helpers_server import SAM2SERVE, running_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.openvino]
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,8 @@
-"""The playground's video module: served, loaded by the page, and its RLE decoder is exact."""
+"""The playground's video module: served as an ES module, and the RLE decoder it uses is exact."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +16,10 @@ STATIC = Path(__file__).resolve().parents[2] / "sam2serve" / "static"
 
 
 def test_page_loads_the_video_module() -> None:
-    assert '<script src="/static/video.js"></script>' in (STATIC / "index.html").read_text()
+    page = (STATIC / "index.html").read_text()
+    assert '<script type="module" src="/static/video.js"></script>' in page
+    source = (STATIC / "video.js").read_text()
+    assert 'import { decodeRle } from "./js/rle.js";' in source
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's JS")
@@ -26,15 +28,17 @@ def test_js_rle_decoder_matches_pycocotools(shape: tuple[int, int], tmp_path: Pa
     rng = np.random.default_rng(sum(shape))
     mask = rng.random(shape) > 0.7
     mask[: shape[0] // 2, : shape[1] // 3] = True
-    source = (STATIC / "video.js").read_text()
-    decoder = re.search(r"function decodeRle[\s\S]*?\n  }\n", source)
-    assert decoder is not None
     data = tmp_path / "rle.json"
     data.write_text(json.dumps(postprocess.mask_to_rle(mask)))
-    script = decoder.group(0) + (
-        f"const rle = JSON.parse(require('fs').readFileSync({json.dumps(str(data))}, 'utf8'));"
+    module = (STATIC / "js" / "rle.js").as_uri()
+    script = (
+        f"import {{ decodeRle }} from {json.dumps(module)};"
+        "import { readFileSync } from 'node:fs';"
+        f"const rle = JSON.parse(readFileSync({json.dumps(str(data))}, 'utf8'));"
         "process.stdout.write(Array.from(decodeRle(rle)).join(''));"
     )
-    out = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["node", "--input-type=module", "-e", script], capture_output=True, text=True, check=True
+    )
     decoded = np.array([c == "1" for c in out.stdout], dtype=bool).reshape(shape)
     np.testing.assert_array_equal(decoded, mask)
