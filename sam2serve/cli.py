@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from sam2serve.cli_everything import everything
+from sam2serve.cli_track import track
 from sam2serve.cli_support import (
     ANNOTATED_SUFFIX,
     IMAGE_SUFFIXES,
@@ -346,6 +347,7 @@ def models(weights_dir: WeightsDir = None) -> None:
 
 
 app.command(no_args_is_help=True)(everything)
+app.command(no_args_is_help=True)(track)
 
 
 def main() -> None:

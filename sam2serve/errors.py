@@ -46,6 +46,12 @@ class NotInCache(ServiceError):
     status = 404
 
 
+class Conflict(ServiceError):
+    """409: the request conflicts with server state."""
+
+    status = 409
+
+
 class SchemaError(ServiceError):
     """422: the JSON does not match the request schema."""
 

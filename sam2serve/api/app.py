@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +23,7 @@ from sam2serve.api.guard import RequestGuard
 from sam2serve.api.metrics import Metrics
 from sam2serve.api.openapi import install as install_openapi
 from sam2serve.api.routes import router
+from sam2serve.api.video_routes import router as video_router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.service import Sam2Service
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     app.state.admission = image_admission(service)
     app.include_router(router)
     app.include_router(everything_router)
+    app.include_router(video_router)
     _install_error_handlers(app)
     # request ids, replica header, JSON 500s, metrics, access log
     app.add_middleware(RequestGuard, replica=app.state.replica)
@@ -95,6 +98,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, Unavailable) and exc.retry_after is not None:
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def parameter_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # path and query parameters (the routes validate their JSON bodies themselves)
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("path", "query"))
+        message = f"{where}: {first.get('msg', 'invalid value')}"
+        return JSONResponse({"message": message, "field": where}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -4,8 +4,8 @@ FastAPI documents the request bodies of our routes from `openapi_extra` (the rou
 their own bodies, so errors come in our order: size, JSON, key, schema). Those schemas
 carry their own `$defs`, which do not resolve inside an OpenAPI document; this module
 moves them into `components/schemas`, adds a description to every request field that has
-none and an example per request, documents the JSON error answers (400, 401, 404, 413,
-422, 500, 503) and /metrics as Prometheus text.
+none and an example per request, documents the JSON error answers (400, 401, 404, 409,
+413, 422, 500, 503) and /metrics as Prometheus text.
 """
 
 from __future__ import annotations
@@ -61,6 +61,24 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
     },
     "Prompt": {"box": "a box around the object", "points": "clicks on or off the object"},
     "PromptSet": {"prompts": "one prompt per object; one mask each"},
+    "CreateSessionRequest": {
+        "api_key": "API key, when the server requires one (also: ?api_key= or a Bearer header)",
+        "sam2_version_id": "model id or Roboflow alias (default: the server's model)",
+    },
+    "PromptRequest": {
+        "api_key": "API key, when the server requires one (also: ?api_key= or a Bearer header)",
+        "frame_index": "the frame to prompt on (0-based)",
+        "object_id": "the object to add or refine (any id you choose)",
+        "points": "clicks on or off the object, in frame pixels",
+        "box": "a box around the object (centre form)",
+        "format": "json: polygons; rle: COCO RLE",
+    },
+    "PropagateRequest": {
+        "api_key": "API key, when the server requires one (also: ?api_key= or a Bearer header)",
+        "direction": "forward, backward, or both (forward first, then backward)",
+        "max_frames": "stop after this many frames per direction (default: to the clip's end)",
+        "format": "json: polygons; rle: COCO RLE",
+    },
 }
 
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -83,6 +101,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "Box": {"x": 16, "y": 16, "width": 16, "height": 16},
     "Prompt": {"points": [{"x": 16, "y": 16, "positive": True}]},
     "PromptSet": {"prompts": [{"box": {"x": 16, "y": 16, "width": 16, "height": 16}}]},
+    "CreateSessionRequest": {
+        "frames": [{"type": "base64", "value": EXAMPLE_PNG_BASE64}] * 2,
+    },
+    "PromptRequest": {
+        "frame_index": 0,
+        "object_id": 1,
+        "points": [{"x": 16, "y": 16, "positive": True}],
+        "format": "rle",
+    },
+    "PropagateRequest": {"direction": "forward", "format": "rle"},
 }
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -101,7 +129,9 @@ ERROR_SCHEMA: dict[str, Any] = {
 _ERRORS: dict[str, str] = {
     "400": "The body is not JSON, or its content cannot be used (bad image, bad base64).",
     "401": "An API key is required and was missing or wrong.",
-    "404": "The image_id is not in the cache (never embedded, or evicted): send the image.",
+    "404": "The image_id is not in the cache (never embedded, or evicted): send the image; "
+    "or the video session (or object) is unknown or expired.",
+    "409": "The video session is busy with another request (a propagation): retry after it.",
     "413": "The body, download or image is over a configured cap.",
     "422": "The JSON does not match the request schema.",
     "500": "A server bug; the answer names a request id to find in the server log.",
@@ -194,7 +224,11 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
 def _document_errors(path: str, method: str, op: dict[str, Any]) -> None:
     responses: dict[str, Any] = op.setdefault("responses", {})
     responses.pop("422", None)  # FastAPI's HTTPValidationError shape is not what we send
-    if method == "post":
+    if path.startswith("/sam2/video/sessions"):
+        codes = ["400", "401", "404", "409", "422", "500", "503"]
+        if method == "post":
+            codes.append("413")
+    elif method == "post":
         codes = ["400", "401", "404", "413", "422", "500", "503"]
     elif path == "/metrics":
         codes = ["401", "500"]

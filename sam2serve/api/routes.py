@@ -117,6 +117,9 @@ async def info(request: Request) -> dict[str, Any]:
     service = _service(request)
     body = _info(service)
     body["replica"] = request.app.state.replica  # as in every answer's X-Sam2serve-Replica
+    body["video"] = (
+        video.describe() if (video := getattr(request.app.state, "video", None)) else None
+    )
     if not _has_valid_key(request, service):
         for private in _PRIVATE_INFO:
             body.pop(private, None)
@@ -135,6 +138,7 @@ _PRIVATE_INFO = (
     "cache",
     "shared_tier",
     "rss_bytes",
+    "video",
 )
 
 

@@ -145,6 +145,13 @@ class Sam2Client(_Base):
             attempt += 1
             self._sleep(wait)
 
+    def video_session(self, video: Any, *, model: str | None = None) -> Any:
+        """Open a video session (see `sam2serve.client.video`): a clip path/bytes, an https
+        URL, or a list of frames. Returns a `VideoSession`; use it as a context manager."""
+        from sam2serve.client.video import open_session
+
+        return open_session(self, video, model=model)
+
     def embed_image(
         self,
         image: ImageLike,

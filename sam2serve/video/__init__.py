@@ -1,0 +1,1 @@
+"""Video sessions: track objects through a clip on the same model seam as images."""

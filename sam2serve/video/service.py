@@ -1,0 +1,318 @@
+"""Video sessions use case: create from a clip, prompt objects, propagate, read masks.
+
+Flow: route/SDK -> `VideoService` -> frames (decode once to disk) -> `VideoTracker`
+(runtime, Meta's video predictor methods on per-session state) -> masks -> `FrameResult`.
+All model work runs on the video lane (its own single worker thread with a bounded queue),
+so image clicks never wait behind a propagation step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sam2serve import postprocess
+from sam2serve.errors import BadRequest, Conflict, NotInCache
+from sam2serve.image_decode import load_image
+from sam2serve.lanes import Lane
+from sam2serve.registry import ModelSpec
+from sam2serve.runtime.video_tracker import FrameMasks, VideoTracker, build_video_model
+from sam2serve.runtime.weights import ensure_checkpoint
+from sam2serve.schema import RleMask
+from sam2serve.service import Sam2Service
+from sam2serve.video.config import VideoSettings
+from sam2serve.video.frames import VideoInfo, decode_video, write_frames
+from sam2serve.video.schema import (
+    CreateSessionRequest,
+    FrameResult,
+    MaskFormat,
+    ObjectMask,
+    PromptRequest,
+    PropagateRequest,
+    SessionInfo,
+)
+from sam2serve.video.sessions import Session, SessionStore
+
+
+class VideoService:
+    def __init__(self, images: Sam2Service, settings: VideoSettings | None = None) -> None:
+        self.images = images
+        self.settings = settings or VideoSettings()
+        s = self.settings
+        self.store = SessionStore(s.max_sessions, s.ttl_s, s.memory_bytes)
+        self.lane = Lane("video", 1, s.queue, retry_after_s=2.0)
+        self._trackers: dict[str, VideoTracker] = {}
+        self._load_lock = asyncio.Lock()
+
+    def close(self) -> None:
+        self.store.close_all()
+        self.lane.shutdown()
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.store.describe(), "precision": self.settings.precision}
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def tracker(self, spec: ModelSpec) -> VideoTracker:
+        async with self._load_lock:
+            found = self._trackers.get(spec.model_id)
+            if found is None:
+                pool = self.images.pool
+
+                def load() -> VideoTracker:
+                    ckpt = ensure_checkpoint(
+                        spec, pool.weights_dir, allow_download=pool.allow_download
+                    )
+                    model = build_video_model(spec, ckpt, pool.device)
+                    precision = "bf16" if self.settings.precision == "bf16" else "fp32"
+                    return VideoTracker(spec.model_id, model, pool.device, precision)
+
+                found = await asyncio.to_thread(load)
+                if self.settings.precision == "fast":
+                    runtime = await pool.get(spec)  # the image runtime's (fast) encoder
+                    found.embed = runtime.embed
+                self._trackers[spec.model_id] = found
+            return found
+
+    async def create_from_file(self, path: Path, namespace: str, model: str | None) -> SessionInfo:
+        """`path`: an uploaded clip; it is decoded into the session's own directory."""
+        return await self._create(
+            namespace,
+            model,
+            lambda out, size: decode_video(
+                path,
+                out,
+                size,
+                max_frames=self.settings.max_frames,
+                max_pixels=self.settings.max_pixels,
+            ),
+        )
+
+    async def create(self, request: CreateSessionRequest, namespace: str) -> SessionInfo:
+        if request.url is not None:
+            data = await self.images.fetcher.fetch(request.url)
+            with tempfile.TemporaryDirectory(prefix="sam2-video-dl-") as tmp:
+                clip = Path(tmp) / "clip"
+                clip.write_bytes(data)
+                del data
+                return await self.create_from_file(clip, namespace, request.sam2_version_id)
+        assert request.frames is not None
+        if len(request.frames) > self.settings.max_frames:
+            raise BadRequest(
+                f"frames: {len(request.frames)} frames is over the cap of "
+                f"{self.settings.max_frames} (SAM2SERVE_VIDEO_MAX_FRAMES)",
+                field="frames",
+            )
+        rgbs = []
+        for item in request.frames:
+            loaded = await load_image(
+                item.type, item.value, settings=self.images.settings, fetcher=self.images.fetcher
+            )
+            rgbs.append(loaded.rgb)
+        fps = 0.0
+
+        def write(out: Path, size: int) -> tuple[Any, VideoInfo]:
+            reader, w, h = write_frames(
+                rgbs,
+                out,
+                size,
+                max_frames=self.settings.max_frames,
+                max_pixels=self.settings.max_pixels,
+            )
+            return reader, VideoInfo(len(reader), fps, w, h)
+
+        return await self._create(namespace, request.sam2_version_id, write)
+
+    async def _create(self, namespace: str, model: str | None, produce: Any) -> SessionInfo:
+        self.store.admit()
+        spec = self.images.spec_for(model)
+        tracker = await self.tracker(spec)
+        workdir = tempfile.TemporaryDirectory(prefix="sam2-video-")
+        try:
+            frames, info = await self.lane.run(produce, Path(workdir.name), tracker.image_size)
+            self.store.admit()  # the cap may have filled while decoding
+        except BaseException:
+            workdir.cleanup()
+            raise
+        state = tracker.new_state(frames, info.height, info.width, self.settings.feature_bytes)
+        session = Session(self.store.new_id(), namespace, tracker, workdir, frames, info, state)
+        self.store.add(session)
+        return SessionInfo(
+            session_id=session.session_id,
+            model_id=spec.model_id,
+            num_frames=info.num_frames,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+        )
+
+    def delete(self, namespace: str, session_id: str) -> None:
+        self.store.delete(namespace, session_id)
+
+    # -- prompts and results -------------------------------------------------------------
+
+    async def add_prompt(
+        self, namespace: str, session_id: str, request: PromptRequest
+    ) -> FrameResult:
+        session = self.store.get(namespace, session_id)
+        _check_frame(session, request.frame_index, "frame_index")
+        points = labels = box = mask = None
+        if request.points:
+            points = np.array([[p.x, p.y] for p in request.points], dtype=np.float32)
+            labels = np.array([1 if p.positive else 0 for p in request.points], dtype=np.int32)
+        if request.box is not None:
+            box = np.array(request.box.corners(), dtype=np.float32)
+        if request.mask is not None:
+            mask = _rle_mask(request.mask, session.info)
+        async with _exclusive(session):
+            fm = await self._guarded(
+                lambda: session.tracker.add_prompt(
+                    session.state,
+                    request.frame_index,
+                    request.object_id,
+                    points=points,
+                    labels=labels,
+                    box=box,
+                    mask=mask,
+                )
+            )
+            session.record(fm)
+        return frame_result(fm.frame_index, fm.object_ids, fm.logits > 0, fm.scores, request.format)
+
+    async def propagate(
+        self, namespace: str, session_id: str, request: PropagateRequest
+    ) -> AsyncIterator[FrameResult]:
+        """Frames as they are computed; closing the iterator cancels the remaining work."""
+        session = self.store.get(namespace, session_id)
+        if not session.tracker.prompted_frames(session.state):
+            raise BadRequest(
+                "the session has no prompts yet: POST .../prompts with an object first",
+                field="session_id",
+            )
+        if request.start_frame is not None:
+            _check_frame(session, request.start_frame, "start_frame")
+        if session.lock.locked():
+            await _exclusive(session).__aenter__()  # raises the 409 before the stream starts
+        directions = {"forward": [False], "backward": [True], "both": [False, True]}
+        return self._stream(session, request, directions[request.direction])
+
+    async def _stream(
+        self, session: Session, request: PropagateRequest, reverses: list[bool]
+    ) -> AsyncIterator[FrameResult]:
+        async with _exclusive(session):
+            for reverse in reverses:
+                steps: Iterator[FrameMasks] = session.tracker.propagate(
+                    session.state, request.start_frame, request.max_frames, reverse
+                )
+                try:
+                    while True:
+                        fm = await self._guarded(next, steps, None)
+                        if fm is None:
+                            break
+                        session.record(fm)
+                        session.last_used = time.monotonic()
+                        yield frame_result(
+                            fm.frame_index, fm.object_ids, fm.logits > 0, fm.scores, request.format
+                        )
+                finally:
+                    steps.close()  # no step is running here: `_guarded` waited for it
+
+    async def _guarded(self, fn: Any, *args: Any) -> Any:
+        """Run a session step on the video lane. If the caller is cancelled (client gone),
+        wait for the step in flight before letting go of the session, so a step never runs
+        while another request holds the session."""
+        task = asyncio.ensure_future(self.lane.run(fn, *args))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            raise
+
+    def frame(
+        self, namespace: str, session_id: str, frame_index: int, fmt: MaskFormat
+    ) -> FrameResult:
+        session = self.store.get(namespace, session_id)
+        _check_frame(session, frame_index, "frame_index")
+        stored = session.results.get(frame_index)
+        if stored is None:
+            return FrameResult(frame_index=frame_index, objects=[])
+        masks = stored.masks(session.info.height, session.info.width)
+        return frame_result(frame_index, stored.object_ids, masks, stored.scores, fmt)
+
+    async def remove_object(self, namespace: str, session_id: str, object_id: int) -> None:
+        session = self.store.get(namespace, session_id)
+        if object_id not in session.tracker.object_ids(session.state):
+            raise NotInCache(
+                f"object_id {object_id} is not in this session (objects: "
+                f"{session.tracker.object_ids(session.state)})",
+                field="object_id",
+            )
+        async with _exclusive(session):
+            await self._guarded(session.tracker.remove_object, session.state, object_id)
+            session.forget_results()
+
+    async def reset(self, namespace: str, session_id: str) -> None:
+        session = self.store.get(namespace, session_id)
+        async with _exclusive(session):
+            await self._guarded(session.tracker.reset, session.state)
+            session.forget_results()
+
+
+class _exclusive:  # noqa: N801 - used like a context manager function
+    """Hold a session for one operation; a second concurrent one gets 409 at once."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def __aenter__(self) -> None:
+        if self.session.lock.locked():
+            raise Conflict(
+                f"video session {self.session.session_id!r} is busy with another request "
+                "(e.g. a propagation); wait for it or close its stream",
+                field="session_id",
+            )
+        await self.session.lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.session.lock.release()
+
+
+def _check_frame(session: Session, index: int, field: str) -> None:
+    n = session.info.num_frames
+    if not 0 <= index < n:
+        raise BadRequest(
+            f"{field} {index} is out of range: the video has {n} frames (0..{n - 1})", field=field
+        )
+
+
+def _rle_mask(rle: RleMask, info: VideoInfo) -> np.ndarray:
+    if list(rle.size) != [info.height, info.width]:
+        raise BadRequest(
+            f"mask.size is {rle.size}; the video's frames are [height, width] = "
+            f"[{info.height}, {info.width}]",
+            field="mask",
+        )
+    try:
+        return postprocess.rle_to_mask(rle.model_dump()).astype(bool)
+    except Exception as exc:  # malformed counts
+        raise BadRequest(f"mask.counts is not valid COCO RLE: {exc}", field="mask") from exc
+
+
+def frame_result(
+    frame_index: int, object_ids: list[int], masks: np.ndarray, scores: np.ndarray, fmt: MaskFormat
+) -> FrameResult:
+    """masks: (N, H, W) bool for the N objects -> the wire shape, polygons or RLE."""
+    objects = []
+    for obj, mask, score in zip(object_ids, masks, scores, strict=True):
+        if fmt == "rle":
+            encoded: Any = RleMask(**postprocess.mask_to_rle(mask))
+        else:
+            encoded = postprocess.mask_to_polygons(mask)
+        objects.append(ObjectMask(object_id=int(obj), mask=encoded, score=float(score)))
+    return FrameResult(frame_index=int(frame_index), objects=objects)
