@@ -12,7 +12,6 @@ import typer
 from pydantic import ValidationError
 
 from sam2serve.cli_everything import everything
-from sam2serve.cli_track import track
 from sam2serve.cli_support import (
     ANNOTATED_SUFFIX,
     IMAGE_SUFFIXES,
@@ -29,6 +28,7 @@ from sam2serve.cli_support import (
     require_server_extra,
     segment_one,
 )
+from sam2serve.cli_track import track
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError
 
