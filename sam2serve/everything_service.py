@@ -4,15 +4,18 @@ Lifecycle: resolve the model, find or embed the image (the same cache as clicks,
 embed serves both), then every batch of grid points as its own job on the embed lane (a
 segment-everything never occupies the click lane, and other embeds interleave with it);
 between batches it checks the time budget. A caller that goes away cancels the coroutine
-(the HTTP guard cancels the route on disconnect): it stops at the next batch, and a batch
-still waiting in the lane is dropped.
+(the HTTP guard cancels the route on disconnect): the batch running in the lane finishes
+and is dropped, a batch still waiting is never run, and no further batch starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -25,10 +28,13 @@ from sam2serve.everything_schema import (
     EverythingResponse,
 )
 from sam2serve.image_decode import LoadedImage
+from sam2serve.lanes import Lane
 from sam2serve.schema import RleMask
 from sam2serve.service import BinaryResult, Sam2Service
 
 __all__ = ["encode_npz", "segment_everything", "to_response"]
+
+T = TypeVar("T")
 
 
 async def segment_everything(
@@ -77,17 +83,39 @@ async def segment_everything(
             crop_features = features
         else:
             assert image is not None
-            crop_features = await lane.run(runtime.embed, crop_pixels(image.rgb, crop))
+            crop_features = await _step(lane, runtime.embed, crop_pixels(image.rgb, crop))
         for points in run.batches(crop):
             check_budget(deadline, None)
-            await lane.run(run.process_batch, crop, crop_features, points)
+            await _step(lane, run.process_batch, crop, crop_features, points)
         run.finish_crop(crop)
     check_budget(deadline, None)
-    masks = await lane.run(run.finish)
+    masks = await _step(lane, run.finish)
     result = to_response(masks, request.format, request.polygon_holes)
     if isinstance(result, EverythingResponse):
         result.time = time.perf_counter() - started
     return result
+
+
+async def _step(lane: Lane, fn: Callable[..., T], *args: object) -> T:
+    """One job on `lane` whose caller's cancellation stands.
+
+    `Lane.run` lets a running job finish and takes its caller's cancellation back (an
+    embedding is worth caching for the next caller); a batch of a segment-everything whose
+    caller has gone is worth nothing, so here the caller stops at once: the job is
+    cancelled in the lane (dropped if still waiting, else it finishes there, unread).
+    """
+    job = asyncio.ensure_future(lane.run(fn, *args))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        job.cancel()
+        job.add_done_callback(_ignore_result)
+        raise
+
+
+def _ignore_result(job: asyncio.Future) -> None:
+    if not job.cancelled():
+        job.exception()  # retrieved: no "never retrieved" warning for a dropped batch
 
 
 def to_response(

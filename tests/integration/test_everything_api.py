@@ -172,3 +172,47 @@ def test_stops_between_batches(image: np.ndarray, tiny_weights_dir) -> None:  # 
     with pytest.raises(Stopped):
         generate(runtime, params, rgb=image, should_stop=lambda: len(calls) >= 1)
     assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_a_cancelled_request_stops_between_batches(image: np.ndarray, tiny_weights_dir) -> None:  # type: ignore[no-untyped-def]
+    """The HTTP guard cancels the route of a client that went away: the batch running in
+    the lane finishes, no further batch starts."""
+    import asyncio
+    import threading
+
+    from sam2serve.everything_schema import EverythingRequest
+    from sam2serve.everything_service import segment_everything
+    from sam2serve.testing import registry_with_test_model
+    from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
+    from tests.conftest import tiny_settings
+
+    async def go() -> int:
+        service = build_service(tiny_settings(tiny_weights_dir), registry_with_test_model())
+        try:
+            runtime = await service.pool.get(service.spec_for(None))
+            calls: list[int] = []
+            first = threading.Event()
+            decode = runtime.decode
+
+            def counted(*a, **k):  # type: ignore[no-untyped-def]
+                calls.append(1)
+                first.set()
+                return decode(*a, **k)
+
+            runtime.decode = counted  # type: ignore[method-assign]
+            image_input = {"type": "base64", "value": encode_image(image)}
+            body = {**PARAMS, "points_per_batch": 4, "image": image_input}
+            request = EverythingRequest.model_validate(body)  # 4 batches of 4 points
+            task = asyncio.ensure_future(segment_everything(service, request, PUBLIC_NAMESPACE))
+            while not first.is_set():
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.5)  # room for a further batch, were one to start
+            return len(calls)
+        finally:
+            await service.aclose()
+
+    assert asyncio.run(go()) == 1
