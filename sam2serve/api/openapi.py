@@ -230,6 +230,8 @@ def _document_errors(path: str, method: str, op: dict[str, Any]) -> None:
             codes.append("413")
     elif method == "post":
         codes = ["400", "401", "404", "413", "422", "500", "503"]
+    elif path == "/sam2/video/info":
+        codes = ["401", "500"]
     elif path == "/metrics":
         codes = ["401", "500"]
         responses["200"] = {

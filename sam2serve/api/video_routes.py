@@ -214,6 +214,11 @@ async def reset(request: Request, session_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/info", summary="Open video sessions and their memory")
+@router.get(
+    "/info",
+    summary="Open video sessions and their memory",
+    description="With API keys configured, a valid key is needed (as for /info's figures).",
+)
 async def video_info(request: Request) -> JSONResponse:
+    _namespace(request)  # 401 without a valid key, when keys are configured
     return JSONResponse(video_service(request).describe())

@@ -259,11 +259,14 @@ RAW: list[tuple[str, bytes]] = [
 @pytest.fixture(scope="module")
 def server(tiny_weights_dir: Path) -> Iterator[Server]:
     # segment_everything: generated grids over 256 points are refused (413) before any
-    # work, so the fuzzer's largest parameters cannot make it a long run
+    # work, so the fuzzer's largest parameters cannot make it a long run. The fuzzer opens
+    # video sessions (the documented example works) and never closes them; the session cap's
+    # 503 is tested on its own (test_video_api), so it is out of reach here.
     with reliability_server(
         tiny_weights_dir,
         SAM2SERVE_MAX_BODY_BYTES=str(MAX_BODY),
         SAM2SERVE_EVERYTHING_MAX_POINTS="256",
+        SAM2SERVE_VIDEO_MAX_SESSIONS="100000",
     ) as srv:
         yield srv
 

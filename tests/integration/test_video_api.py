@@ -199,6 +199,10 @@ def test_sessions_belong_to_their_key(make_client, clip_bytes: bytes) -> None:  
     assert client.get(f"{BASE}/{sid}/frames/0").status_code == 401
     mine = client.get(f"{BASE}/{sid}/frames/0", headers={"authorization": "Bearer alpha"})
     assert mine.status_code == 200
+    assert client.get("/sam2/video/info").status_code == 401  # memory figures need a key
+    assert "video" not in client.get("/info").json()
+    listed = client.get("/sam2/video/info", headers={"authorization": "Bearer beta"})
+    assert listed.status_code == 200 and listed.json()["open"] == 1
 
 
 def test_tmp_dirs_are_removed(client, clip_bytes: bytes) -> None:  # type: ignore[no-untyped-def]
