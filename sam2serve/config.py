@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     logits_cache_entries: int = Field(
         1000, description="How many saved low-res logits sets to keep for refinement."
     )
+    logits_cache_bytes: int = Field(
+        64 * MiB,
+        description=(
+            "Byte budget of the saved low-res logits (refinement), taken out of cache_bytes: "
+            "the embedding cache gets the rest; at most a quarter of cache_bytes."
+        ),
+    )
 
     # input limits
     max_body_bytes: int = 16 * MiB
@@ -74,6 +81,13 @@ class Settings(BaseSettings):
     max_prompts: int = 64
     max_points_per_prompt: int = 64
     max_coordinate: float = 1e6
+    max_mask_pixels: int = Field(
+        160_000_000,
+        description=(
+            "Per-request budget of output mask pixels x prompts (e.g. 16 prompts on a 10 MP "
+            "image); beyond it the request gets a 413 before any mask is computed. 0 = none."
+        ),
+    )
 
     # URL input
     url_allow_http: bool = False
@@ -100,6 +114,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def logits_budget_bytes(self) -> int:
+        """The logits cache's share of cache_bytes (the embedding cache gets the rest)."""
+        return max(0, min(self.logits_cache_bytes, self.cache_bytes // 4))
 
     @field_validator("alias_family")
     @classmethod

@@ -43,6 +43,20 @@ from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 log = logging.getLogger(__name__)
 
 PREP_MEMO = 4  # images whose per-image decoder work is kept (~18 MiB each in bf16)
+# The CPU plugin keeps compiled state per input shape of a dynamic graph (OpenVINO's
+# default: 5000 shapes, ~8.5 MiB each for the decoder). These bound it; measured figures in
+# docs/reliability.md.
+DECODE_CACHE_CAPACITY: int | None = 32
+
+
+def batch_bucket(n: int) -> int:
+    """The prompt count a decoder call runs with: n rounded up to a power of two.
+
+    Exact: the decoder treats every prompt row independently, so padding rows (copies of
+    the last prompt) change nothing for the real ones; it only bounds how many distinct
+    shapes the compiled graph ever sees (7 batch sizes up to 64 prompts).
+    """
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _bf16_tensor(ov: Any, x: torch.Tensor) -> Any:
@@ -80,9 +94,14 @@ class OpenVinoRuntime:
         precision: Precision = "bf16",
         embed_threads: int = 0,
         decode_threads: int = 0,
+        *,
+        decode_cache_capacity: int | None = DECODE_CACHE_CAPACITY,
+        bucket: bool = True,
     ) -> None:
         """embed_threads / decode_threads: OpenVINO threads of the encoder / of the
-        decoder graphs (0 = one per core)."""
+        decoder graphs (0 = one per core). decode_cache_capacity: per-shape entries the CPU
+        plugin keeps for the decoder (None = OpenVINO's default); bucket: round the prompt
+        count up to a power of two (see `batch_bucket`)."""
         self._ov = ov = _openvino()
         self.model_id = model_id
         self.device = torch.device("cpu")
@@ -102,6 +121,8 @@ class OpenVinoRuntime:
             threads = embed_threads if name == "encoder" else decode_threads
             if threads > 0:
                 config["INFERENCE_NUM_THREADS"] = threads
+            if name == "decoder" and decode_cache_capacity is not None:
+                config["CPU_RUNTIME_CACHE_CAPACITY"] = decode_cache_capacity
             if name != "encoder":
                 # OpenVINO's fused attention kernels are slow for the decoder's few-token
                 # attentions (plain matmuls win); the encoder's attention likes them
@@ -113,6 +134,7 @@ class OpenVinoRuntime:
         self._encoder, self._prep, self._decoder = (graphs[n] for n in GRAPHS)
         self._memo: OrderedDict[int, tuple[weakref.ref, list[Any]]] = OrderedDict()
         self._memo_lock = threading.Lock()
+        self.bucket = bucket
 
     def _bf16_io(self, graph: Any, name: str) -> Any:
         """Features and per-image decoder inputs cross graph borders as bf16 (no f32 copy)."""
@@ -185,14 +207,18 @@ class OpenVinoRuntime:
         encoder = self._torch.model.sam_prompt_encoder
         sparse, _ = encoder(points=(coords, labels), boxes=None, masks=None)
         prepared = self._prepared(features)
+        n = sparse.shape[0]
+        if self.bucket and batch_bucket(n) > n:
+            pad = sparse[-1:].expand(batch_bucket(n) - n, -1, -1)
+            sparse = torch.cat([sparse, pad])
         dec = self._decoder
         with dec.lock:
             for i, t in enumerate(prepared):
                 dec.request.set_input_tensor(i, t)
             dec.request.set_input_tensor(6, self._ov.Tensor(np.ascontiguousarray(sparse.numpy())))
             dec.request.infer()
-            masks = torch.from_numpy(np.array(dec.request.get_output_tensor(0).data, copy=True))
-            iou = torch.from_numpy(np.array(dec.request.get_output_tensor(1).data, copy=True))
+            masks = torch.from_numpy(np.array(dec.request.get_output_tensor(0).data[:n], copy=True))
+            iou = torch.from_numpy(np.array(dec.request.get_output_tensor(1).data[:n], copy=True))
         md = self._torch.model.sam_mask_decoder
         if multimask:
             masks, iou = masks[:, 1:], iou[:, 1:]
@@ -222,13 +248,17 @@ def load_runtime(
     precision: Precision | Literal["auto"] = "auto",
     embed_threads: int = 0,
     decode_threads: int = 0,
+    **options: Any,
 ) -> OpenVinoRuntime:
-    """Probe, export once (cached on disk), compile. Raises BackendUnavailable."""
+    """Probe, export once (cached on disk), compile. Raises BackendUnavailable. `options`:
+    OpenVinoRuntime's keyword-only ones (decode_cache_capacity, bucket)."""
     chosen = probe(precision)
     pin_mmap_threshold()
     graphs_dir = build_cache(spec, checkpoint, cache_dir)
     model = build_model(spec, checkpoint, torch.device("cpu"))
-    return OpenVinoRuntime(spec.model_id, model, graphs_dir, chosen, embed_threads, decode_threads)
+    return OpenVinoRuntime(
+        spec.model_id, model, graphs_dir, chosen, embed_threads, decode_threads, **options
+    )
 
 
 def make_factory(
