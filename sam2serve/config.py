@@ -57,7 +57,13 @@ class Settings(BaseSettings):
     embed_threads: int = Field(0, description="Encoder threads of the fast runtime; 0 = all.")
     decode_threads: int = Field(0, description="Decoder threads of the fast runtime; 0 = all.")
     max_models: int = Field(2, description="Models kept loaded at once (least recently used go).")
-    preload: bool = Field(False, description="Load the default model at start-up.")
+    preload: bool = Field(
+        True,
+        description=(
+            "Servers load the default model at start-up, in the background (/readyz answers "
+            "503 with what it is doing until then)."
+        ),
+    )
 
     # auth: comma-separated keys in the environment
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

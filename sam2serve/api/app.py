@@ -23,13 +23,22 @@ from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.registry import REGISTRY, ModelSpec
 from sam2serve.runtime.openvino_runtime import factory_for
 from sam2serve.runtime.pool import ModelPool, pick_device
+from sam2serve.runtime.preparing import wait_prepared
 from sam2serve.service import Sam2Service
 
 log = logging.getLogger("sam2serve")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
-def build_service(settings: Settings, registry: dict[str, ModelSpec] | None = None) -> Sam2Service:
+def build_service(
+    settings: Settings,
+    registry: dict[str, ModelSpec] | None = None,
+    *,
+    background_prepare: bool = False,
+) -> Sam2Service:
+    """background_prepare: a model whose fast runtime is not exported yet serves on the exact
+    torch path at once while the export runs in the background (servers); without it the
+    first load waits for the export (one-shot CLI runs, which would not live to finish it)."""
     registry = registry or REGISTRY
     pool = ModelPool(
         settings.weights_dir,
@@ -41,6 +50,7 @@ def build_service(settings: Settings, registry: dict[str, ModelSpec] | None = No
             settings.runtime_cache_dir,
             settings.embed_threads,
             settings.decode_threads,
+            background=background_prepare,
         ),
     )
     return Sam2Service(settings, registry, pool)
@@ -48,7 +58,7 @@ def build_service(settings: Settings, registry: dict[str, ModelSpec] | None = No
 
 def create_app(settings: Settings | None = None, service: Sam2Service | None = None) -> FastAPI:
     settings = settings or Settings()
-    service = service or build_service(settings)
+    service = service or build_service(settings, background_prepare=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,8 +67,11 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
             app.state.preloading = True
 
             async def _preload() -> None:
+                spec = service.spec_for(None)
+                app.state.preload_detail = f"loading the default model {spec.model_id}"
                 try:
-                    await service.pool.get(service.spec_for(None))
+                    runtime = await service.pool.get(spec)
+                    await wait_prepared(runtime, app.state)
                 except ServiceError as exc:
                     log.warning("preload failed: %s", exc.message)
                 finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from filelock import FileLock
 
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder
@@ -85,13 +86,30 @@ class _EncoderGraph(torch.nn.Module):
         return embed, fpn[0], fpn[1]
 
 
+def is_exported(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> bool:
+    """Whether the graphs for (model, exact weights, OpenVINO version) are on disk already."""
+    return (cache_key_dir(spec, checkpoint, cache_dir) / "meta.json").is_file()
+
+
 def build_cache(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
     """Export the three graphs for `checkpoint` once; reuse them when present. Returns the
-    key directory. Safe against concurrent builders (atomic rename of a finished dir)."""
-    ov = _openvino()
+    key directory. Processes sharing `cache_dir` export once: a file lock beside the key
+    directory makes the others wait and reuse the result, and a finished export appears
+    by atomic rename (a crashed exporter leaves no half-written graphs)."""
     target = cache_key_dir(spec, checkpoint, cache_dir)
     if (target / "meta.json").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if (target / "meta.json").is_file():  # another process exported while we waited
+            return target
+        _export(spec, checkpoint, target)
+    return target
+
+
+def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
+    """Convert the graphs and move them into `target` (one rename)."""
+    ov = _openvino()
     started = time.perf_counter()
     model = build_model(spec, checkpoint, torch.device("cpu"))
     size = int(model.image_size)
@@ -128,7 +146,6 @@ def build_cache(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
                 ],
             ),
         }
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     tmp.chmod(0o755)
     try:
@@ -155,7 +172,6 @@ def build_cache(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
         target,
         time.perf_counter() - started,
     )
-    return target
 
 
 def build_for_weights_dir(

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from sam2serve.memory import pin_mmap_threshold
 from sam2serve.registry import ModelSpec
@@ -35,9 +36,11 @@ from sam2serve.runtime.openvino_export import (
     Precision,
     _openvino,
     build_cache,
+    is_exported,
     probe,
 )
 from sam2serve.runtime.pool import RuntimeFactory, torch_runtime_factory
+from sam2serve.runtime.preparing import PreparingRuntime
 from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 
 log = logging.getLogger(__name__)
@@ -256,9 +259,12 @@ def load_runtime(
     pin_mmap_threshold()
     graphs_dir = build_cache(spec, checkpoint, cache_dir)
     model = build_model(spec, checkpoint, torch.device("cpu"))
-    return OpenVinoRuntime(
-        spec.model_id, model, graphs_dir, chosen, embed_threads, decode_threads, **options
-    )
+    # one compile per cache dir at a time: the first writes OpenVINO's compiled blobs, the
+    # others then load them instead of compiling (or reading half-written ones)
+    with FileLock(graphs_dir / f"compile-{chosen}.lock"):
+        return OpenVinoRuntime(
+            spec.model_id, model, graphs_dir, chosen, embed_threads, decode_threads, **options
+        )
 
 
 def make_factory(
@@ -266,16 +272,25 @@ def make_factory(
     precision: Precision | Literal["auto"] = "auto",
     embed_threads: int = 0,
     decode_threads: int = 0,
+    *,
+    background: bool = False,
 ) -> RuntimeFactory:
     """A ModelPool factory: OpenVINO on CPU where it works, else the torch reference
-    runtime (logged once per load with the reason)."""
+    runtime (logged once per load with the reason). background: when the model's graphs are
+    not exported yet, serve on torch at once and export + compile on a background thread
+    (`PreparingRuntime`) instead of making the first request wait."""
+
+    def load(spec: ModelSpec, checkpoint: Path) -> Runtime:
+        return load_runtime(spec, checkpoint, cache_dir, precision, embed_threads, decode_threads)
 
     def factory(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Runtime:
         if device.type == "cpu":
             try:
-                return load_runtime(
-                    spec, checkpoint, cache_dir, precision, embed_threads, decode_threads
-                )
+                if background and not is_exported(spec, checkpoint, cache_dir):
+                    probe(precision)  # unavailable backends fall back here, not later
+                    exact = torch_runtime_factory(spec, checkpoint, device)
+                    return PreparingRuntime(exact, lambda: load(spec, checkpoint), spec.model_id)
+                return load(spec, checkpoint)
             except BackendUnavailable as exc:
                 log.warning("fast runtime unavailable, using torch fp32: %s", exc)
         return torch_runtime_factory(spec, checkpoint, device)
@@ -287,12 +302,18 @@ RUNTIMES = ("auto", "torch", "openvino", "openvino-bf16", "openvino-f32")
 
 
 def factory_for(
-    runtime: str, cache_dir: Path, embed_threads: int = 0, decode_threads: int = 0
+    runtime: str,
+    cache_dir: Path,
+    embed_threads: int = 0,
+    decode_threads: int = 0,
+    *,
+    background: bool = False,
 ) -> RuntimeFactory:
     """Settings value -> ModelPool factory. "auto" and "openvino": OpenVINO bf16 where the CPU
     has native bf16, f32 elsewhere, torch off CPU or without OpenVINO; "openvino-bf16" /
     "openvino-f32" pin the precision (still falling back to torch if impossible); "torch" is
-    the fp32 reference runtime."""
+    the fp32 reference runtime. background: see `make_factory` (servers use it; one-shot
+    CLI runs wait for the export instead)."""
     if runtime == "torch":
         return torch_runtime_factory
     precisions: dict[str, Precision | Literal["auto"]] = {
@@ -303,4 +324,6 @@ def factory_for(
     }
     if runtime not in precisions:
         raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
-    return make_factory(cache_dir, precisions[runtime], embed_threads, decode_threads)
+    return make_factory(
+        cache_dir, precisions[runtime], embed_threads, decode_threads, background=background
+    )
