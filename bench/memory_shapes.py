@@ -76,7 +76,7 @@ def main() -> None:
             spec.model_id, build_model(spec, checkpoint, torch.device("cpu")), torch.device("cpu")
         )
     else:
-        kwargs = {"bucket": args.bucket == "on"}
+        kwargs = {"bucket_shapes": args.bucket == "on"}
         if args.capacity is not None:
             kwargs["decode_cache_capacity"] = None if args.capacity < 0 else args.capacity
         runtime = openvino_runtime.load_runtime(spec, checkpoint, args.work / "runtime", **kwargs)

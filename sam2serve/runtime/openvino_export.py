@@ -18,14 +18,14 @@ import torch
 from filelock import FileLock
 
 from sam2serve.registry import ModelSpec
-from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder
+from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder, token_bias
 from sam2serve.runtime.torch_runtime import build_model
 from sam2serve.runtime.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["bf16", "f32"]
-FORMAT_VERSION = 1  # bump when the exported graphs change
+FORMAT_VERSION = 2  # bump when the exported graphs change (2: decoder token_bias input)
 GRAPHS = ("encoder", "prep", "decoder")
 
 
@@ -119,7 +119,8 @@ def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
         pixels = torch.zeros(1, 3, size, size)
         feats = _EncoderGraph(model).eval()(pixels)
         prepped = prep(*feats)
-        sparse = torch.zeros(2, 3, prepped[0].shape[-1])
+        sparse = torch.zeros(2, 4, prepped[0].shape[-1])
+        bias = token_bias(2, 4, 3)
         graphs = {
             "encoder": ov.convert_model(
                 _EncoderGraph(model).eval(),
@@ -136,13 +137,14 @@ def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
             ),
             "decoder": ov.convert_model(
                 decoder,
-                example_input=(*prepped, sparse),
+                example_input=(*prepped, sparse, bias),
                 input=[
                     *(
                         (n, list(t.shape))
                         for n, t in zip(("src", "k1", "v1", "q1", "s1", "s0"), prepped, strict=True)
                     ),
                     ("sparse", [-1, -1, int(sparse.shape[-1])]),
+                    ("token_bias", [-1, -1]),
                 ],
             ),
         }

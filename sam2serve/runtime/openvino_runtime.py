@@ -30,6 +30,7 @@ from filelock import FileLock
 from sam2serve.memory import pin_mmap_threshold
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.base import Decoded, Features, PromptBatch, Runtime
+from sam2serve.runtime.fast_decoder import token_bias
 from sam2serve.runtime.openvino_export import (
     GRAPHS,
     BackendUnavailable,
@@ -46,20 +47,20 @@ from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 log = logging.getLogger(__name__)
 
 PREP_MEMO = 4  # images whose per-image decoder work is kept (~18 MiB each in bf16)
-# The CPU plugin keeps compiled state per input shape of a dynamic graph (OpenVINO's
-# default: 5000 shapes, ~8.5 MiB each for the decoder). These bound it; measured figures in
-# docs/reliability.md.
-DECODE_CACHE_CAPACITY: int | None = 32
+# The CPU plugin keeps compiled state per input shape of the decoder graph (~8.5 MiB per
+# shape, up to its 5000-entry default cache: memory grew without bound with the prompt
+# shapes users send). The decoder therefore only ever runs at a few padded shapes: prompt
+# tokens rounded up to a power of two (padding masked out of attention, exact) and at most
+# DECODE_CHUNK prompts per call, rounded up to a power of two (rows are independent, exact):
+# at most 4 x 7 shapes. The runtime cache is also capped, so memory is bounded whatever the
+# graph sees. Measured figures in docs/reliability.md.
+DECODE_CHUNK = 8
+DECODE_CACHE_CAPACITY: int | None = 1000
 
 
-def batch_bucket(n: int) -> int:
-    """The prompt count a decoder call runs with: n rounded up to a power of two.
-
-    Exact: the decoder treats every prompt row independently, so padding rows (copies of
-    the last prompt) change nothing for the real ones; it only bounds how many distinct
-    shapes the compiled graph ever sees (7 batch sizes up to 64 prompts).
-    """
-    return 1 << max(0, n - 1).bit_length()
+def bucket(n: int, minimum: int = 1) -> int:
+    """n rounded up to a power of two (at least `minimum`)."""
+    return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
 def _bf16_tensor(ov: Any, x: torch.Tensor) -> Any:
@@ -99,12 +100,12 @@ class OpenVinoRuntime:
         decode_threads: int = 0,
         *,
         decode_cache_capacity: int | None = DECODE_CACHE_CAPACITY,
-        bucket: bool = True,
+        bucket_shapes: bool = True,
     ) -> None:
         """embed_threads / decode_threads: OpenVINO threads of the encoder / of the
         decoder graphs (0 = one per core). decode_cache_capacity: per-shape entries the CPU
-        plugin keeps for the decoder (None = OpenVINO's default); bucket: round the prompt
-        count up to a power of two (see `batch_bucket`)."""
+        plugin keeps for the decoder (None = OpenVINO's default); bucket_shapes: run the
+        decoder at padded shapes only (see DECODE_CHUNK); off, every prompt shape is its own."""
         self._ov = ov = _openvino()
         self.model_id = model_id
         self.device = torch.device("cpu")
@@ -137,7 +138,7 @@ class OpenVinoRuntime:
         self._encoder, self._prep, self._decoder = (graphs[n] for n in GRAPHS)
         self._memo: OrderedDict[int, tuple[weakref.ref, list[Any]]] = OrderedDict()
         self._memo_lock = threading.Lock()
-        self.bucket = bucket
+        self.bucket_shapes = bucket_shapes
 
     def _bf16_io(self, graph: Any, name: str) -> Any:
         """Features and per-image decoder inputs cross graph borders as bf16 (no f32 copy)."""
@@ -210,18 +211,7 @@ class OpenVinoRuntime:
         encoder = self._torch.model.sam_prompt_encoder
         sparse, _ = encoder(points=(coords, labels), boxes=None, masks=None)
         prepared = self._prepared(features)
-        n = sparse.shape[0]
-        if self.bucket and batch_bucket(n) > n:
-            pad = sparse[-1:].expand(batch_bucket(n) - n, -1, -1)
-            sparse = torch.cat([sparse, pad])
-        dec = self._decoder
-        with dec.lock:
-            for i, t in enumerate(prepared):
-                dec.request.set_input_tensor(i, t)
-            dec.request.set_input_tensor(6, self._ov.Tensor(np.ascontiguousarray(sparse.numpy())))
-            dec.request.infer()
-            masks = torch.from_numpy(np.array(dec.request.get_output_tensor(0).data[:n], copy=True))
-            iou = torch.from_numpy(np.array(dec.request.get_output_tensor(1).data[:n], copy=True))
+        masks, iou = self._run_decoder(prepared, sparse)
         md = self._torch.model.sam_mask_decoder
         if multimask:
             masks, iou = masks[:, 1:], iou[:, 1:]
@@ -230,6 +220,43 @@ class OpenVinoRuntime:
         else:
             masks, iou = masks[:, 0:1], iou[:, 0:1]
         return Decoded(low_res=masks.float(), scores=iou.float())
+
+    def _run_decoder(
+        self, prepared: list[Any], sparse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sparse (N, K, D) prompt embeddings -> all masks (N, M, m, m), IoU (N, M); at padded
+        shapes (see DECODE_CHUNK) unless bucket_shapes is off."""
+        n, k, _ = sparse.shape
+        if not self.bucket_shapes:
+            return self._infer(prepared, sparse, token_bias(n, k, k))
+        kb = bucket(k, 2)
+        padded = torch.nn.functional.pad(sparse, (0, 0, 0, kb - k))
+        outs = []
+        for start in range(0, n, DECODE_CHUNK):
+            chunk = padded[start : start + DECODE_CHUNK]
+            rows = chunk.shape[0]
+            nb = bucket(rows)
+            if nb > rows:  # copies of the last prompt; their results are dropped
+                chunk = torch.cat([chunk, chunk[-1:].expand(nb - rows, -1, -1)])
+            masks, iou = self._infer(prepared, chunk, token_bias(nb, kb, k))
+            outs.append((masks[:rows], iou[:rows]))
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat([m for m, _ in outs]), torch.cat([i for _, i in outs])
+
+    def _infer(
+        self, prepared: list[Any], sparse: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dec = self._decoder
+        with dec.lock:
+            for i, t in enumerate(prepared):
+                dec.request.set_input_tensor(i, t)
+            dec.request.set_input_tensor(6, self._ov.Tensor(np.ascontiguousarray(sparse.numpy())))
+            dec.request.set_input_tensor(7, self._ov.Tensor(np.ascontiguousarray(bias.numpy())))
+            dec.request.infer()
+            masks = torch.from_numpy(np.array(dec.request.get_output_tensor(0).data, copy=True))
+            iou = torch.from_numpy(np.array(dec.request.get_output_tensor(1).data, copy=True))
+        return masks, iou
 
     def upscale(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         """(N, m, m) logits -> (N, H, W) logits, as the reference runtime."""
@@ -254,7 +281,7 @@ def load_runtime(
     **options: Any,
 ) -> OpenVinoRuntime:
     """Probe, export once (cached on disk), compile. Raises BackendUnavailable. `options`:
-    OpenVinoRuntime's keyword-only ones (decode_cache_capacity, bucket)."""
+    OpenVinoRuntime's keyword-only ones (decode_cache_capacity, bucket_shapes)."""
     chosen = probe(precision)
     pin_mmap_threshold()
     graphs_dir = build_cache(spec, checkpoint, cache_dir)
