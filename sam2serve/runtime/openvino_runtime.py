@@ -55,7 +55,7 @@ PREP_MEMO = 4  # images whose per-image decoder work is kept (~18 MiB each in bf
 # at most 4 x 7 shapes. The runtime cache is also capped, so memory is bounded whatever the
 # graph sees. Measured figures in docs/reliability.md.
 DECODE_CHUNK = 8
-DECODE_CACHE_CAPACITY: int | None = 1000
+DECODE_CACHE_CAPACITY: int | None = 32
 
 
 def bucket(n: int, minimum: int = 1) -> int:
