@@ -98,7 +98,9 @@ class PreparingRuntime:
 
 async def wait_prepared(runtime: Runtime, state: Any) -> None:
     """If `runtime` is still preparing its fast path, publish what it is doing as
-    `state.preload_detail` and wait (off the event loop) until it is done."""
+    `state.preload_detail` and wait until it is done (polling: a thread blocked on it would
+    hold up the event loop's shutdown until the export ends)."""
     if isinstance(runtime, PreparingRuntime) and runtime.preparing:
         state.preload_detail = runtime.detail
-        await asyncio.to_thread(runtime.wait)
+        while runtime.preparing:
+            await asyncio.sleep(0.2)
