@@ -49,12 +49,13 @@ log = logging.getLogger(__name__)
 PREP_MEMO = 4  # images whose per-image decoder work is kept (~18 MiB each in bf16)
 # The CPU plugin keeps compiled state per input shape of the decoder graph (~8.5 MiB per
 # shape, up to its 5000-entry default cache: memory grew without bound with the prompt
-# shapes users send). The decoder therefore only ever runs at a few padded shapes: prompt
-# tokens rounded up to a power of two (padding masked out of attention, exact) and at most
-# DECODE_CHUNK prompts per call, rounded up to a power of two (rows are independent, exact):
-# at most 4 x 7 shapes. The runtime cache is also capped, so memory is bounded whatever the
-# graph sees. Measured figures in docs/reliability.md.
-DECODE_CHUNK = 8
+# shapes users send), and working buffers sized by the largest shape seen. The decoder
+# therefore only ever runs at a few padded shapes: prompt tokens rounded up to a power of
+# two (padding masked out of attention, exact) and at most DECODE_CHUNK prompts per call
+# (rows are independent, exact; 2 keeps the working buffers of 1024 px models small, and
+# CPU decoding gains little from larger batches): at most 2 x 7 shapes. The runtime cache
+# is also capped. Measured figures in docs/reliability.md.
+DECODE_CHUNK = 2
 DECODE_CACHE_CAPACITY: int | None = 32
 
 
