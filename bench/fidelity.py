@@ -2,7 +2,7 @@
 
 20 prompts per photo (single points, point pairs with a negative, boxes, box + point, three
 points), each decoded on its own with multimask output and the best-scoring mask kept, as
-the reference server does. Shared by bench/run.py and the fidelity tests.
+the Roboflow's server does. Shared by bench/run.py and the fidelity tests.
 """
 
 from __future__ import annotations

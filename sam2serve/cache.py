@@ -40,7 +40,8 @@ class EmbeddingCache:
         self._entries: OrderedDict[EntryKey, Features] = OrderedDict()
         self._ids: dict[IdKey, EntryKey] = {}
         self._ids_of: dict[EntryKey, set[IdKey]] = {}
-        self._inflight: dict[EntryKey, asyncio.Future[Features]] = {}
+        self._inflight: dict[EntryKey, asyncio.Task[Features]] = {}
+        self._callers: dict[EntryKey, int] = {}  # callers awaiting each in-flight entry
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -64,34 +65,77 @@ class EmbeddingCache:
     ) -> tuple[Features, bool]:
         """Return (features, was_cached) for `entry`, binding `image_id` to it.
 
-        Only one `compute` runs per entry at a time; other callers await its result. A
-        failed computation is not cached and its error reaches every waiter.
+        Only one `compute` runs per entry at a time, in its own task; every caller (the
+        first included) awaits that task, so a caller that is cancelled (its client went
+        away) never cancels the others' result. When the last caller is gone the task is
+        cancelled: work not started yet is dropped, work already running may finish and
+        is cached. A failed computation is not cached, its error reaches every caller, and
+        `image_id` stays unbound.
         """
-        self._bind(IdKey(entry.namespace, entry.model_id, image_id), entry)
+        id_key = IdKey(entry.namespace, entry.model_id, image_id)
         cached = self._entries.get(entry)
         if cached is not None:
             self._entries.move_to_end(entry)
             self.hits += 1
+            self._bind(id_key, entry)
             return cached, True
-        pending = self._inflight.get(entry)
-        if pending is not None:
-            self.hits += 1
-            return await asyncio.shield(pending), True
-        self.misses += 1
-        future: asyncio.Future[Features] = asyncio.get_running_loop().create_future()
-        self._inflight[entry] = future
+        self._unbind(id_key)  # the id now names other pixels: never the old ones again
+        features, was_cached = await self._join(entry, compute)
+        if entry in self._entries:  # may be absent: over the byte budget, or evicted already
+            self._bind(id_key, entry)
+        return features, was_cached
+
+    async def _join(
+        self, entry: EntryKey, compute: Callable[[], Awaitable[Features]]
+    ) -> tuple[Features, bool]:
+        """Await the entry's in-flight computation, starting it if there is none."""
+        while True:
+            task = self._inflight.get(entry)
+            was_cached = task is not None
+            if task is None:
+                self.misses += 1
+                task = asyncio.get_running_loop().create_task(self._compute(entry, compute))
+                self._inflight[entry] = task
+            else:
+                self.hits += 1
+            self._callers[entry] = self._callers.get(entry, 0) + 1
+            try:
+                return await asyncio.shield(task), was_cached
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is None or getattr(me, "cancelling", lambda: 1)():  # this caller is cancelled
+                    if not task.done() and self._callers.get(entry) == 1:
+                        task.cancel()  # nobody else waits: drop the work if not started
+                    raise
+                # the shared work was dropped by callers that left first: compute again
+            finally:
+                if self._inflight.get(entry) is task and entry in self._callers:
+                    self._callers[entry] -= 1
+
+    async def _compute(
+        self, entry: EntryKey, compute: Callable[[], Awaitable[Features]]
+    ) -> Features:
         try:
             features = await compute()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        else:
-            future.set_result(features)
             self._store(entry, features)
-            return features, False
+            return features
         finally:
             del self._inflight[entry]
+            self._callers.pop(entry, None)
+
+    def holds(self, entry: EntryKey) -> bool:
+        """Whether `entry`'s features are in the cache now."""
+        return entry in self._entries
+
+    @property
+    def ids_bound(self) -> int:
+        """How many image ids are bound (bounded by the entries they point to)."""
+        return len(self._ids)
+
+    def _unbind(self, id_key: IdKey) -> None:
+        old = self._ids.pop(id_key, None)
+        if old is not None:
+            self._ids_of.get(old, set()).discard(id_key)
 
     def _bind(self, id_key: IdKey, entry: EntryKey) -> None:
         old = self._ids.get(id_key)

@@ -24,6 +24,7 @@ from sam2serve.cli_support import (
     outputs,
     progress,
     read_prompts,
+    require_server_extra,
     segment_one,
 )
 from sam2serve.config import Settings
@@ -94,9 +95,9 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Run the HTTP server (uvicorn)."""
-    import uvicorn
-
+    require_server_extra("serve")
     from sam2serve.api.app import create_app
+    from sam2serve.api.server import serve as serve_app
 
     settings = _settings(
         host=host,
@@ -117,13 +118,7 @@ def serve(
     from sam2serve.memory import pin_mmap_threshold
 
     pin_mmap_threshold()  # keeps RSS per cached image at the features' own size
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=False,  # uvicorn's access log prints query strings, which may hold api_key
-        log_level=log_level,
-    )
+    serve_app(create_app(settings), settings, log_level)  # JSON 400s, SIGTERM -> exit 0
 
 
 Url = Annotated[
@@ -207,7 +202,7 @@ def segment(
 
     Example: sam2serve segment photo.jpg --point 320,240 --box 100,80,540,400 -o annotated.png
     """
-    from sam2serve.client.prompts import build_prompts, parse_box, parse_point
+    from sam2serve.client.prompt_builder import build_prompts, parse_box, parse_point
 
     if fmt not in ("rle", "polygon"):
         fail(f"--format must be rle or polygon, not {fmt!r}")

@@ -81,6 +81,21 @@ def outputs(
     return out
 
 
+def require_server_extra(what: str) -> None:
+    """Exit with the install command when the [server] extra (torch, SAM2, FastAPI...) is
+    missing: the base install is the client side only."""
+    import importlib.util
+
+    missing = [
+        m for m in ("torch", "sam2", "fastapi", "uvicorn") if not importlib.util.find_spec(m)
+    ]
+    if missing:
+        fail(
+            f"{what} needs the server extra ({', '.join(missing)} not installed): "
+            "pip install 'sam2serve[server]'"
+        )
+
+
 def open_backend(
     url: str | None,
     api_key: str | None,
@@ -94,6 +109,7 @@ def open_backend(
         return Sam2Client(url, api_key)
     import warnings
 
+    require_server_extra("a local model (or pass --url to use a server)")
     from sam2serve.segmenter import Segmenter
 
     # upstream SAM2 model code uses torch.jit.script, which newer torch flags as deprecated

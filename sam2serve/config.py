@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 
+#: The model runtimes a server can use (see `sam2serve.runtime.factory`).
+RuntimeName = Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"]
+
 
 def default_weights_dir() -> Path:
     return Path(user_cache_dir("sam2serve")) / "weights"
@@ -43,11 +46,11 @@ class Settings(BaseSettings):
     )
     allow_download: bool = True
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    runtime: Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"] = Field(
+    runtime: RuntimeName = Field(
         "auto",
         description=(
             "auto: OpenVINO (bf16 where the CPU has it, else f32) on CPU, torch on CUDA; "
-            "torch: Meta's fp32 reference path, exact"
+            "torch: Meta's fp32 model code, exact"
         ),
     )
     runtime_cache_dir: Path = Field(
@@ -67,6 +70,12 @@ class Settings(BaseSettings):
 
     # auth: comma-separated keys in the environment
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    metrics_require_key: bool = Field(
+        False, description="With API keys configured, /metrics also needs one (else open)."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, description="On SIGTERM, how long in-flight requests may take to finish (s)."
+    )
 
     # caches
     cache_bytes: int = Field(1024 * MiB, description="Byte budget of the embedding cache.")

@@ -46,10 +46,10 @@ class NotInCache(ServiceError):
     status = 404
 
 
-class Conflict(ServiceError):
-    """409: the request conflicts with server state."""
+class SchemaError(ServiceError):
+    """422: the JSON does not match the request schema."""
 
-    status = 409
+    status = 422
 
 
 class PayloadTooLarge(ServiceError):

@@ -1,7 +1,8 @@
 """Two work lanes so a click never waits behind another image's embed.
 
 Each lane is a small thread pool with a bounded number of waiting jobs: over capacity,
-`submit` fails at once with 503 + Retry-After instead of queueing forever.
+`run` fails at once with 503 + Retry-After instead of queueing forever. A job whose caller
+is cancelled while it waits is dropped; one already running finishes and returns.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ class Lane:
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"sam2-{name}")
         self.active = 0  # submitted and not yet finished (running + waiting)
+        self.refused = 0  # jobs answered 503 because the lane was full
+        self.dropped = 0  # jobs cancelled before they started (their client went away)
+
+    @property
+    def capacity(self) -> int:
+        """Jobs the lane holds at once: running plus waiting."""
+        return self._workers + self.max_waiting
 
     @property
     def waiting(self) -> int:
@@ -32,6 +40,7 @@ class Lane:
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         if self.waiting >= self.max_waiting:
+            self.refused += 1
             raise Unavailable(
                 f"server busy: {self.waiting} {self.name} jobs already waiting; retry shortly",
                 retry_after=self.retry_after_s,
@@ -39,8 +48,19 @@ class Lane:
         self.active += 1
         try:
             ctx = contextvars.copy_context()
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, ctx.run, fn, *args)
+            job = self._pool.submit(ctx.run, fn, *args)
+            try:
+                return await asyncio.shield(asyncio.wrap_future(job))
+            except asyncio.CancelledError:
+                if job.cancel():  # still waiting: dropped, never runs
+                    self.dropped += 1
+                    raise
+                # already running: let it finish so its result is not wasted (it may be
+                # cached for the next caller); the cancellation is taken back
+                task = asyncio.current_task()
+                if task is not None and hasattr(task, "uncancel"):  # Python >= 3.11
+                    task.uncancel()
+                return await asyncio.wrap_future(job)
         finally:
             self.active -= 1
 

@@ -5,7 +5,7 @@ Pure numpy / OpenCV / pycocotools; no torch. Every function takes and returns pl
 
 Conventions:
 - A *mask* is a 2-D ``bool`` array of shape ``(H, W)`` in original-image pixels.
-- *Logits* are float arrays where ``> 0`` means "inside" (SPEC section 1, binary format).
+- *Logits* are float arrays where ``> 0`` means "inside" (as in the binary format's npz).
 - A *polygon* is a list of ``[x, y]`` python-int points (x = column, y = row), each inside
   ``[0, W-1] x [0, H-1]``.
 """
@@ -42,12 +42,12 @@ def select_best(scores: np.ndarray) -> np.ndarray:
     Returns:
         ``(N,)`` int64 column indices.
 
-    Ties are broken exactly as the reference server does: it takes ``np.argsort(row)[-1]``
+    Ties are broken exactly as the Roboflow's server does: it takes ``np.argsort(row)[-1]``
     for each row, so we do literally that (default kind, one 1-D row at a time) rather than
     ``argmax`` (which returns the FIRST of tied maxima). For C <= 3 (all SAM2 produces) that
     is the LAST of the tied maxima; for larger C, numpy's SIMD argsort may order ties
-    differently, and we follow it whatever it does. NaN sorts last and so "wins", as in the
-    reference.
+    differently, and we follow it whatever it does. NaN sorts last and so "wins", as in
+    Roboflow's server.
     """
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[1] == 0:
@@ -56,7 +56,7 @@ def select_best(scores: np.ndarray) -> np.ndarray:
 
 
 def logits_to_mask(logits: np.ndarray, threshold: float = 0.0) -> np.ndarray:
-    """Binarise logits: ``logits > threshold`` (SPEC: ``> 0`` means inside).
+    """Binarise logits: ``logits > threshold`` (``> 0`` means inside).
 
     Args:
         logits: float array of any shape, e.g. ``(H, W)`` or ``(N, H, W)``.
@@ -86,7 +86,7 @@ def mask_to_polygons(mask: np.ndarray, *, holes: bool = False) -> list[Polygon]:
 
     Args:
         mask: ``(H, W)`` bool.
-        holes: ``False`` (default, what the reference server returns): one polygon per
+        holes: ``False`` (default, what Roboflow's server returns): one polygon per
             8-connected part, its outer boundary only
             (``cv2.RETR_EXTERNAL`` + ``cv2.CHAIN_APPROX_SIMPLE``), in OpenCV's order; filling
             them gives the mask with its holes filled in. ``True``: ``cv2.RETR_CCOMP``, i.e.

@@ -9,6 +9,8 @@
 It runs the very `Sam2Service` the HTTP server runs (same validation, cache, runtime and
 post-processing) on a private asyncio loop in a background thread, and exposes blocking
 methods that take the same arguments and return the same result types as `Sam2Client`.
+Images are decoded here and their pixels handed straight to the service (no encoding, no
+JSON); only URLs go through the service's fetcher, under the server's URL policy.
 Errors are the client's typed errors (`BadRequestError`, `UnavailableError`, ...).
 Methods are thread-safe: calls from several threads are served by the service's lanes.
 """
@@ -17,25 +19,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+from PIL import Image
 from pydantic import ValidationError
 
-from sam2serve.api.auth import PUBLIC_NAMESPACE
-from sam2serve.api.body import schema_error
-from sam2serve.api.requests import EmbedRequest, Limits, SegmentRequest
-from sam2serve.client.calls import CallBuilder, embed_result
+from sam2serve import image_decode
+from sam2serve.client.calls import CallBuilder, SegmentCall
 from sam2serve.client.errors import error_for_status
-from sam2serve.client.images import ImageLike
+from sam2serve.client.image_encode import (
+    ImageLike,
+    is_url,
+    load_rgb,
+    read_image_file,
+    with_png_mode,
+)
+from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
+from sam2serve.image_decode import LoadedImage
 from sam2serve.registry import ModelSpec
+from sam2serve.schema import EmbedRequest, Limits, LocalEmbedRequest, SegmentRequest, schema_error
 from sam2serve.service import BinaryResult, Sam2Service
+from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
 
 __all__ = ["Segmenter"]
 
@@ -136,38 +149,70 @@ class Segmenter:
         bgr: bool = False,
     ) -> EmbedResult:
         """See `Sam2Client.embed_image`; the id defaults to the image's content hash."""
-        body, size = self._calls.embed_body(image, image_id, model, bgr)
-        request = self._validate(EmbedRequest, body)
-        response = self._call(self._service.embed(request, PUBLIC_NAMESPACE))
-        return self._calls.embedded(embed_result(response.model_dump(mode="json")), size)
+        if isinstance(image, str) and is_url(image):  # fetched by the service, as a server does
+            body, size = self._calls.embed_body(image, image_id, model, bgr)
+            request: EmbedRequest | LocalEmbedRequest = self._validate(EmbedRequest, body)
+            pixels = None
+        else:
+            fields = {"image_id": image_id, "sam2_version_id": model}
+            request = self._validate(LocalEmbedRequest, fields)
+            self.model_id(model)  # an unknown model is reported before the image is decoded
+            pixels = self._pixels(image, bgr)
+            size = pixels.hw
+        service = self._service
+        response = self._call(service.embed(request, PUBLIC_NAMESPACE, pixels=pixels))
+        return self._calls.embedded(EmbedResult(response.image_id, response.time), size)
 
     def segment_image(
         self,
         image: ImageLike | None = None,
         image_id: str | None = None,
-        prompts: Any = None,
-        points: Any = None,
-        boxes: Any = None,
-        multimask_output: bool = True,
-        format: str = "rle",
-        model: str | None = None,
         *,
+        options: SegmentOptions | None = None,
         bgr: bool = False,
-        mask_input: Any = None,
-        save_logits_to_cache: bool = False,
-        load_logits_from_cache: bool = False,
-        polygon_holes: bool = False,
+        **fields: Any,
     ) -> SegmentResult:
         """See `Sam2Client.segment_image` (same arguments, same result)."""
-        call = self._calls.segment_call(
-            image, image_id, prompts, points, boxes, multimask_output, format, model, bgr,
-            mask_input, save_logits_to_cache, load_logits_from_cache, polygon_holes,
-        )  # fmt: skip
-        request = self._validate(SegmentRequest, call.body)
-        answer = self._call(self._service.segment(request, PUBLIC_NAMESPACE))
+        opts = SegmentOptions.of(options, **fields)
+        pixels: LoadedImage | None = None
+        if image is None or (isinstance(image, str) and is_url(image)):
+            call = self._calls.segment_call(image, image_id, opts, bgr=bgr)
+            body = call.body
+        else:
+            pixels = self._pixels(image, bgr)
+            request_body, prompt_list = opts.body()
+            if image_id is not None:
+                request_body["image_id"] = image_id
+            call = SegmentCall(request_body, pixels.hw, prompt_list, image, bgr)
+            # the pixels are cached under their content hash unless an id was given
+            body = {**request_body, "image_id": image_id or pixels.content_hash}
+        request = self._validate(SegmentRequest, body)
+        answer = self._call(self._service.segment(request, PUBLIC_NAMESPACE, pixels=pixels))
         if isinstance(answer, BinaryResult):
             return call.parse(answer.content)
         return call.parse(answer.model_dump(mode="json"))
+
+    def _pixels(self, image: ImageLike, bgr: bool) -> LoadedImage:
+        """Decode an image here, as the server decodes an upload (EXIF orientation, every
+        pixel mode to RGB, the pixel cap); arrays and PIL images are used as they are."""
+        cap = self.settings.max_image_pixels
+        try:
+            if isinstance(image, np.ndarray):
+                return image_decode.from_rgb(load_rgb(image, bgr=bgr), max_pixels=cap)
+            if isinstance(image, Image.Image):
+                return image_decode.from_rgb(
+                    image_decode.pil_to_rgb(with_png_mode(image)), max_pixels=cap
+                )
+            if isinstance(image, (bytes, bytearray, memoryview)):
+                return image_decode.decode_image_bytes(bytes(image), max_pixels=cap)
+            if isinstance(image, (str, os.PathLike)):
+                return image_decode.decode_image_bytes(read_image_file(image), max_pixels=cap)
+        except ServiceError as exc:
+            raise _client_error(exc) from exc
+        raise TypeError(
+            f"image must be a path, bytes, PIL image, numpy array or http(s) URL, "
+            f"got {type(image).__name__}"
+        )
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -191,8 +236,6 @@ class Segmenter:
 
 
 async def _build(settings: Settings, registry: dict[str, ModelSpec] | None) -> Sam2Service:
-    from sam2serve.api.app import build_service
-
     return build_service(settings, registry)  # built on the loop that will run it
 
 

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from sam2serve import postprocess
-from sam2serve.api.requests import EmbedRequest, ImageInput, SegmentRequest
-from sam2serve.api.responses import EmbedResponse, Prediction, RleMask, SegmentResponse
 from sam2serve.batching import MicroBatcher
 from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
@@ -28,15 +26,25 @@ from sam2serve.decoding import (
     full_logits,
     full_logits_stack,
 )
-from sam2serve.errors import BadRequest, NotInCache
+from sam2serve.errors import BadRequest, NotInCache, Unavailable
 from sam2serve.fetch import UrlFetcher
-from sam2serve.images import LoadedImage, load_image
+from sam2serve.image_decode import LoadedImage, load_image
 from sam2serve.lanes import Lane
 from sam2serve.logits_cache import LogitsCache
-from sam2serve.prompts import prompt_key, to_batch
+from sam2serve.prompt_batch import prompt_key, to_batch
 from sam2serve.registry import ModelSpec, resolve_model_id
 from sam2serve.runtime.base import Features, PromptBatch, Runtime
 from sam2serve.runtime.pool import ModelPool
+from sam2serve.schema import (
+    EmbedRequest,
+    EmbedResponse,
+    ImageInput,
+    LocalEmbedRequest,
+    Prediction,
+    RleMask,
+    SegmentRequest,
+    SegmentResponse,
+)
 
 
 @dataclass(frozen=True)
@@ -88,19 +96,44 @@ class Sam2Service:
             alias_family=self.settings.alias_family,
         )
 
-    async def embed(self, request: EmbedRequest, namespace: str) -> EmbedResponse:
+    async def embed(
+        self,
+        request: EmbedRequest | LocalEmbedRequest,
+        namespace: str,
+        *,
+        pixels: LoadedImage | None = None,
+    ) -> EmbedResponse:
+        """Embed an image once (cached by content) and answer its image_id.
+
+        `pixels`: an image already decoded in this process (the in-process Segmenter); then
+        `request` carries no image of its own.
+        """
         started = time.perf_counter()
         spec = self.spec_for(request.sam2_version_id)
-        image = await self._load(request.image)
-        got = await self._embed(spec, namespace, image, request.image_id)
+        if pixels is None:
+            assert isinstance(request, EmbedRequest)  # only pixel calls come without an image
+            pixels = await self._load(request.image)
+        got = await self._embed(spec, namespace, pixels, request.image_id)
+        if got.features.nbytes > self.cache.max_bytes:  # an id that is gone already is no use
+            raise Unavailable(
+                f"this image's embedding is {got.features.nbytes} bytes, over the embedding "
+                f"cache budget of {self.cache.max_bytes} bytes, so its image_id cannot be kept: "
+                "raise SAM2SERVE_CACHE_BYTES, or send the image with each segment_image request",
+                field="image",
+            )
         return EmbedResponse(image_id=got.image_id, time=time.perf_counter() - started)
 
     async def segment(
-        self, request: SegmentRequest, namespace: str
+        self, request: SegmentRequest, namespace: str, *, pixels: LoadedImage | None = None
     ) -> SegmentResponse | BinaryResult:
+        """Masks for the request's prompts, one per prompt (the best of C when multimask).
+
+        `pixels`: an image already decoded in this process, used instead of `request.image`
+        (the in-process Segmenter); it is cached under `request.image_id`.
+        """
         started = time.perf_counter()
         spec = self.spec_for(request.sam2_version_id)
-        got = await self._image_for_segment(spec, namespace, request)
+        got = await self._image_for_segment(spec, namespace, request, pixels)
         runtime = await self.pool.get(spec)
         prompts = request.prompt_list()
         keys = [prompt_key(p) for p in prompts]
@@ -109,7 +142,7 @@ class Sam2Service:
         hw = got.features.orig_hw
         check_mask_budget(len(batch), hw, self.settings.max_mask_pixels)
 
-        def work() -> tuple[SegmentResponse | BinaryResult, np.ndarray]:
+        def work() -> tuple[list[Prediction] | BinaryResult, np.ndarray]:
             chosen, scores = decode_best(runtime, got.features, batch, request.multimask_output)
             low_res = clamped_low_res(chosen)
             if request.format == "binary":
@@ -119,14 +152,14 @@ class Sam2Service:
                 _prediction(logits > 0, float(score), request.format, request.polygon_holes)
                 for logits, score in zip(full_logits(runtime, chosen, hw), scores, strict=True)
             ]
-            return SegmentResponse(predictions=predictions, time=0.0), low_res
+            return predictions, low_res
 
         result, low_res = await self.click_lane.run(work)
         if request.save_logits_to_cache and prompts:
             self.logits.save(got.entry, keys, low_res)
-        if isinstance(result, SegmentResponse):
-            result.time = time.perf_counter() - started
-        return result
+        if isinstance(result, BinaryResult):
+            return result
+        return SegmentResponse(predictions=result, time=time.perf_counter() - started)
 
     # -- steps -----------------------------------------------------------------------
 
@@ -171,8 +204,14 @@ class Sam2Service:
         return batcher
 
     async def _image_for_segment(
-        self, spec: ModelSpec, namespace: str, request: SegmentRequest
+        self,
+        spec: ModelSpec,
+        namespace: str,
+        request: SegmentRequest,
+        pixels: LoadedImage | None,
     ) -> _Image:
+        if pixels is not None:
+            return await self._embed(spec, namespace, pixels, request.image_id)
         if request.image is None:
             assert request.image_id is not None  # request validation guarantees one of them
             found = self.cache.lookup(IdKey(namespace, spec.model_id, request.image_id))

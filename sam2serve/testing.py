@@ -1,4 +1,6 @@
-"""Seeded random SAM2 checkpoints in Meta's format, for tests and benchmarks.
+"""Test and benchmark support only: seeded random SAM2 checkpoints in Meta's format, the tiny
+test architecture, a readiness wait. Needs the [server] extra (torch); no module of the
+package imports it (an import contract in pyproject.toml says so).
 
 Real weights cannot be fetched everywhere (CI has no internet), so tests build the real
 architectures with seeded random weights, save them as `{"model": state_dict}` under the

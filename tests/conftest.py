@@ -38,6 +38,17 @@ def photos() -> dict[str, np.ndarray]:
     }
 
 
+_MODEL_FIXTURES = frozenset({"tiny_weights_dir", "real_weights_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they need: `model` for every test that builds a real SAM2
+    architecture (it uses a weights fixture), so `-m "not model"` runs the quick ones."""
+    for item in items:
+        if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def runtime_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Exported fast-runtime graphs go to a per-session dir (also for server subprocesses),
@@ -78,6 +89,8 @@ def tiny_settings(weights_dir: Path, **overrides: object) -> Settings:
         "allow_download": False,
         "device": "cpu",
         "preload": False,  # tests load models when they first use them
+        # Meta's model code, exact: tests about the fast runtime ask for it by name
+        "runtime": "torch",
     }
     values.update(overrides)
     return Settings(**values)
@@ -88,7 +101,8 @@ def make_client(tiny_weights_dir: Path) -> Iterator:
     """Factory: a TestClient over an app on the tiny model, with Settings overrides."""
     from fastapi.testclient import TestClient
 
-    from sam2serve.api.app import build_service, create_app
+    from sam2serve.api.app import create_app
+    from sam2serve.wiring import build_service
 
     clients: list[TestClient] = []
 

@@ -25,8 +25,9 @@ def threaded_server(settings: Settings) -> Iterator[str]:
     (the tiny random-weight model and the official ids). Yields the base URL."""
     import uvicorn
 
-    from sam2serve.api.app import build_service, create_app
+    from sam2serve.api.app import create_app
     from sam2serve.testing import registry_with_test_model
+    from sam2serve.wiring import build_service
 
     app = create_app(settings, build_service(settings, registry_with_test_model()))
     port = free_port()

@@ -4,56 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sam2serve import __version__
+from sam2serve.api.admission import image_admission
+from sam2serve.api.guard import RequestGuard
 from sam2serve.api.metrics import Metrics
+from sam2serve.api.openapi import install as install_openapi
 from sam2serve.api.routes import router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
-from sam2serve.registry import REGISTRY, ModelSpec
-from sam2serve.runtime.openvino_runtime import factory_for
-from sam2serve.runtime.pool import ModelPool, pick_device
 from sam2serve.runtime.preparing import wait_prepared
 from sam2serve.service import Sam2Service
+from sam2serve.wiring import build_service
 
 log = logging.getLogger("sam2serve")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-
-
-def build_service(
-    settings: Settings,
-    registry: dict[str, ModelSpec] | None = None,
-    *,
-    background_prepare: bool = False,
-) -> Sam2Service:
-    """background_prepare: a model whose fast runtime is not exported yet serves on the exact
-    torch path at once while the export runs in the background (servers); without it the
-    first load waits for the export (one-shot CLI runs, which would not live to finish it)."""
-    registry = registry or REGISTRY
-    pool = ModelPool(
-        settings.weights_dir,
-        pick_device(settings.device),
-        allow_download=settings.allow_download,
-        max_models=settings.max_models,
-        factory=factory_for(
-            settings.runtime,
-            settings.runtime_cache_dir,
-            settings.embed_threads,
-            settings.decode_threads,
-            background=background_prepare,
-        ),
-    )
-    return Sam2Service(settings, registry, pool)
 
 
 def create_app(settings: Settings | None = None, service: Sam2Service | None = None) -> FastAPI:
@@ -92,11 +65,14 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
     )
     app.state.service = service
     app.state.metrics = Metrics()
+    app.state.metrics.watch(service)
     app.state.draining = False
     app.state.preloading = False
+    app.state.admission = image_admission(service)
     app.include_router(router)
     _install_error_handlers(app)
-    _install_metrics(app)
+    app.add_middleware(RequestGuard)  # request ids, JSON 500s, metrics, access log
+    install_openapi(app)  # $refs that resolve, error answers, examples
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -118,12 +94,6 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"message": f"{where}: {first['msg']}"}, status_code=422)
-
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
@@ -131,27 +101,4 @@ def _install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.url.path}; see /docs for the API"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        return JSONResponse({"message": message}, status_code=exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error")
-        return JSONResponse(
-            {"message": "internal server error; the server log has the details"},
-            status_code=500,
-        )
-
-
-def _install_metrics(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def record(request: Request, call_next):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        metrics: Metrics = request.app.state.metrics
-        metrics.requests.labels(label, str(response.status_code)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - started)
-        # access log without the query string: it may carry api_key
-        log.info("%s %s %d", request.method, request.url.path, response.status_code)
-        return response
+        return JSONResponse({"message": message}, status_code=exc.status_code, headers=exc.headers)

@@ -13,8 +13,7 @@ from fastapi import Request
 from pydantic import SecretStr
 
 from sam2serve.errors import Unauthorized
-
-PUBLIC_NAMESPACE = "public"
+from sam2serve.wiring import PUBLIC_NAMESPACE
 
 
 def presented_key(request: Request, body: Any) -> str | None:
@@ -40,7 +39,7 @@ def namespace_for(keys: list[SecretStr], presented: str | None) -> str:
             "or as `Authorization: Bearer <key>`",
             field="api_key",
         )
-    given = presented.encode()
+    given = presented.encode("utf-8", "surrogatepass")  # lone surrogates are valid JSON
     matched = False
     for key in keys:  # no early exit: time does not depend on which key matched
         matched |= hmac.compare_digest(given, key.get_secret_value().encode())

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from sam2serve.service import Sam2Service
 
 
 class Metrics:
@@ -27,9 +35,36 @@ class Metrics:
         self.cache_entries = Gauge(
             "sam2serve_cache_entries", "Images in the embedding cache", registry=self.registry
         )
-        self.cache_hits = Gauge(
-            "sam2serve_cache_hits", "Embedding cache hits since start", registry=self.registry
+
+    def watch(self, service: Sam2Service) -> None:
+        """Export the service's running totals (cache, lanes) as counters read at scrape."""
+        self.registry.register(ServiceCounters(service))
+
+
+class ServiceCounters(Collector):
+    """Counters owned by the service, read when /metrics is scraped."""
+
+    def __init__(self, service: Sam2Service) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self._service.cache
+        for name, doc, value in (
+            ("sam2serve_cache_hits", "Embedding cache hits since start", cache.hits),
+            ("sam2serve_cache_misses", "Embedding cache misses since start", cache.misses),
+            ("sam2serve_cache_evictions", "Embeddings evicted for room", cache.evictions),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        refused = CounterMetricFamily(
+            "sam2serve_lane_refused", "Jobs answered 503 because a lane was full", labels=["lane"]
         )
-        self.cache_misses = Gauge(
-            "sam2serve_cache_misses", "Embedding cache misses since start", registry=self.registry
+        dropped = CounterMetricFamily(
+            "sam2serve_lane_dropped",
+            "Queued jobs dropped because their client went away",
+            labels=["lane"],
         )
+        for lane in (self._service.embed_lane, self._service.click_lane):
+            refused.add_metric([lane.name], lane.refused)
+            dropped.add_metric([lane.name], lane.dropped)
+        yield refused
+        yield dropped

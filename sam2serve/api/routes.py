@@ -9,11 +9,18 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sam2serve import __version__
+from sam2serve.api.admission import (
+    SMALL_BODY_BYTES,
+    AdmissionTicket,
+    ImageAdmission,
+    declared_length,
+)
+from sam2serve.api.auth import namespace_for, presented_key
 from sam2serve.api.body import parse_request
-from sam2serve.api.requests import EmbedRequest, Limits, SegmentRequest
-from sam2serve.api.responses import EmbedResponse, SegmentResponse
+from sam2serve.errors import Unauthorized
 from sam2serve.memory import rss_bytes
 from sam2serve.runtime.weights import checkpoint_path
+from sam2serve.schema import EmbedRequest, EmbedResponse, Limits, SegmentRequest, SegmentResponse
 from sam2serve.service import BinaryResult, Sam2Service
 
 router = APIRouter()
@@ -21,6 +28,11 @@ router = APIRouter()
 
 def _service(request: Request) -> Sam2Service:
     return request.app.state.service
+
+
+def _admission(request: Request) -> AdmissionTicket:
+    admission: ImageAdmission = request.app.state.admission
+    return admission.ticket(request, _service(request).settings.max_body_bytes)
 
 
 def _body_schema(model: type) -> dict[str, Any]:
@@ -40,8 +52,10 @@ def _body_schema(model: type) -> dict[str, Any]:
 )
 async def embed_image(request: Request) -> EmbedResponse:
     service = _service(request)
-    body, namespace = await parse_request(request, EmbedRequest, service.settings, {})
-    return await service.embed(body, namespace)
+    async with _admission(request) as ticket:
+        await ticket.take(body_read=False)  # refused before the body is parsed or decoded
+        body, namespace = await parse_request(request, EmbedRequest, service.settings, {})
+        return await service.embed(body, namespace)
 
 
 @router.post(
@@ -55,8 +69,13 @@ async def segment_image(request: Request) -> Response:
     service = _service(request)
     s = service.settings
     limits = Limits(s.max_prompts, s.max_points_per_prompt, s.max_coordinate)
-    body, namespace = await parse_request(request, SegmentRequest, s, {"limits": limits})
-    result = await service.segment(body, namespace)
+    async with _admission(request) as ticket:
+        if declared_length(request) > SMALL_BODY_BYTES:  # it carries an image
+            await ticket.take(body_read=False)
+        body, namespace = await parse_request(request, SegmentRequest, s, {"limits": limits})
+        if body.image is not None:
+            await ticket.take(body_read=True)
+        result = await service.segment(body, namespace)
     if isinstance(result, BinaryResult):
         return Response(content=result.content, media_type=result.media_type)
     return JSONResponse(result.model_dump(mode="json"))
@@ -79,9 +98,34 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/info", summary="Version, device, models and cache use")
+@router.get(
+    "/info",
+    summary="Version, device, models and cache use",
+    description=(
+        "With API keys configured, a caller without a valid key gets only the public part "
+        "(version, models, aliases, auth); device, runtimes, cache and memory figures need a key."
+    ),
+)
 async def info(request: Request) -> dict[str, Any]:
     service = _service(request)
+    body = _info(service)
+    if not _has_valid_key(request, service):
+        for private in ("device", "runtime", "loaded_models", "runtimes", "cache", "rss_bytes"):
+            body.pop(private, None)
+        body["detail"] = "send an API key for device, runtime, cache and memory figures"
+    return body
+
+
+def _has_valid_key(request: Request, service: Sam2Service) -> bool:
+    """True when no keys are configured, or the request presents a valid one."""
+    try:
+        namespace_for(service.settings.api_keys, presented_key(request, None))
+    except Unauthorized:
+        return False
+    return True
+
+
+def _info(service: Sam2Service) -> dict[str, Any]:
     cache = service.cache
     return {
         "version": __version__,
@@ -118,10 +162,11 @@ async def info(request: Request) -> dict[str, Any]:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
+    service = _service(request)
+    if service.settings.metrics_require_key:
+        namespace_for(service.settings.api_keys, presented_key(request, None))  # or 401
     m = request.app.state.metrics
-    cache = _service(request).cache
+    cache = service.cache
     m.cache_bytes.set(cache.bytes_used)
     m.cache_entries.set(len(cache))
-    m.cache_hits.set(cache.hits)
-    m.cache_misses.set(cache.misses)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

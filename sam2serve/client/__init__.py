@@ -6,8 +6,8 @@
     result.save_annotated("annotated.png")
 
 Boxes given to `boxes=` are CORNER boxes (x1, y1, x2, y2); the API's own box is CENTER-based
-and the SDK converts (see `sam2serve.client.prompts`). For a local model without a server, use
-`sam2serve.segmenter.Segmenter` (same methods, same results).
+and the SDK converts (see `sam2serve.client.prompt_builder`). For a local model without a
+server, use `sam2serve.segmenter.Segmenter` (same methods, same results).
 """
 
 from sam2serve.client.errors import (
@@ -24,7 +24,8 @@ from sam2serve.client.errors import (
     UnavailableError,
 )
 from sam2serve.client.http import DEFAULT_BASE_URL, AsyncSam2Client, Sam2Client
-from sam2serve.client.prompts import box_xyxy_to_center, point, prompt
+from sam2serve.client.options import SegmentOptions
+from sam2serve.client.prompt_builder import box_xyxy_to_center, point, prompt
 from sam2serve.client.results import EmbedResult, MaskPrediction, SegmentResult
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Sam2Error",
     "Sam2ServerError",
     "Sam2TimeoutError",
+    "SegmentOptions",
     "SegmentResult",
     "UnauthorizedError",
     "UnavailableError",

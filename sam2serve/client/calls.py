@@ -7,14 +7,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from sam2serve.client.images import ImageLike, encode_image
-from sam2serve.client.prompts import build_prompts
+from sam2serve.client.image_encode import ImageLike, encode_image
+from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult, parse_segment
-
-#: `format` values the SDK accepts; "polygon" is the API's "json".
-FORMATS = {"rle": "rle", "json": "json", "polygon": "json", "binary": "binary"}
 
 
 @dataclass
@@ -66,28 +61,12 @@ class CallBuilder:
         return result
 
     def segment_call(
-        self,
-        image: ImageLike | None,
-        image_id: str | None,
-        prompts: Any,
-        points: Any,
-        boxes: Any,
-        multimask_output: bool,
-        format: str,
-        model: str | None,
-        bgr: bool,
-        mask_input: Any,
-        save_logits_to_cache: bool,
-        load_logits_from_cache: bool,
-        polygon_holes: bool,
+        self, image: ImageLike | None, image_id: str | None, options: SegmentOptions, *, bgr: bool
     ) -> SegmentCall:
-        if format not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        """The request for `options` on an image (encoded here) or an embedded image id."""
         if image is None and image_id is None:
             raise ValueError("give an image, or the image_id of an image embedded before")
-        prompt_list = build_prompts(prompts, points, boxes)
-        body: dict[str, Any] = {"multimask_output": bool(multimask_output)}
-        body["format"] = FORMATS[format]
+        body, prompt_list = options.body()
         size = None
         if image is not None:
             encoded = encode_image(image, bgr=bgr)
@@ -95,20 +74,11 @@ class CallBuilder:
             size = encoded.size
         if image_id is not None:
             body["image_id"] = image_id
-            size = size or self._sizes.get(image_id)
-        if prompt_list is not None:
-            body["prompts"] = {"prompts": prompt_list}
-        if model is not None:
-            body["sam2_version_id"] = model
-        if mask_input is not None:
-            body["mask_input"] = np.asarray(mask_input, dtype=np.float32).tolist()
-        if save_logits_to_cache:
-            body["save_logits_to_cache"] = True
-        if load_logits_from_cache:
-            body["load_logits_from_cache"] = True
-        if polygon_holes:
-            body["polygon_holes"] = True
-        return SegmentCall(body, size, prompt_list, image, bgr)
+        return SegmentCall(body, size or self.size_of(image_id), prompt_list, image, bgr)
+
+    def size_of(self, image_id: str | None) -> tuple[int, int] | None:
+        """(height, width) of an image this builder embedded, if remembered."""
+        return None if image_id is None else self._sizes.get(image_id)
 
 
 def embed_result(answer: dict[str, Any]) -> EmbedResult:

@@ -24,7 +24,8 @@ from sam2serve.client.errors import (
     error_from_response,
     parse_retry_after,
 )
-from sam2serve.client.images import ImageLike
+from sam2serve.client.image_encode import ImageLike
+from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncSam2Client", "Sam2Client"]
@@ -159,44 +160,24 @@ class Sam2Client(_Base):
         self,
         image: ImageLike | None = None,
         image_id: str | None = None,
-        prompts: Any = None,
-        points: Any = None,
-        boxes: Any = None,
-        multimask_output: bool = True,
-        format: str = "rle",
-        model: str | None = None,
         *,
+        options: SegmentOptions | None = None,
         bgr: bool = False,
-        mask_input: Any = None,
-        save_logits_to_cache: bool = False,
-        load_logits_from_cache: bool = False,
-        polygon_holes: bool = False,
+        **fields: Any,
     ) -> SegmentResult:
         """Masks for prompts on an image (or on an embedded `image_id`).
 
         Args:
             image: path, bytes, PIL image, numpy array (RGB; `bgr=True` for OpenCV) or URL.
             image_id: id from `embed_image` (with no image: segment the cached embedding).
-            prompts: the API's prompt JSON (center boxes), for full control.
-            points: ``(x, y)`` / ``(x, y, positive)`` or a list: all in ONE prompt.
-            boxes: CORNER boxes ``(x1, y1, x2, y2)`` or a list; the first joins the points'
-                prompt, each further box is its own prompt. Converted to the API's center form.
-            format: "rle" (default, exact masks), "json"/"polygon", or "binary" (npz logits).
+            options: a `SegmentOptions`; keyword `fields` (its field names: ``points``,
+                ``boxes``, ``prompts``, ``multimask_output``, ``format``, ``model``,
+                ``mask_input``, ``save_logits_to_cache``, ``load_logits_from_cache``,
+                ``polygon_holes``) build one, or override those of `options`.
+                Boxes are CORNER boxes ``(x1, y1, x2, y2)``; numpy arrays are accepted.
         """
         call = self._calls.segment_call(
-            image,
-            image_id,
-            prompts,
-            points,
-            boxes,
-            multimask_output,
-            format,
-            model,
-            bgr,
-            mask_input,
-            save_logits_to_cache,
-            load_logits_from_cache,
-            polygon_holes,
+            image, image_id, SegmentOptions.of(options, **fields), bgr=bgr
         )
         return call.parse(self._answer(self._post(SEGMENT_PATH, call.body)))
 
@@ -260,33 +241,13 @@ class AsyncSam2Client(_Base):
         self,
         image: ImageLike | None = None,
         image_id: str | None = None,
-        prompts: Any = None,
-        points: Any = None,
-        boxes: Any = None,
-        multimask_output: bool = True,
-        format: str = "rle",
-        model: str | None = None,
         *,
+        options: SegmentOptions | None = None,
         bgr: bool = False,
-        mask_input: Any = None,
-        save_logits_to_cache: bool = False,
-        load_logits_from_cache: bool = False,
-        polygon_holes: bool = False,
+        **fields: Any,
     ) -> SegmentResult:
         """See `Sam2Client.segment_image`."""
         call = self._calls.segment_call(
-            image,
-            image_id,
-            prompts,
-            points,
-            boxes,
-            multimask_output,
-            format,
-            model,
-            bgr,
-            mask_input,
-            save_logits_to_cache,
-            load_logits_from_cache,
-            polygon_holes,
+            image, image_id, SegmentOptions.of(options, **fields), bgr=bgr
         )
         return call.parse(self._answer(await self._post(SEGMENT_PATH, call.body)))

@@ -27,7 +27,7 @@ from sam2serve import postprocess
 if TYPE_CHECKING:
     import supervision
 
-    from sam2serve.client.images import ImageLike
+    from sam2serve.client.image_encode import ImageLike
 
 __all__ = ["EmbedResult", "MaskPrediction", "SegmentResult", "parse_segment"]
 
@@ -170,7 +170,7 @@ class SegmentResult:
         path, bytes, PIL image or array (not for image_id-only requests).
         """
         from sam2serve.annotate import annotate
-        from sam2serve.client.images import load_rgb
+        from sam2serve.client.image_encode import load_rgb
 
         if image is None:
             if self.source is None:

@@ -1,4 +1,4 @@
-"""The runtime seam: what every runtime (torch reference, faster ones) takes and returns.
+"""The runtime seam: what every runtime (the torch runtime, faster ones) takes and returns.
 
 A runtime is stateless per image: `embed` turns pixels into `Features`, `decode` turns
 features + a batch of prompts into low-resolution logits and scores. Nothing here imports

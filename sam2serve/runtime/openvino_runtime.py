@@ -7,11 +7,12 @@
 * decode: `FastMaskDecoder` (one batched call for all prompts, prompt-independent work
   done once per image and memoised for the last few images) compiled by OpenVINO; the
   prompt encoder, upscaling and mask-input refinement stay in torch (the latter through the
-  reference runtime, exact).
+  torch runtime, exact).
 
 Exported graphs are cached on disk under `cache_dir/<model_id>-<sha256[:16]>-ov<version>-v<N>`
 (built once, lazily on first load or ahead of time with `build_cache`); OpenVINO's compiled
-blobs live beside them. Fidelity vs the reference is asserted in tests (mask IoU).
+blobs live beside them. Fidelity vs the torch runtime and Meta's predictor is asserted in
+tests (mask IoU).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class OpenVinoRuntime:
         self.model_id = model_id
         self.device = torch.device("cpu")
         self.precision = precision
-        # the reference runtime gives transforms, upscale and the exact mask-input path
+        # the torch runtime gives transforms, upscale and the exact mask-input path
         self._torch = TorchRuntime(model_id, model, self.device)
         model.image_encoder = torch.nn.Identity()  # weights live in the compiled encoder
         self._storage = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -260,7 +261,7 @@ class OpenVinoRuntime:
         return masks, iou
 
     def upscale(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
-        """(N, m, m) logits -> (N, H, W) logits, as the reference runtime."""
+        """(N, m, m) logits -> (N, H, W) logits, as the torch runtime."""
         return self._torch.upscale(low_res, orig_hw)
 
 
@@ -303,7 +304,7 @@ def make_factory(
     *,
     background: bool = False,
 ) -> RuntimeFactory:
-    """A ModelPool factory: OpenVINO on CPU where it works, else the torch reference
+    """A ModelPool factory: OpenVINO on CPU where it works, else the torch
     runtime (logged once per load with the reason). background: when the model's graphs are
     not exported yet, serve on torch at once and export + compile on a background thread
     (`PreparingRuntime`) instead of making the first request wait."""
@@ -324,34 +325,3 @@ def make_factory(
         return torch_runtime_factory(spec, checkpoint, device)
 
     return factory
-
-
-RUNTIMES = ("auto", "torch", "openvino", "openvino-bf16", "openvino-f32")
-
-
-def factory_for(
-    runtime: str,
-    cache_dir: Path,
-    embed_threads: int = 0,
-    decode_threads: int = 0,
-    *,
-    background: bool = False,
-) -> RuntimeFactory:
-    """Settings value -> ModelPool factory. "auto" and "openvino": OpenVINO bf16 where the CPU
-    has native bf16, f32 elsewhere, torch off CPU or without OpenVINO; "openvino-bf16" /
-    "openvino-f32" pin the precision (still falling back to torch if impossible); "torch" is
-    the fp32 reference runtime. background: see `make_factory` (servers use it; one-shot
-    CLI runs wait for the export instead)."""
-    if runtime == "torch":
-        return torch_runtime_factory
-    precisions: dict[str, Precision | Literal["auto"]] = {
-        "auto": "auto",
-        "openvino": "auto",
-        "openvino-bf16": "bf16",
-        "openvino-f32": "f32",
-    }
-    if runtime not in precisions:
-        raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
-    return make_factory(
-        cache_dir, precisions[runtime], embed_threads, decode_threads, background=background
-    )

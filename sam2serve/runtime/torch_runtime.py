@@ -1,9 +1,9 @@
-"""The reference runtime: Meta's SAM2 modules in eager torch.
+"""The torch runtime: Meta's SAM2 modules in eager torch (fp32, exact).
 
-This is the ONLY module of sam2serve that touches SAM2 internals. It uses the model's own
-modules (image encoder, prompt encoder, mask decoder) and the upstream transforms, but
-never the stateful `SAM2ImagePredictor`: per-image state lives in `Features`, which the
-caller owns, so one runtime serves concurrent requests.
+It uses the model's own modules (image encoder, prompt encoder, mask decoder) and the
+upstream transforms (only `sam2serve.runtime` touches SAM2 internals), but never the
+stateful `SAM2ImagePredictor`: per-image state lives in `Features`, which the caller owns,
+so one runtime serves concurrent requests.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def build_model(spec: ModelSpec, checkpoint: Path | None, device: torch.device) 
     """
     from sam2.build_sam import build_sam2
 
-    # apply_postprocessing=True is what upstream and the reference server use: it turns on
+    # apply_postprocessing=True is what upstream and Roboflow's server use: it turns on
     # dynamic multimask fallback via stability scores for single-mask requests.
     model = build_sam2(
         spec.config,

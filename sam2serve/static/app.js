@@ -1,4 +1,10 @@
-"use strict";
+// The playground page: state, DOM and events. The pure parts (API calls, request bodies,
+// RLE decoding, snippets) are ES modules under js/, unit-tested with `node --test`.
+import { ApiError, postJson } from "./js/api.js";
+import { buildBody as segmentBody, withFormat } from "./js/request.js";
+import { decodeRle } from "./js/rle.js";
+import { curlSnippet, pythonSnippet } from "./js/snippets.js";
+
 (() => {
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -51,10 +57,6 @@
   function clamp(v, lo, hi) { return Math.min(hi, Math.max(lo, v)); }
   function hasPrompts(o) { return o.points.length > 0 || o.box !== null; }
 
-  class ApiError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
-  }
-
   function showError(err) {
     let text;
     if (err instanceof ApiError) {
@@ -73,34 +75,16 @@
   }
 
   async function api(path, body, signal) {
-    const headers = { "Content-Type": "application/json" };
-    if (state.apiKey) headers.Authorization = `Bearer ${state.apiKey}`;
-    let res;
     try {
-      res = await fetch(path, { method: "POST", headers, body: JSON.stringify(body), signal });
+      return await postJson(path, body, { apiKey: state.apiKey, signal });
     } catch (err) {
-      if (err.name === "AbortError") throw err;
-      throw new ApiError(0, `Could not reach the server (${err.message}). Is it still running?`);
-    }
-    const text = await res.text();
-    let data = null;
-    try { data = text ? JSON.parse(text) : null; } catch { data = null; }
-    if (!res.ok) {
-      let message = data && typeof data.message === "string" ? data.message
-        : (text.trim().slice(0, 300) || res.statusText || "no details given");
-      if (res.status === 401) {
+      if (err instanceof ApiError && err.status === 401) {
         state.authRequired = true;
         renderAuth();
-        message += state.apiKey ? " (check the API key field)" : " (enter it in the API key field)";
         el.apiKey.focus();
       }
-      if (res.status === 503 && res.headers.get("Retry-After")) {
-        message += ` (retry after ${res.headers.get("Retry-After")} s)`;
-      }
-      throw new ApiError(res.status, message);
+      throw err;
     }
-    if (data === null) throw new ApiError(res.status, "the server sent a reply that is not JSON");
-    return data;
   }
 
   // ---------------------------------------------------------------- /info
@@ -364,25 +348,11 @@
   }
 
   // ---------------------------------------------------------------- segment
-  function boxToWire(b) {
-    const x1 = Math.min(b.x1, b.x2), x2 = Math.max(b.x1, b.x2);
-    const y1 = Math.min(b.y1, b.y2), y2 = Math.max(b.y1, b.y2);
-    return { x: (x1 + x2) / 2, y: (y1 + y2) / 2, width: x2 - x1, height: y2 - y1 };
-  }
-  function promptFor(o) {
-    const p = {};
-    if (o.box) p.box = boxToWire(o.box);
-    if (o.points.length) p.points = o.points.map(({ x, y, positive }) => ({ x, y, positive }));
-    return p;
-  }
   function buildBody(included, format) {
-    const body = { image_id: state.imageId };
-    if (state.embeddedModel) body.sam2_version_id = state.embeddedModel;
-    body.prompts = { prompts: included.map(promptFor) };
-    body.multimask_output = el.multimask.checked;
-    body.format = format;
-    if (format === "json") body.polygon_holes = true;
-    return body;
+    return segmentBody({
+      imageId: state.imageId, model: state.embeddedModel, objects: included,
+      multimask: el.multimask.checked, format,
+    });
   }
 
   function segment(retried = false) {
@@ -426,6 +396,7 @@
       state.lastBody = body;
       state.lastColors = included.map((o) => o.color);
       state.lastResponse = res;
+      state.reembedded404 = false;
       clearError();
       const confs = preds.map((p) => p.confidence.toFixed(3)).join(", ");
       el.result.textContent = `${preds.length} mask${preds.length === 1 ? "" : "s"} · ` +
@@ -436,8 +407,10 @@
       if (err.name === "AbortError" || seq !== state.seq) return;
       state.segmenting = false;
       state.controller = null;
-      if (err instanceof ApiError && err.status === 404 && !retried) {
+      if (err instanceof ApiError && err.status === 404 && !retried && !state.reembedded404) {
         // the server evicted the embedding: send the image again, then retry this request
+        // (once until a segment succeeds: an id gone right after its embed would loop)
+        state.reembedded404 = true;
         setStatus("The server no longer holds this image's embedding; embedding it again…", true);
         state.imageId = null;
         embed();
@@ -619,42 +592,9 @@
     setTimeout(() => URL.revokeObjectURL(a.href), 10000);
   }
 
-  /** Decode COCO compressed RLE ({size: [h, w], counts}) to a row-major Uint8Array of 0/1. */
-  function decodeRle(rle) {
-    const [h, w] = rle.size;
-    const s = rle.counts;
-    const counts = [];
-    let p = 0;
-    while (p < s.length) {
-      let x = 0, k = 0, more = true;
-      while (more) {
-        const c = s.charCodeAt(p) - 48;
-        x += (c & 0x1f) * 2 ** (5 * k);
-        more = (c & 0x20) !== 0;
-        p++; k++;
-        if (!more && (c & 0x10)) x -= 2 ** (5 * k);
-      }
-      if (counts.length > 2) x += counts[counts.length - 2];
-      counts.push(x);
-    }
-    const out = new Uint8Array(h * w);
-    let idx = 0, v = 0;
-    for (const n of counts) {  // runs are column-major (Fortran order)
-      if (v) {
-        for (let j = idx; j < idx + n; j++) out[(j % h) * w + Math.floor(j / h)] = 1;
-      }
-      idx += n;
-      v = 1 - v;
-    }
-    return out;
-  }
-
   async function requestCurrent(format) {
     if (!state.lastBody) throw new ApiError(0, "Nothing to export yet: click on the image first.");
-    const body = { ...state.lastBody, format };
-    delete body.polygon_holes;
-    if (format === "json") body.polygon_holes = true;
-    return api("/sam2/segment_image", body);
+    return api("/sam2/segment_image", withFormat(state.lastBody, format));
   }
 
   async function exportPng() {
@@ -689,69 +629,6 @@
       const blob = new Blob([JSON.stringify(res, null, 2)], { type: "application/json" });
       download(blob, `${state.fileName}-${format === "rle" ? "rle" : "polygons"}.json`);
     } catch (err) { showError(err); }
-  }
-
-  function curlSnippet(body) {
-    const lines = [`curl -X POST '${location.origin}/sam2/segment_image' \\`,
-                   "  -H 'Content-Type: application/json' \\"];
-    if (state.apiKey || state.authRequired) {
-      lines.push('  -H "Authorization: Bearer $SAM2SERVE_API_KEY" \\');
-    }
-    lines.push(`  -d '${JSON.stringify(body)}'`);
-    return lines.join("\n");
-  }
-
-  function pyValue(v) {
-    if (v === true) return "True";
-    if (v === false) return "False";
-    if (v === null) return "None";
-    if (Array.isArray(v)) return `[${v.map(pyValue).join(", ")}]`;
-    if (typeof v === "object") {
-      return `{${Object.entries(v).map(([k, x]) => `"${k}": ${pyValue(x)}`).join(", ")}}`;
-    }
-    return JSON.stringify(v);
-  }
-
-  function pythonSnippet(body) {
-    const prompts = body.prompts.prompts;
-    const model = body.sam2_version_id;
-    const isDefault = !model || (state.info && model === state.info.default_model);
-    const lines = [
-      "import os",
-      "",
-      "from sam2serve.client import Sam2Client",
-      "",
-      `c = Sam2Client("${location.origin}", api_key=os.environ.get("SAM2SERVE_API_KEY"))`,
-      "# image_id names the image this playground embedded; if the server has evicted it,",
-      `# embed it again: image_id = c.embed_image("photo.png"${model ? `, model="${model}"` : ""}).image_id`,
-      "r = c.segment_image(",
-      `    image_id="${body.image_id}",`,
-    ];
-    if (!isDefault) lines.push(`    model="${model}",`);
-    if (prompts.length === 1) {
-      const p = prompts[0];
-      if (p.points) {
-        const pts = p.points.map((q) => `(${q.x}, ${q.y}, ${q.positive ? "True" : "False"})`);
-        lines.push(`    points=[${pts.join(", ")}],  # (x, y, positive) in original-image pixels`);
-      }
-      if (p.box) {
-        const b = p.box;
-        const xyxy = [b.x - b.width / 2, b.y - b.height / 2, b.x + b.width / 2, b.y + b.height / 2];
-        lines.push("    # boxes are CORNER xyxy (x1, y1, x2, y2) in the SDK; the HTTP API's box is center-based");
-        lines.push(`    boxes=[(${xyxy.join(", ")})],`);
-      }
-    } else {
-      lines.push("    # one prompt per object, in the HTTP API's shape: box = CENTER x, y + width, height");
-      lines.push("    # (the SDK's boxes= convenience takes corner xyxy instead)");
-      lines.push("    prompts=[");
-      for (const p of prompts) lines.push(`        ${pyValue(p)},`);
-      lines.push("    ],");
-    }
-    lines.push(`    multimask_output=${body.multimask_output ? "True" : "False"},`);
-    lines.push(")");
-    lines.push("for pred in r.predictions:");
-    lines.push("    print(pred.confidence, pred.mask.shape)");
-    return lines.join("\n");
   }
 
   async function copyText(text, what) {
@@ -791,10 +668,14 @@
   el.exportJson.addEventListener("click", () => exportJson("json"));
   el.exportRle.addEventListener("click", () => exportJson("rle"));
   el.copyCurl.addEventListener("click", () => {
-    if (state.lastBody) copyText(curlSnippet(state.lastBody), "curl command");
+    if (state.lastBody) copyText(curlSnippet(state.lastBody, {
+      origin: location.origin, withKey: Boolean(state.apiKey || state.authRequired),
+    }), "curl command");
   });
   el.copyPython.addEventListener("click", () => {
-    if (state.lastBody) copyText(pythonSnippet(state.lastBody), "Python snippet");
+    if (state.lastBody) copyText(pythonSnippet(state.lastBody, {
+      origin: location.origin, defaultModel: state.info ? state.info.default_model : undefined,
+    }), "Python snippet");
   });
   el.authForm.addEventListener("submit", (ev) => {
     ev.preventDefault();

@@ -27,6 +27,7 @@ def cli(*args: object, weights_dir: Path | None = None, cwd: Path | None = None)
         **os.environ,
         "SAM2SERVE_ALLOW_DOWNLOAD": "false",
         "SAM2SERVE_DEVICE": "cpu",
+        "SAM2SERVE_RUNTIME": "torch",
     }
     if weights_dir is not None:
         env["SAM2SERVE_WEIGHTS_DIR"] = str(weights_dir)

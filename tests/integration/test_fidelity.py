@@ -1,9 +1,9 @@
 """The server's masks and scores equal Meta's SAM2ImagePredictor on the same weights.
 
 Real hiera_tiny architectures (SAM 2.1 and SAM 2) with seeded random weights, three real
-photos, and a table of prompt kinds. The reference is called once per prompt, alone (a
+photos, and a table of prompt kinds. Meta's predictor is called once per prompt, alone (a
 prompt's mask never depends on the other prompts of its request), then the best-scoring of
-the proposals is chosen as the reference server does.
+the proposals is chosen as Roboflow's server does.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def reference_inputs(prompts: list[dict]) -> list[dict]:
 def fidelity_client(real_weights_dir: Path):  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
-    from sam2serve.api.app import build_service, create_app
+    from sam2serve.api.app import create_app
     from sam2serve.config import Settings
+    from sam2serve.wiring import build_service
 
     settings = Settings(  # the exact fp32 path; the fast runtime has its own tolerance test
         weights_dir=real_weights_dir,

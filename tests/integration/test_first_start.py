@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from sam2serve.api.app import build_service, create_app
+from sam2serve.api.app import create_app
 from sam2serve.runtime import openvino_runtime as ovr
 from sam2serve.runtime.preparing import PreparingRuntime
 from sam2serve.runtime.torch_runtime import TorchRuntime
 from sam2serve.testing import TEST_MODEL_ID, registry_with_test_model
+from sam2serve.wiring import build_service
 from tests.conftest import encode_image, photos, tiny_settings
 
 pytest.importorskip("openvino")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from sam2serve.api.app import build_service, create_app
+from sam2serve.api.app import create_app
 from sam2serve.postprocess import rle_to_mask
 from sam2serve.testing import TEST_MODEL_ID, registry_with_test_model
+from sam2serve.wiring import build_service
 from tests.conftest import encode_image, photos, tiny_settings
 
 

@@ -110,3 +110,83 @@ def test_id_is_bound_to_content_and_namespaces_are_separate() -> None:
         assert cache.lookup(IdKey("key:abc", "other-model", "theirs")) is None
 
     asyncio.run(run())
+
+
+def test_failed_compute_leaves_no_id_bound() -> None:
+    """Client-chosen ids of failed embeds must not grow the id map."""
+    cache = EmbeddingCache(10_000)
+
+    async def boom() -> Features:
+        raise RuntimeError("encoder failed")
+
+    async def run() -> None:
+        await put(cache, "old", 4, image_id="photo")
+        for i in range(50):
+            with pytest.raises(RuntimeError):
+                await cache.get_or_compute(key(f"bad-{i}"), f"id-{i}", boom)
+        with pytest.raises(RuntimeError):  # the id now names other pixels, which failed
+            await cache.get_or_compute(key("new"), "photo", boom)
+
+    asyncio.run(run())
+    assert cache.ids_bound == 0
+    assert cache.lookup(IdKey("public", "m", "photo")) is None
+
+
+def test_cancelled_leader_does_not_fail_its_waiters() -> None:
+    cache = EmbeddingCache(10_000)
+    calls = 0
+
+    async def slow() -> Features:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return feats(4)
+
+    async def run() -> None:
+        leader = asyncio.create_task(cache.get_or_compute(key("x"), "x", slow))
+        await asyncio.sleep(0.01)
+        waiters = [asyncio.create_task(cache.get_or_compute(key("x"), "w", slow)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        leader.cancel()
+        results = await asyncio.gather(*waiters)
+        assert all(f.nbytes == 16 for f, _ in results)
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+
+    asyncio.run(run())
+    assert calls == 1
+    assert cache.lookup(IdKey("public", "m", "w")) is not None
+
+
+def test_last_caller_gone_drops_work_not_started() -> None:
+    cache = EmbeddingCache(10_000)
+
+    async def run() -> None:
+        gate = asyncio.Event()
+        ran = []
+
+        async def queued() -> Features:
+            await gate.wait()  # stands for the wait in the embed lane
+            ran.append(1)
+            return feats(4)
+
+        callers = [
+            asyncio.create_task(cache.get_or_compute(key("x"), "x", queued)) for _ in range(2)
+        ]
+        await asyncio.sleep(0.01)
+        for c in callers:
+            c.cancel()
+        await asyncio.gather(*callers, return_exceptions=True)
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert ran == []
+        assert len(cache) == 0 and not cache._inflight
+        # a new caller computes afresh
+        got, cached = await cache.get_or_compute(key("x"), "x", lambda: _ready(feats(4)))
+        assert not cached and got.nbytes == 16
+
+    asyncio.run(run())
+
+
+async def _ready(value: Features) -> Features:
+    return value

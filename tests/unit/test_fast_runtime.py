@@ -1,7 +1,7 @@
 """The OpenVINO runtime and its rearranged decoder, on the tiny test architecture.
 
 Structural checks: the rearranged decoder equals upstream's `predict_masks`; the f32
-OpenVINO runtime equals the torch reference runtime; bf16 keeps shapes and dtypes; the
+OpenVINO runtime equals the torch runtime; bf16 keeps shapes and dtypes; the
 exported graphs are built once per (model, weights, version) and reused; the factory falls
 back to torch when OpenVINO is missing or cannot do bf16. Fidelity on the real hiera_tiny
 architecture is in tests/integration/test_fast_runtime_fidelity.py.
@@ -24,6 +24,8 @@ from sam2serve.runtime.base import PromptBatch
 from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder, token_bias
 from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 from sam2serve.testing import tiny_test_spec
+
+pytestmark = [pytest.mark.openvino, pytest.mark.model]
 
 pytest.importorskip("openvino")
 

@@ -105,7 +105,7 @@ def test_select_best_table(scores: list[list[float]], expected: list[int]) -> No
 
 @pytest.mark.parametrize("seed", range(20))
 def test_select_best_matches_reference_argsort(seed: int) -> None:
-    """Same as the reference's per-row ``np.argsort(score)[-1]``, ties included."""
+    """Same as Roboflow's server's per-row ``np.argsort(score)[-1]``, ties included."""
     rng = np.random.default_rng(seed)
     n, c = int(rng.integers(1, 9)), int(rng.integers(1, 9))
     scores = rng.integers(0, 3, (n, c)).astype(np.float32) / 2  # many ties
@@ -196,7 +196,7 @@ def test_polygon_counts(mask: np.ndarray, n_default: int, n_holes: int) -> None:
     ],
 )
 def test_default_polygons_are_outer_boundaries(mask: np.ndarray, filled: np.ndarray) -> None:
-    """Like the reference server: holes are not represented, filling gives a solid part."""
+    """Like Roboflow's server: holes are not represented, filling gives a solid part."""
     assert (polygons_to_mask(mask_to_polygons(mask), *mask.shape) == filled).all()
 
 

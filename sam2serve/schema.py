@@ -1,4 +1,5 @@
-"""Wire models for requests. Every shape/type validation happens here, once.
+"""The API's request and response models: the contract shared by the HTTP routes, the
+service, the in-process Segmenter and the CLI. Every shape/type validation happens here, once.
 
 Field names and shapes follow Roboflow's SAM2 API so its clients work unchanged; unknown
 extra fields those clients send (`model_id`, `id`, `usage_billable`, ...) are ignored.
@@ -16,10 +17,13 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from sam2serve.errors import SchemaError
 
 ImageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 Coordinate = Annotated[float, Field(allow_inf_nan=False)]
@@ -85,6 +89,14 @@ class EmbedRequest(ApiKeyField):
     image: ImageInput
     image_id: ImageId | None = None
     sam2_version_id: str | None = Field(default=None, examples=["hiera_tiny"])
+
+
+class LocalEmbedRequest(_Wire):
+    """An embed of pixels already decoded in this process (the in-process Segmenter): the
+    fields of `EmbedRequest` but the image, which travels beside it as pixels."""
+
+    image_id: ImageId | None = None
+    sam2_version_id: str | None = None
 
 
 def _coerce_prompts(value: Any) -> Any:
@@ -157,3 +169,48 @@ class SegmentRequest(ApiKeyField):
 
     def prompt_list(self) -> list[Prompt]:
         return list(self.prompts.prompts or [])
+
+
+# -- responses, shaped as Roboflow's SAM2 server answers ------------------------------
+
+
+class EmbedResponse(BaseModel):
+    image_id: str = Field(description="Use it in segment_image to skip re-sending the image")
+    time: float = Field(description="Seconds spent server-side")
+
+
+class RleMask(BaseModel):
+    size: list[int] = Field(description="[height, width]")
+    counts: str = Field(description="COCO compressed RLE counts")
+
+
+class Prediction(BaseModel):
+    masks: list[list[list[int]]] | RleMask = Field(
+        description="polygon: a list of polygons of [x, y] pixel points; rle: COCO RLE"
+    )
+    confidence: float
+    format: Literal["polygon", "rle"] = "polygon"
+
+
+class SegmentResponse(BaseModel):
+    predictions: list[Prediction]
+    time: float = Field(description="Seconds spent server-side")
+
+
+# -- validation errors -------------------------------------------------------------------
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def schema_error(exc: ValidationError) -> SchemaError:
+    """A pydantic error on these models -> a 422 naming the first bad field
+    (``prompts.prompts[0].box.width: ...``)."""
+    first = exc.errors(include_url=False)[0]
+    where = _where(tuple(p for p in first["loc"] if p not in ("function-after",)))
+    message = first["msg"].removeprefix("Value error, ")
+    return SchemaError(f"{where}: {message}", field=where, errors=len(exc.errors()))

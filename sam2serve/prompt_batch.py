@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sam2serve.api.requests import Prompt
 from sam2serve.runtime.base import (
     LABEL_BOX_BOTTOM_RIGHT,
     LABEL_BOX_TOP_LEFT,
@@ -17,6 +16,7 @@ from sam2serve.runtime.base import (
     LABEL_POSITIVE,
     PromptBatch,
 )
+from sam2serve.schema import Prompt
 
 # (box corners or None, multiset of points) — hashable identity of one prompt
 PromptKey = tuple[tuple[float, float, float, float] | None, frozenset]
@@ -26,8 +26,8 @@ def to_batch(prompts: Sequence[Prompt]) -> PromptBatch:
     """Pad every prompt to the same token count with not-a-point tokens (label -1).
 
     Box corners come first (labels 2, 3), then points, as SAM2ImagePredictor orders them.
-    No prompts at all gives one prediction from a single not-a-point token, as the
-    reference server does.
+    No prompts at all gives one prediction from a single not-a-point token, as
+    Roboflow's server does.
     """
     rows = list(prompts) or [Prompt()]
     width = max(1, *(p.token_count() for p in rows))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam2serve.api.requests import Box, Point, Prompt
 from sam2serve.logits_cache import LogitsCache
-from sam2serve.prompts import match_subset, prompt_key, to_batch
+from sam2serve.prompt_batch import match_subset, prompt_key, to_batch
+from sam2serve.schema import Box, Point, Prompt
 
 P = lambda x, y, pos=True: Point(x=x, y=y, positive=pos)  # noqa: E731
 

@@ -16,8 +16,11 @@ How `points` and `boxes` become prompts (one prediction per prompt):
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 __all__ = [
     "box_xyxy_to_center",
@@ -57,8 +60,9 @@ def prompt(points: Sequence[PointLike] | None = None, box: BoxLike | None = None
     out: dict[str, Any] = {}
     if box is not None:
         out["box"] = box_xyxy_to_center(*_box_tuple(box))
-    if points:
-        out["points"] = [_point_dict(p) for p in _as_point_list(points)]
+    point_list = _as_point_list(points) if points is not None else []
+    if point_list:
+        out["points"] = [_point_dict(p) for p in point_list]
     return out
 
 
@@ -137,19 +141,36 @@ def _coord(what: str, v: Any) -> Number:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) or hasattr(v, "item")
+    """A python or numpy number (int, float, bool, np.float32, a 0-d array...)."""
+    return isinstance(v, (numbers.Number, np.bool_)) or (isinstance(v, np.ndarray) and v.ndim == 0)
+
+
+def _rows(values: Any, what: str, widths: tuple[int, ...], example: str) -> list[Any]:
+    """Points or boxes as a list of rows: one row, a list of rows, or an array (N, width)
+    (numpy, or anything with ``__array__`` such as supervision's ``detections.xyxy``)."""
+    if not isinstance(values, (list, tuple, Mapping)) and hasattr(values, "__array__"):
+        arr = np.asarray(values)
+        if arr.ndim == 1 and arr.shape[0] in widths:
+            return [arr.tolist()]
+        if arr.ndim == 2 and (arr.shape[0] == 0 or arr.shape[1] in widths):
+            return arr.tolist()
+        raise ValueError(
+            f"{what}: an array must have shape (N, {' or '.join(map(str, widths))}) "
+            f"({example}), got {arr.shape}"
+        )
+    if isinstance(values, Mapping):
+        return [values]
+    if len(values) and _is_number(values[0]):  # a single row
+        return [values]
+    return list(values)
 
 
 def _as_point_list(points: Any) -> list[Sequence[Any]]:
-    if len(points) and _is_number(points[0]):  # a single (x, y[, positive])
-        return [points]
-    return list(points)
+    return _rows(points, "points", (2, 3), "x, y[, positive]")
 
 
 def _as_box_list(boxes: Any) -> list[Sequence[Any]]:
-    if len(boxes) and _is_number(boxes[0]):  # a single (x1, y1, x2, y2)
-        return [boxes]
-    return list(boxes)
+    return _rows(boxes, "boxes", (4,), "x1, y1, x2, y2")
 
 
 def _plain(v: Any) -> Any:

@@ -23,7 +23,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["EncodedImage", "ImageLike", "encode_image", "is_url", "load_rgb"]
+__all__ = [
+    "EncodedImage",
+    "ImageLike",
+    "encode_image",
+    "is_url",
+    "load_rgb",
+    "read_image_file",
+    "with_png_mode",
+]
 
 ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
@@ -55,13 +63,13 @@ def encode_image(image: ImageLike, *, bgr: bool = False) -> EncodedImage:
     if isinstance(image, str) and is_url(image):
         return EncodedImage({"type": "url", "value": image}, None)
     if isinstance(image, (str, os.PathLike)):
-        data = _read_file(image)
+        data = read_image_file(image)
         return EncodedImage(_b64(data), _header_size(data))
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
         return EncodedImage(_b64(data), _header_size(data))
     if isinstance(image, Image.Image):
-        im = image if image.mode in _PNG_MODES else image.convert("RGB")
+        im = with_png_mode(image)
         buf = io.BytesIO()
         im.save(buf, format="PNG", compress_level=1)
         return EncodedImage(_b64(buf.getvalue()), (image.height, image.width))
@@ -84,7 +92,7 @@ def load_rgb(image: ImageLike, *, bgr: bool = False, timeout_s: float = 30.0) ->
     every pixel mode to RGB); URLs are downloaded with httpx (for drawing only).
     """
     from sam2serve.errors import ServiceError
-    from sam2serve.images import decode_image_bytes
+    from sam2serve.image_decode import decode_image_bytes
 
     if isinstance(image, np.ndarray):
         arr = _check_array(image)
@@ -101,7 +109,7 @@ def load_rgb(image: ImageLike, *, bgr: bool = False, timeout_s: float = 30.0) ->
         response.raise_for_status()
         data = response.content
     elif isinstance(image, (str, os.PathLike)):
-        data = _read_file(image)
+        data = read_image_file(image)
     elif isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
     else:
@@ -114,7 +122,7 @@ def load_rgb(image: ImageLike, *, bgr: bool = False, timeout_s: float = 30.0) ->
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     from sam2serve.errors import ServiceError
-    from sam2serve.images import decode_image_bytes
+    from sam2serve.image_decode import decode_image_bytes
 
     try:  # the PNG we send, decoded as the server does: identical pixels
         return decode_image_bytes(
@@ -128,7 +136,13 @@ def _b64(data: bytes) -> dict[str, str]:
     return {"type": "base64", "value": base64.b64encode(data).decode("ascii")}
 
 
-def _read_file(path: str | os.PathLike[str]) -> bytes:
+def with_png_mode(image: Image.Image) -> Image.Image:
+    """The image itself if PNG holds its pixel mode as it is, else converted to RGB."""
+    return image if image.mode in _PNG_MODES else image.convert("RGB")
+
+
+def read_image_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file; FileNotFoundError (with a hint for URLs) if it is none."""
     p = Path(path)
     if not p.is_file():
         hint = "" if p.exists() else " (for a URL, start it with https://)"

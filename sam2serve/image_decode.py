@@ -260,3 +260,19 @@ def _decode_base64_call(value: str, settings: Settings) -> LoadedImage:
 
 def _decode_bytes_call(data: bytes, settings: Settings) -> LoadedImage:
     return decode_image_bytes(data, max_pixels=settings.max_image_pixels)
+
+
+def from_rgb(rgb: np.ndarray, *, max_pixels: int) -> LoadedImage:
+    """Pixels decoded in this process ((H, W, 3) uint8 RGB) -> `LoadedImage`, under the same
+    pixel cap as an upload (the in-process Segmenter hands images over this way)."""
+    height, width = int(rgb.shape[0]), int(rgb.shape[1])
+    if width * height > max_pixels:
+        raise _too_many_pixels(width, height, max_pixels)
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    return LoadedImage(rgb=rgb, content_hash=rgb_content_hash(rgb))
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """A PIL image's pixels as shown (no EXIF rotation) -> (H, W, 3) uint8 RGB, every mode
+    converted as a decoded upload's is (alpha dropped, 16-bit gray scaled)."""
+    return _to_rgb_array(im)

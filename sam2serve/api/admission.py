@@ -1,0 +1,120 @@
+"""Admission of requests that carry an image, decided before their body is read.
+
+Decoding an image and parsing a large JSON body allocate far more than the body itself (a
+36 MP PNG of 125 KB decodes to 108 MB of pixels, then features). The embed lane bounds how
+many images are embedded at once, but a request only reaches it after parsing and
+decoding; so without this step a request that the lane will refuse first spends a second
+and hundreds of MB decoding.
+
+Cost model: every request that will decode an image takes one slot, for its whole life;
+there are as many slots as the embed lane holds (workers + waiting, times the embed batch
+size). Which requests carry an image is known from the route and `Content-Length` alone
+(embed_image always; segment_image whose body is over `SMALL_BODY_BYTES`), or, for small
+segment bodies, from the parsed JSON before any URL is fetched or image decoded. A request
+that finds no free slot is answered 503 + Retry-After at once: its body is read and
+discarded (never parsed), so the client sees the answer instead of a reset connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from sam2serve.errors import Unavailable
+
+if TYPE_CHECKING:
+    from sam2serve.service import Sam2Service
+
+#: segment_image bodies up to this size are parsed before deciding (a click with image_id)
+SMALL_BODY_BYTES = 64 * 1024
+#: at most this long is spent discarding the body of a refused request
+_DRAIN_TIMEOUT_S = 5.0
+
+
+class ImageAdmission:
+    """A counter of image slots; runs on the event loop thread (no locks)."""
+
+    def __init__(self, slots: int, retry_after_s: float) -> None:
+        self.slots = max(1, slots)
+        self.retry_after_s = retry_after_s
+        self.in_use = 0
+        self.refused = 0
+
+    def ticket(self, request: Request, max_body_bytes: int) -> AdmissionTicket:
+        return AdmissionTicket(self, request, max_body_bytes)
+
+
+class AdmissionTicket:
+    """`async with admission.ticket(request, cap) as t: ... await t.take() ...`: holds at
+    most one slot, released on exit."""
+
+    def __init__(self, admission: ImageAdmission, request: Request, max_body_bytes: int) -> None:
+        self._admission = admission
+        self._request = request
+        self._max_body_bytes = max_body_bytes
+        self.held = False
+
+    async def take(self, *, body_read: bool) -> None:
+        """Take a slot or raise 503 (after discarding the unread body when `body_read` is
+        False). Taking twice is a no-op."""
+        a = self._admission
+        if self.held:
+            return
+        if a.in_use >= a.slots:
+            a.refused += 1
+            if not body_read:
+                await _discard_body(self._request, self._max_body_bytes)
+            raise Unavailable(
+                f"server busy: {a.in_use} images are being decoded or embedded (the embed lane "
+                "is full); retry shortly",
+                retry_after=a.retry_after_s,
+            )
+        a.in_use += 1
+        self.held = True
+
+    async def __aenter__(self) -> AdmissionTicket:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.held:
+            self.held = False
+            self._admission.in_use -= 1
+
+
+def image_admission(service: Sam2Service) -> ImageAdmission:
+    """As many slots as the service's embed lane holds (times its embed batch size)."""
+    lane = service.embed_lane
+    batch = max(1, service.settings.embed_batch_size)
+    return ImageAdmission(lane.capacity * batch, lane.retry_after_s)
+
+
+def declared_length(request: Request) -> int:
+    """The request's Content-Length (0 when absent or not a number)."""
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() and len(value) < 20 else 0
+
+
+async def _discard_body(request: Request, max_bytes: int) -> None:
+    """Read and drop the body (up to `max_bytes`), so the 503 reaches the client."""
+    if declared_length(request) > max_bytes:
+        return  # over the cap anyway: the connection is closed after the answer
+
+    async def drain() -> None:
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > max_bytes:
+                return
+
+    try:
+        await asyncio.wait_for(drain(), _DRAIN_TIMEOUT_S)
+    except Exception:  # a client that stops sending gets the 503 anyway
+        return

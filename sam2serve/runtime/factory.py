@@ -1,0 +1,45 @@
+"""Runtime selection: the `Settings.runtime` value -> the `ModelPool` factory that builds it.
+
+The names come from `config.RuntimeName`, the settings type itself; nothing here repeats them.
+The fast runtime's module (and OpenVINO) is imported only when a fast runtime is chosen.
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from sam2serve.config import RuntimeName, Settings
+from sam2serve.runtime.pool import RuntimeFactory, torch_runtime_factory
+
+#: Every accepted `Settings.runtime` value, in the settings type's order.
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
+
+
+def runtime_factory(settings: Settings, *, background: bool = False) -> RuntimeFactory:
+    """The factory for `settings.runtime`:
+
+    - "torch": Meta's fp32 model code on `settings.device`, exact;
+    - "auto" / "openvino": OpenVINO, bf16 where the CPU has native bf16, else f32; the torch
+      runtime off CPU or where OpenVINO cannot run;
+    - "openvino-bf16" / "openvino-f32": OpenVINO at that precision (still falling back to
+      the torch runtime where impossible).
+
+    background (fast runtimes): a model whose graphs are not exported yet serves on the exact
+    torch runtime at once while the export and compile run on a background thread
+    (`runtime.preparing.PreparingRuntime`); without it the first load waits for the export.
+    """
+    name = settings.runtime
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+    if name == "torch":
+        return torch_runtime_factory
+    from sam2serve.runtime.openvino_runtime import make_factory
+
+    precision = name.removeprefix("openvino-") if name.startswith("openvino-") else "auto"
+    return make_factory(
+        settings.runtime_cache_dir,
+        precision,  # type: ignore[arg-type]  # "bf16" | "f32" | "auto", from RuntimeName
+        settings.embed_threads,
+        settings.decode_threads,
+        background=background,
+    )
