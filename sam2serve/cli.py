@@ -87,7 +87,10 @@ def serve(
         str | None,
         typer.Option(help="auto | torch (exact fp32) | openvino | openvino-bf16 | openvino-f32"),
     ] = None,
-    preload: Annotated[bool, typer.Option(help="Load the default model at start")] = False,
+    preload: Annotated[
+        bool | None,
+        typer.Option(help="Load the default model at start, in the background (default: on)"),
+    ] = None,
     allow_public_without_keys: Annotated[
         bool, typer.Option(help="Allow a non-loopback bind with no keys")
     ] = False,
@@ -106,7 +109,7 @@ def serve(
         api_keys=api_key or None,
         device=device,
         runtime=runtime,
-        preload=preload or None,
+        preload=preload,
         allow_public_without_keys=allow_public_without_keys or None,
     )
     try:

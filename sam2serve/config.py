@@ -60,7 +60,13 @@ class Settings(BaseSettings):
     embed_threads: int = Field(0, description="Encoder threads of the fast runtime; 0 = all.")
     decode_threads: int = Field(0, description="Decoder threads of the fast runtime; 0 = all.")
     max_models: int = Field(2, description="Models kept loaded at once (least recently used go).")
-    preload: bool = Field(False, description="Load the default model at start-up.")
+    preload: bool = Field(
+        True,
+        description=(
+            "Servers load the default model at start-up, in the background (/readyz answers "
+            "503 with what it is doing until then)."
+        ),
+    )
 
     # auth: comma-separated keys in the environment
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -75,6 +81,13 @@ class Settings(BaseSettings):
     cache_bytes: int = Field(1024 * MiB, description="Byte budget of the embedding cache.")
     logits_cache_entries: int = Field(
         1000, description="How many saved low-res logits sets to keep for refinement."
+    )
+    logits_cache_bytes: int = Field(
+        64 * MiB,
+        description=(
+            "Byte budget of the saved low-res logits (refinement), taken out of cache_bytes: "
+            "the embedding cache gets the rest; at most a quarter of cache_bytes."
+        ),
     )
 
     # shared second tier (Redis) for many replicas; off when unset
@@ -93,6 +106,13 @@ class Settings(BaseSettings):
     max_prompts: int = 64
     max_points_per_prompt: int = 64
     max_coordinate: float = 1e6
+    max_mask_pixels: int = Field(
+        160_000_000,
+        description=(
+            "Per-request budget of output mask pixels x prompts (e.g. 16 prompts on a 10 MP "
+            "image); beyond it the request gets a 413 before any mask is computed. 0 = none."
+        ),
+    )
 
     # URL input
     url_allow_http: bool = False
@@ -128,6 +148,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def logits_budget_bytes(self) -> int:
+        """The logits cache's share of cache_bytes (the embedding cache gets the rest)."""
+        return max(0, min(self.logits_cache_bytes, self.cache_bytes // 4))
 
     @field_validator("alias_family")
     @classmethod

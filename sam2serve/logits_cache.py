@@ -23,20 +23,33 @@ class _Saved:
 
 
 class LogitsCache:
-    """LRU over saved prompt sets; at most `max_entries` sets in total."""
+    """LRU over saved prompt sets, bounded by bytes (`max_bytes`, the logits' float32 size)
+    and by count (`max_entries`); a set larger than the byte budget is not kept."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int | None = None) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes_used = 0
         self._sets: OrderedDict[tuple[Hashable, tuple[PromptKey, ...]], _Saved] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._sets)
+
     def save(self, image_key: Hashable, keys: Sequence[PromptKey], logits: np.ndarray) -> None:
-        if self.max_entries <= 0:
-            return
         entry_key = (image_key, tuple(keys))
-        self._sets.pop(entry_key, None)
+        old = self._sets.pop(entry_key, None)
+        if old is not None:
+            self.bytes_used -= old.logits.nbytes
+        size = logits.size * 4
+        if self.max_entries <= 0 or (self.max_bytes is not None and size > self.max_bytes):
+            return
         self._sets[entry_key] = _Saved(tuple(keys), logits.astype(np.float32, copy=True))
-        while len(self._sets) > self.max_entries:
-            self._sets.popitem(last=False)
+        self.bytes_used += size
+        while len(self._sets) > self.max_entries or (
+            self.max_bytes is not None and self.bytes_used > self.max_bytes
+        ):
+            _, dropped = self._sets.popitem(last=False)
+            self.bytes_used -= dropped.logits.nbytes
 
     def load(
         self, image_key: Hashable, keys: Sequence[PromptKey]
@@ -63,3 +76,7 @@ class LogitsCache:
                 mask_input[c_idx, 0] = saved.logits[e_idx]
                 has_mask[c_idx] = True
         return mask_input, has_mask
+
+    def drop_image(self, image_key: Hashable) -> None:
+        for key in [k for k in self._sets if k[0] == image_key]:
+            self.bytes_used -= self._sets.pop(key).logits.nbytes

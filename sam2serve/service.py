@@ -4,7 +4,7 @@ Request lifecycle, in order:
   1. resolve the model id                        (registry)
   2. load pixels, or find the cached image id    (images / cache)
   3. embed once per image, on the embed lane     (cache single-flight -> runtime.embed)
-  4. decode all prompts in one call, click lane  (prompts -> runtime.decode)
+  4. decode, one call per prompt length, click lane (prompts -> decoding -> runtime.decode)
   5. pick the best mask, format it               (postprocess)
 """
 
@@ -15,12 +15,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from sam2serve import postprocess
 from sam2serve.batching import MicroBatcher
 from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
+from sam2serve.decoding import (
+    check_mask_budget,
+    clamped_low_res,
+    decode_best,
+    full_logits,
+    full_logits_stack,
+)
 from sam2serve.errors import BadRequest, NotInCache, Unavailable
 from sam2serve.fetch import UrlFetcher
 from sam2serve.image_decode import LoadedImage, load_image
@@ -75,8 +81,10 @@ class Sam2Service:
         self.registry = registry
         self.pool = pool
         self.fetcher = fetcher or UrlFetcher(settings)
-        self.cache = EmbeddingCache(settings.cache_bytes)
-        self.logits = LogitsCache(settings.logits_cache_entries)
+        # one byte budget for both caches: the logits take their share out of cache_bytes
+        logits_bytes = settings.logits_budget_bytes
+        self.cache = EmbeddingCache(settings.cache_bytes - logits_bytes)
+        self.logits = LogitsCache(settings.logits_cache_entries, logits_bytes)
         self.embed_lane = Lane("embed", 1, settings.embed_queue, retry_after_s=2.0)
         self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
         self._batchers: dict[str, MicroBatcher[np.ndarray, Features]] = {}
@@ -145,14 +153,18 @@ class Sam2Service:
                 self.logits.save(got.entry, saved_keys, saved)
         batch = self._with_mask_input(to_batch(prompts), request, runtime, got.entry, keys)
 
+        hw = got.features.orig_hw
+        check_mask_budget(len(batch), hw, self.settings.max_mask_pixels)
+
         def work() -> tuple[list[Prediction] | BinaryResult, np.ndarray]:
-            multimask = request.multimask_output
-            full, low_res, scores = _decode_best(runtime, got.features, batch, multimask)
+            chosen, scores = decode_best(runtime, got.features, batch, request.multimask_output)
+            low_res = clamped_low_res(chosen)
             if request.format == "binary":
+                full = full_logits_stack(runtime, chosen, hw)
                 return BinaryResult(postprocess.encode_npz(full, low_res)), low_res
             predictions = [
                 _prediction(logits > 0, float(score), request.format, request.polygon_holes)
-                for logits, score in zip(full, scores, strict=True)
+                for logits, score in zip(full_logits(runtime, chosen, hw), scores, strict=True)
             ]
             return predictions, low_res
 
@@ -349,28 +361,6 @@ def _parse_mask_input(raw: list, n_prompts: int, m: int) -> np.ndarray:
             field="mask_input",
         )
     return arr[:, None]
-
-
-def _decode_best(
-    runtime: Runtime, features: Features, batch: PromptBatch, multimask: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode, keep the best of C masks per prompt, upscale only those.
-
-    Returns full (N, H, W) float32 logits, low_res (N, m, m) float32 logits clamped to
-    [-32, 32] as upstream does, and scores (N,).
-    """
-    decoded = runtime.decode(features, batch, multimask)
-    scores = decoded.scores.cpu().numpy()
-    best = postprocess.select_best(scores)
-    rows = torch.arange(len(best))
-    chosen = decoded.low_res[rows, torch.as_tensor(best)]
-    full = runtime.upscale(chosen, features.orig_hw)
-    low_res = torch.clamp(chosen, -32.0, 32.0)
-    return (
-        full.float().cpu().numpy(),
-        low_res.float().cpu().numpy(),
-        scores[np.arange(len(best)), best],
-    )
 
 
 def _prediction(mask: np.ndarray, score: float, fmt: str, holes: bool) -> Prediction:

@@ -20,15 +20,24 @@ if TYPE_CHECKING:
 PUBLIC_NAMESPACE = "public"
 
 
-def build_service(settings: Settings, registry: dict[str, ModelSpec] | None = None) -> Sam2Service:
+def build_service(
+    settings: Settings,
+    registry: dict[str, ModelSpec] | None = None,
+    *,
+    background_prepare: bool = False,
+) -> Sam2Service:
     """A service on `settings` (device, runtime, pool size, shared tier) over `registry`
-    (default: the built-in models; tests add a tiny architecture)."""
+    (default: the built-in models; tests add a tiny architecture).
+
+    background_prepare: a model whose fast runtime is not exported yet serves on the exact
+    torch path at once while the export runs in the background (servers); without it the
+    first load waits for the export (one-shot CLI runs, which would not live to finish it)."""
     pool = ModelPool(
         settings.weights_dir,
         pick_device(settings.device),
         allow_download=settings.allow_download,
         max_models=settings.max_models,
-        factory=runtime_factory(settings),
+        factory=runtime_factory(settings, background=background_prepare),
     )
     return Sam2Service(settings, registry or REGISTRY, pool, shared=shared_tier(settings))
 

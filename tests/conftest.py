@@ -96,6 +96,7 @@ def tiny_settings(weights_dir: Path, **overrides: object) -> Settings:
         "default_model": TEST_MODEL_ID,
         "allow_download": False,
         "device": "cpu",
+        "preload": False,  # tests load models when they first use them
         # Meta's model code, exact: tests about the fast runtime ask for it by name
         "runtime": "torch",
     }

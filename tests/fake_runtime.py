@@ -4,8 +4,10 @@ torch and fast runtimes, no model, microseconds per call.
 - embed: `Features` whose image_embed (1, 3, 1, 1) holds the image's per-channel means;
 - decode: per prompt and candidate c, low-res logits (m x m) = a ramp centred on the
   prompt's first token (in low-res cells) plus the candidate index, plus the prompt's
-  mask_input row where `has_mask` says so; scores are a fixed permutation per row, so the
-  best candidate differs between rows;
+  mask_input row where `has_mask` says so; scores are a permutation chosen by the prompt
+  itself (its first token's x and its token count), so the best candidate differs between
+  prompts and a prompt's answer never depends on its row or its neighbours (as with the real
+  runtimes);
 - upscale: bilinear interpolation to the original size, as the real runtimes do.
 
 It records what it was given (`embedded`, `decoded`), and `hold_embeds` makes embed wait on
@@ -70,9 +72,10 @@ def expected_decode(
         x, y = prompts.coords[i, 0]
         cx, cy = x / w * m, y / h * m
         ramp = 2.0 - np.hypot(xs - cx, ys - cy) / 2.0
+        k = int(x) + int((prompts.labels[i] >= 0).sum())
         for j in range(c):
             low[i, j] = ramp + j * 0.5 + bias
-            scores[i, j] = ((i + 2 * j) % c + 1) / (c + 1)
+            scores[i, j] = ((k + 2 * j) % c + 1) / (c + 1)
         if prompts.mask_input is not None and (prompts.has_mask is None or prompts.has_mask[i]):
             low[i] += prompts.mask_input[i, 0]
     return torch.from_numpy(low), torch.from_numpy(scores)

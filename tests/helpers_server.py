@@ -56,9 +56,10 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    weights_dir: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+    weights_dir: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 300
 ) -> Iterator[str]:
-    """Start the server, wait for /readyz, yield its base URL, stop it."""
+    """Start the server, wait for /readyz (which includes the fast runtime's one-time export
+    on a cold cache dir), yield its base URL, stop it."""
     port = free_port()
     full_env = {
         **os.environ,

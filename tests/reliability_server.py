@@ -31,7 +31,8 @@ def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings()
     pin_mmap_threshold()
-    serve(create_app(settings, build_service(settings, registry())), settings, "info")
+    service = build_service(settings, registry(), background_prepare=True)  # as `serve` does
+    serve(create_app(settings, service), settings, "info")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from sam2serve.api.routes import router
 from sam2serve.api.video_routes import router as video_router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
+from sam2serve.runtime.preparing import wait_prepared
 from sam2serve.service import Sam2Service
 from sam2serve.wiring import build_service
 
@@ -35,7 +36,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 def create_app(settings: Settings | None = None, service: Sam2Service | None = None) -> FastAPI:
     settings = settings or Settings()
-    service = service or build_service(settings)
+    service = service or build_service(settings, background_prepare=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,8 +45,11 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
             app.state.preloading = True
 
             async def _preload() -> None:
+                spec = service.spec_for(None)
+                app.state.preload_detail = f"loading the default model {spec.model_id}"
                 try:
-                    await service.pool.get(service.spec_for(None))
+                    runtime = await service.pool.get(spec)
+                    await wait_prepared(runtime, app.state)
                 except ServiceError as exc:
                     log.warning("preload failed: %s", exc.message)
                 finally:

@@ -92,9 +92,9 @@ async def readyz(request: Request) -> JSONResponse:
     if state.draining:
         return JSONResponse({"status": "draining", "message": "shutting down"}, status_code=503)
     if state.preloading:
-        return JSONResponse(
-            {"status": "loading", "message": "loading the default model"}, status_code=503
-        )
+        detail = getattr(state, "preload_detail", None) or "loading the default model"
+        status = "preparing" if detail.startswith("first use") else "loading"
+        return JSONResponse({"status": status, "message": detail}, status_code=503)
     shared = _service(request).shared
     if shared is None:
         return JSONResponse({"status": "ready"})

@@ -15,7 +15,7 @@ from sam2serve.runtime.pool import RuntimeFactory, torch_runtime_factory
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 
 
-def runtime_factory(settings: Settings) -> RuntimeFactory:
+def runtime_factory(settings: Settings, *, background: bool = False) -> RuntimeFactory:
     """The factory for `settings.runtime`:
 
     - "torch": Meta's fp32 model code on `settings.device`, exact;
@@ -23,6 +23,10 @@ def runtime_factory(settings: Settings) -> RuntimeFactory:
       runtime off CPU or where OpenVINO cannot run;
     - "openvino-bf16" / "openvino-f32": OpenVINO at that precision (still falling back to
       the torch runtime where impossible).
+
+    background (fast runtimes): a model whose graphs are not exported yet serves on the exact
+    torch runtime at once while the export and compile run on a background thread
+    (`runtime.preparing.PreparingRuntime`); without it the first load waits for the export.
     """
     name = settings.runtime
     if name not in RUNTIMES:
@@ -37,4 +41,5 @@ def runtime_factory(settings: Settings) -> RuntimeFactory:
         precision,  # type: ignore[arg-type]  # "bf16" | "f32" | "auto", from RuntimeName
         settings.embed_threads,
         settings.decode_threads,
+        background=background,
     )

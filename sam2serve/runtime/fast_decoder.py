@@ -30,6 +30,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+# Additive attention bias of a padding token: exp(PAD_BIAS - max) is exactly 0 in float32
+# and bfloat16, so padded tokens take no part and the real tokens' results are unchanged.
+PAD_BIAS = -30000.0
+
+
+def token_bias(n: int, k: int, real: int) -> Tensor:
+    """(N, k) bias for prompts of `real` tokens padded to `k`: 0 real, PAD_BIAS padding."""
+    bias = torch.zeros(n, k)
+    bias[:, real:] = PAD_BIAS
+    return bias
+
 
 def _heads(x: Tensor, num_heads: int) -> Tensor:
     """(B, L, H*d) -> (B, H, L, d)."""
@@ -136,6 +147,19 @@ class FastMaskDecoder(nn.Module):
 
     # -- attention, rearranged -------------------------------------------------------
 
+    def _self_attention(
+        self, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, bias: Tensor
+    ) -> Tensor:
+        """Upstream `Attention` over the tokens (N, T, D), padding keys masked out by
+        `bias` (N, T): 0 for real tokens, a large negative number for padding."""
+        h = self.num_heads
+        qh, kh, vh = (
+            _heads(proj(x), h) for proj, x in ((attn.q_proj, q), (attn.k_proj, k), (attn.v_proj, v))
+        )
+        scores = torch.matmul(qh, kh.transpose(-1, -2)) * (1.0 / math.sqrt(qh.shape[-1]))
+        probs = torch.softmax(scores + bias[:, None, None, :], dim=-1)
+        return attn.out_proj(_merge(torch.matmul(probs, vh)))
+
     def _token_to_image(self, attn: nn.Module, q_in: Tensor, keys: Tensor) -> Tensor:
         """Tokens (N, T, D) attend to image tokens `keys` (N, S, D), + pe on the key side."""
         h = self.num_heads
@@ -150,11 +174,13 @@ class FastMaskDecoder(nn.Module):
         v = v + attn.v_proj.bias.reshape(1, h, 1, d)
         return attn.out_proj(_merge(v))
 
-    def _image_to_token(self, attn: nn.Module, scores: Tensor, v: Tensor, n: int, t: int) -> Tensor:
-        """scores (N, S, H*T) pre-softmax, v (N, H, T, d) -> output (N, S, D), the output
-        projection folded into the T values."""
+    def _image_to_token(
+        self, attn: nn.Module, scores: Tensor, v: Tensor, n: int, t: int, bias: Tensor
+    ) -> Tensor:
+        """scores (N, S, H*T) pre-softmax, v (N, H, T, d), key bias (N, T) -> output
+        (N, S, D), the output projection folded into the T values."""
         h = self.num_heads
-        grouped = scores.reshape(n, -1, h, t)
+        grouped = scores.reshape(n, -1, h, t) + bias.reshape(n, 1, 1, t)
         # softmax over the few tokens, spelled out: fuses into one elementwise pass
         exp = torch.exp(grouped - grouped.amax(dim=-1, keepdim=True))
         probs = (exp / exp.sum(dim=-1, keepdim=True)).reshape(n, -1, h * t)
@@ -165,7 +191,9 @@ class FastMaskDecoder(nn.Module):
         # of a fused bias, which OpenVINO's bf16 CPU plugin rejects)
         return torch.matmul(probs, values + attn.out_proj.bias / h)
 
-    def _i2t_shared(self, attn: nn.Module, q1: Tensor, k_in: Tensor, v_in: Tensor) -> Tensor:
+    def _i2t_shared(
+        self, attn: nn.Module, q1: Tensor, k_in: Tensor, v_in: Tensor, bias: Tensor
+    ) -> Tensor:
         """Layer 1: image queries q1 (1, S, H*d) shared by all prompts."""
         h = self.num_heads
         k = _heads(attn.k_proj(k_in), h)  # (N, H, T, d)
@@ -173,18 +201,20 @@ class FastMaskDecoder(nn.Module):
         # block-diagonal (N, H*d, H*T): one matmul scores every head
         blocks = torch.einsum("nhti,hg->nhigt", k, self.eye).reshape(n, h * d, h * t)
         scores = torch.matmul(q1, blocks) * (1.0 / math.sqrt(d))
-        return self._image_to_token(attn, scores, _heads(attn.v_proj(v_in), h), n, t)
+        return self._image_to_token(attn, scores, _heads(attn.v_proj(v_in), h), n, t, bias)
 
-    def _i2t_folded(self, attn: nn.Module, keys_pe: Tensor, k_in: Tensor, v_in: Tensor) -> Tensor:
+    def _i2t_folded(
+        self, attn: nn.Module, keys_pe: Tensor, k_in: Tensor, v_in: Tensor, bias: Tensor
+    ) -> Tensor:
         """Later layers: per-prompt image tokens keys_pe (N, S, D), query proj folded."""
         h = self.num_heads
         k = _heads(attn.k_proj(k_in), h)  # (N, H, T, d)
         n, _, t, d = k.shape
         scale = 1.0 / math.sqrt(d)
         folded = torch.matmul(k, _per_head(attn.q_proj, h)).reshape(n, h * t, -1) * scale
-        bias = (k * attn.q_proj.bias.reshape(1, h, 1, d)).sum(-1).reshape(n, 1, h * t) * scale
-        scores = torch.matmul(keys_pe, folded.transpose(1, 2)) + bias
-        return self._image_to_token(attn, scores, _heads(attn.v_proj(v_in), h), n, t)
+        q_bias = (k * attn.q_proj.bias.reshape(1, h, 1, d)).sum(-1).reshape(n, 1, h * t) * scale
+        scores = torch.matmul(keys_pe, folded.transpose(1, 2)) + q_bias
+        return self._image_to_token(attn, scores, _heads(attn.v_proj(v_in), h), n, t, bias)
 
     # -- forward ---------------------------------------------------------------------
 
@@ -197,14 +227,18 @@ class FastMaskDecoder(nn.Module):
         s1: Tensor,
         s0: Tensor,
         sparse: Tensor,
+        token_bias: Tensor,
     ) -> tuple[Tensor, Tensor]:
+        """token_bias (N, K): 0 for the prompt tokens, PAD_BIAS for padding that must not
+        take part (graphs run at a few padded token counts; the result is the unpadded one)."""
         n = sparse.shape[0]
         h = self.num_heads
         out_tokens = self.output_tokens.unsqueeze(0).expand(n, -1, -1)
         tokens = torch.cat([out_tokens, sparse], dim=1)  # (N, T, D), also the query pe
+        bias = torch.cat([token_bias[:, :1].mul(0).expand(n, out_tokens.shape[1]), token_bias], 1)
 
         first = self.layers[0]
-        queries = first.norm1(first.self_attn(q=tokens, k=tokens, v=tokens))
+        queries = first.norm1(self._self_attention(first.self_attn, tokens, tokens, tokens, bias))
         t2i = first.cross_attn_token_to_image
         q = _heads(t2i.q_proj(queries + tokens), h)  # (N, H, T, d)
         t = q.shape[2]
@@ -213,17 +247,19 @@ class FastMaskDecoder(nn.Module):
         attn = attn.reshape(h, n, t, -1).transpose(0, 1)  # (N, H, T, d)
         queries = first.norm2(queries + t2i.out_proj(_merge(attn)))
         queries = first.norm3(queries + first.mlp(queries))
-        i2t = self._i2t_shared(first.cross_attn_image_to_token, q1, queries + tokens, queries)
+        i2t = self._i2t_shared(first.cross_attn_image_to_token, q1, queries + tokens, queries, bias)
         keys = first.norm4(src + i2t)  # (N, S, D)
 
         for layer in self.layers[1:]:
             q_in = queries + tokens
-            queries = layer.norm1(queries + layer.self_attn(q=q_in, k=q_in, v=queries))
+            queries = layer.norm1(
+                queries + self._self_attention(layer.self_attn, q_in, q_in, queries, bias)
+            )
             t2i_out = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys)
             queries = layer.norm2(queries + t2i_out)
             queries = layer.norm3(queries + layer.mlp(queries))
             i2t = self._i2t_folded(
-                layer.cross_attn_image_to_token, keys + self.pe, queries + tokens, queries
+                layer.cross_attn_image_to_token, keys + self.pe, queries + tokens, queries, bias
             )
             keys = layer.norm4(keys + i2t)
 

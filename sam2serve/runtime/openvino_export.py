@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from filelock import FileLock
 
 from sam2serve.registry import ModelSpec
-from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder
+from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder, token_bias
 from sam2serve.runtime.torch_runtime import build_model
 from sam2serve.runtime.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["bf16", "f32"]
-FORMAT_VERSION = 1  # bump when the exported graphs change
+FORMAT_VERSION = 2  # bump when the exported graphs change (2: decoder token_bias input)
 GRAPHS = ("encoder", "prep", "decoder")
 
 
@@ -85,13 +86,30 @@ class _EncoderGraph(torch.nn.Module):
         return embed, fpn[0], fpn[1]
 
 
+def is_exported(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> bool:
+    """Whether the graphs for (model, exact weights, OpenVINO version) are on disk already."""
+    return (cache_key_dir(spec, checkpoint, cache_dir) / "meta.json").is_file()
+
+
 def build_cache(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
     """Export the three graphs for `checkpoint` once; reuse them when present. Returns the
-    key directory. Safe against concurrent builders (atomic rename of a finished dir)."""
-    ov = _openvino()
+    key directory. Processes sharing `cache_dir` export once: a file lock beside the key
+    directory makes the others wait and reuse the result, and a finished export appears
+    by atomic rename (a crashed exporter leaves no half-written graphs)."""
     target = cache_key_dir(spec, checkpoint, cache_dir)
     if (target / "meta.json").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if (target / "meta.json").is_file():  # another process exported while we waited
+            return target
+        _export(spec, checkpoint, target)
+    return target
+
+
+def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
+    """Convert the graphs and move them into `target` (one rename)."""
+    ov = _openvino()
     started = time.perf_counter()
     model = build_model(spec, checkpoint, torch.device("cpu"))
     size = int(model.image_size)
@@ -101,7 +119,8 @@ def build_cache(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
         pixels = torch.zeros(1, 3, size, size)
         feats = _EncoderGraph(model).eval()(pixels)
         prepped = prep(*feats)
-        sparse = torch.zeros(2, 3, prepped[0].shape[-1])
+        sparse = torch.zeros(2, 4, prepped[0].shape[-1])
+        bias = token_bias(2, 4, 3)
         graphs = {
             "encoder": ov.convert_model(
                 _EncoderGraph(model).eval(),
@@ -118,17 +137,17 @@ def build_cache(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
             ),
             "decoder": ov.convert_model(
                 decoder,
-                example_input=(*prepped, sparse),
+                example_input=(*prepped, sparse, bias),
                 input=[
                     *(
                         (n, list(t.shape))
                         for n, t in zip(("src", "k1", "v1", "q1", "s1", "s0"), prepped, strict=True)
                     ),
                     ("sparse", [-1, -1, int(sparse.shape[-1])]),
+                    ("token_bias", [-1, -1]),
                 ],
             ),
         }
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     tmp.chmod(0o755)
     try:
@@ -155,7 +174,6 @@ def build_cache(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
         target,
         time.perf_counter() - started,
     )
-    return target
 
 
 def build_for_weights_dir(

@@ -26,24 +26,43 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from sam2serve.memory import pin_mmap_threshold
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.base import Decoded, Features, PromptBatch, Runtime
+from sam2serve.runtime.fast_decoder import token_bias
 from sam2serve.runtime.openvino_export import (
     GRAPHS,
     BackendUnavailable,
     Precision,
     _openvino,
     build_cache,
+    is_exported,
     probe,
 )
 from sam2serve.runtime.pool import RuntimeFactory, torch_runtime_factory
+from sam2serve.runtime.preparing import PreparingRuntime
 from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 
 log = logging.getLogger(__name__)
 
 PREP_MEMO = 4  # images whose per-image decoder work is kept (~18 MiB each in bf16)
+# The CPU plugin keeps compiled state per input shape of the decoder graph (~8.5 MiB per
+# shape, up to its 5000-entry default cache: memory grew without bound with the prompt
+# shapes users send), and working buffers sized by the largest shape seen. The decoder
+# therefore only ever runs at a few padded shapes: prompt tokens rounded up to a power of
+# two (padding masked out of attention, exact) and at most DECODE_CHUNK prompts per call
+# (rows are independent, exact; 2 keeps the working buffers of 1024 px models small, and
+# CPU decoding gains little from larger batches): at most 2 x 7 shapes. The runtime cache
+# is also capped. Measured figures in docs/reliability.md.
+DECODE_CHUNK = 2
+DECODE_CACHE_CAPACITY: int | None = 32
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """n rounded up to a power of two (at least `minimum`)."""
+    return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
 def _bf16_tensor(ov: Any, x: torch.Tensor) -> Any:
@@ -81,9 +100,14 @@ class OpenVinoRuntime:
         precision: Precision = "bf16",
         embed_threads: int = 0,
         decode_threads: int = 0,
+        *,
+        decode_cache_capacity: int | None = DECODE_CACHE_CAPACITY,
+        bucket_shapes: bool = True,
     ) -> None:
         """embed_threads / decode_threads: OpenVINO threads of the encoder / of the
-        decoder graphs (0 = one per core)."""
+        decoder graphs (0 = one per core). decode_cache_capacity: per-shape entries the CPU
+        plugin keeps for the decoder (None = OpenVINO's default); bucket_shapes: run the
+        decoder at padded shapes only (see DECODE_CHUNK); off, every prompt shape is its own."""
         self._ov = ov = _openvino()
         self.model_id = model_id
         self.device = torch.device("cpu")
@@ -103,6 +127,8 @@ class OpenVinoRuntime:
             threads = embed_threads if name == "encoder" else decode_threads
             if threads > 0:
                 config["INFERENCE_NUM_THREADS"] = threads
+            if name == "decoder" and decode_cache_capacity is not None:
+                config["CPU_RUNTIME_CACHE_CAPACITY"] = decode_cache_capacity
             if name != "encoder":
                 # OpenVINO's fused attention kernels are slow for the decoder's few-token
                 # attentions (plain matmuls win); the encoder's attention likes them
@@ -114,6 +140,7 @@ class OpenVinoRuntime:
         self._encoder, self._prep, self._decoder = (graphs[n] for n in GRAPHS)
         self._memo: OrderedDict[int, tuple[weakref.ref, list[Any]]] = OrderedDict()
         self._memo_lock = threading.Lock()
+        self.bucket_shapes = bucket_shapes
 
     def _bf16_io(self, graph: Any, name: str) -> Any:
         """Features and per-image decoder inputs cross graph borders as bf16 (no f32 copy)."""
@@ -186,14 +213,7 @@ class OpenVinoRuntime:
         encoder = self._torch.model.sam_prompt_encoder
         sparse, _ = encoder(points=(coords, labels), boxes=None, masks=None)
         prepared = self._prepared(features)
-        dec = self._decoder
-        with dec.lock:
-            for i, t in enumerate(prepared):
-                dec.request.set_input_tensor(i, t)
-            dec.request.set_input_tensor(6, self._ov.Tensor(np.ascontiguousarray(sparse.numpy())))
-            dec.request.infer()
-            masks = torch.from_numpy(np.array(dec.request.get_output_tensor(0).data, copy=True))
-            iou = torch.from_numpy(np.array(dec.request.get_output_tensor(1).data, copy=True))
+        masks, iou = self._run_decoder(prepared, sparse)
         md = self._torch.model.sam_mask_decoder
         if multimask:
             masks, iou = masks[:, 1:], iou[:, 1:]
@@ -202,6 +222,43 @@ class OpenVinoRuntime:
         else:
             masks, iou = masks[:, 0:1], iou[:, 0:1]
         return Decoded(low_res=masks.float(), scores=iou.float())
+
+    def _run_decoder(
+        self, prepared: list[Any], sparse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sparse (N, K, D) prompt embeddings -> all masks (N, M, m, m), IoU (N, M); at padded
+        shapes (see DECODE_CHUNK) unless bucket_shapes is off."""
+        n, k, _ = sparse.shape
+        if not self.bucket_shapes:
+            return self._infer(prepared, sparse, token_bias(n, k, k))
+        kb = bucket(k, 2)
+        padded = torch.nn.functional.pad(sparse, (0, 0, 0, kb - k))
+        outs = []
+        for start in range(0, n, DECODE_CHUNK):
+            chunk = padded[start : start + DECODE_CHUNK]
+            rows = chunk.shape[0]
+            nb = bucket(rows)
+            if nb > rows:  # copies of the last prompt; their results are dropped
+                chunk = torch.cat([chunk, chunk[-1:].expand(nb - rows, -1, -1)])
+            masks, iou = self._infer(prepared, chunk, token_bias(nb, kb, k))
+            outs.append((masks[:rows], iou[:rows]))
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat([m for m, _ in outs]), torch.cat([i for _, i in outs])
+
+    def _infer(
+        self, prepared: list[Any], sparse: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dec = self._decoder
+        with dec.lock:
+            for i, t in enumerate(prepared):
+                dec.request.set_input_tensor(i, t)
+            dec.request.set_input_tensor(6, self._ov.Tensor(np.ascontiguousarray(sparse.numpy())))
+            dec.request.set_input_tensor(7, self._ov.Tensor(np.ascontiguousarray(bias.numpy())))
+            dec.request.infer()
+            masks = torch.from_numpy(np.array(dec.request.get_output_tensor(0).data, copy=True))
+            iou = torch.from_numpy(np.array(dec.request.get_output_tensor(1).data, copy=True))
+        return masks, iou
 
     def upscale(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         """(N, m, m) logits -> (N, H, W) logits, as the torch runtime."""
@@ -223,13 +280,20 @@ def load_runtime(
     precision: Precision | Literal["auto"] = "auto",
     embed_threads: int = 0,
     decode_threads: int = 0,
+    **options: Any,
 ) -> OpenVinoRuntime:
-    """Probe, export once (cached on disk), compile. Raises BackendUnavailable."""
+    """Probe, export once (cached on disk), compile. Raises BackendUnavailable. `options`:
+    OpenVinoRuntime's keyword-only ones (decode_cache_capacity, bucket_shapes)."""
     chosen = probe(precision)
     pin_mmap_threshold()
     graphs_dir = build_cache(spec, checkpoint, cache_dir)
     model = build_model(spec, checkpoint, torch.device("cpu"))
-    return OpenVinoRuntime(spec.model_id, model, graphs_dir, chosen, embed_threads, decode_threads)
+    # one compile per cache dir at a time: the first writes OpenVINO's compiled blobs, the
+    # others then load them instead of compiling (or reading half-written ones)
+    with FileLock(graphs_dir / f"compile-{chosen}.lock"):
+        return OpenVinoRuntime(
+            spec.model_id, model, graphs_dir, chosen, embed_threads, decode_threads, **options
+        )
 
 
 def make_factory(
@@ -237,16 +301,25 @@ def make_factory(
     precision: Precision | Literal["auto"] = "auto",
     embed_threads: int = 0,
     decode_threads: int = 0,
+    *,
+    background: bool = False,
 ) -> RuntimeFactory:
     """A ModelPool factory: OpenVINO on CPU where it works, else the torch
-    runtime (logged once per load with the reason)."""
+    runtime (logged once per load with the reason). background: when the model's graphs are
+    not exported yet, serve on torch at once and export + compile on a background thread
+    (`PreparingRuntime`) instead of making the first request wait."""
+
+    def load(spec: ModelSpec, checkpoint: Path) -> Runtime:
+        return load_runtime(spec, checkpoint, cache_dir, precision, embed_threads, decode_threads)
 
     def factory(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Runtime:
         if device.type == "cpu":
             try:
-                return load_runtime(
-                    spec, checkpoint, cache_dir, precision, embed_threads, decode_threads
-                )
+                if background and not is_exported(spec, checkpoint, cache_dir):
+                    probe(precision)  # unavailable backends fall back here, not later
+                    exact = torch_runtime_factory(spec, checkpoint, device)
+                    return PreparingRuntime(exact, lambda: load(spec, checkpoint), spec.model_id)
+                return load(spec, checkpoint)
             except BackendUnavailable as exc:
                 log.warning("fast runtime unavailable, using torch fp32: %s", exc)
         return torch_runtime_factory(spec, checkpoint, device)

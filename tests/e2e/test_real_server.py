@@ -4,6 +4,7 @@ inference-sdk, raw httpx with concurrency, and the bind-safety check of the CLI.
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -128,11 +129,17 @@ def test_download_build_runtime_prepares_the_fast_runtime(
         "PATH": "/usr/bin:/bin",
         "SAM2SERVE_WEIGHTS_DIR": str(real_weights_dir),
         "SAM2SERVE_RUNTIME_CACHE_DIR": str(runtime_cache_dir),
+        # this checkout's code, not whatever the venv has installed
+        **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
     }
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr
     assert "already present" in first.stdout and "fast runtime ready in" in first.stdout
-    built = [p for p in runtime_cache_dir.iterdir() if p.name.startswith("sam2.1_hiera_tiny-")]
+    built = [  # the key folder (its export lock file lies beside it)
+        p
+        for p in runtime_cache_dir.iterdir()
+        if p.is_dir() and p.name.startswith("sam2.1_hiera_tiny-")
+    ]
     assert len(built) == 1
     stamp = {p: p.stat().st_mtime for p in built[0].iterdir()}
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -1,9 +1,9 @@
 """The server's masks and scores equal Meta's SAM2ImagePredictor on the same weights.
 
 Real hiera_tiny architectures (SAM 2.1 and SAM 2) with seeded random weights, three real
-photos, and a table of prompt kinds. Meta's predictor is called per prompt with the same
-not-a-point padding the batched request gets (as Roboflow's server pads), then the
-best-scoring of the proposals is chosen as the Roboflow's server does.
+photos, and a table of prompt kinds. Meta's predictor is called once per prompt, alone (a
+prompt's mask never depends on the other prompts of its request), then the best-scoring of
+the proposals is chosen as Roboflow's server does.
 """
 
 from __future__ import annotations
@@ -61,14 +61,14 @@ def cases(w: int, h: int) -> dict[str, list[dict]]:
 
 
 def reference_inputs(prompts: list[dict]) -> list[dict]:
-    """Per-prompt predictor arguments, padded to the batch's token count with label -1."""
+    """Per-prompt predictor arguments, each prompt alone (never padded to its neighbours'
+    token count); no prompt at all is one not-a-point token (label -1)."""
     rows = prompts or [{}]
-    width = max(1, *((2 if p.get("box") else 0) + len(p.get("points", [])) for p in rows))
     out = []
     for p in rows:
         pts = [(q["x"], q["y"]) for q in p.get("points", [])]
         labels = [int(q["positive"]) for q in p.get("points", [])]
-        n_pad = width - (2 if p.get("box") else 0) - len(pts)
+        n_pad = 1 if not p.get("box") and not pts else 0
         pts += [(0.0, 0.0)] * n_pad
         labels += [-1] * n_pad
         box = None

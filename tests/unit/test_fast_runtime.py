@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional
 
 from sam2serve.runtime import openvino_export as ovx
 from sam2serve.runtime import openvino_runtime as ovr
 from sam2serve.runtime.base import PromptBatch
-from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder
+from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder, token_bias
 from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 from sam2serve.testing import tiny_test_spec
 
@@ -98,9 +99,18 @@ def test_rearranged_decoder_equals_upstream(
             list(features.high_res),
         )
         prep = DecoderPrep(model)
-        got = FastMaskDecoder(model, prep)(*prep(features.image_embed, *features.high_res), sparse)
+        decoder = FastMaskDecoder(model, prep)
+        prepped = prep(features.image_embed, *features.high_res)
+        n, k, _ = sparse.shape
+        got = decoder(*prepped, sparse, token_bias(n, k, k))
+        # padded to 16 tokens, the padding masked out of attention: the same result
+        padded = decoder(
+            *prepped, functional.pad(sparse, (0, 0, 0, 16 - k), value=7.0), token_bias(n, 16, k)
+        )
     torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(padded[0], got[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded[1], got[1], atol=1e-6, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +178,8 @@ def test_export_is_cached_and_reused(checkpoint: Path, cache_dir: Path) -> None:
     assert again == first
     assert {p.name: p.stat().st_mtime_ns for p in again.iterdir() if p.is_file()} == stamps
     assert SPEC.model_id in first.name and ovx.file_sha256(checkpoint)[:16] in first.name
-    assert [p.name for p in cache_dir.iterdir()] == [first.name]  # no half-built leftovers
+    # no half-built leftovers (the export's lock file stays, empty)
+    assert [p.name for p in cache_dir.iterdir() if p.suffix != ".lock"] == [first.name]
 
 
 def test_cache_key_changes_with_the_weights(checkpoint: Path, tmp_path: Path) -> None:

@@ -19,10 +19,12 @@ from PIL import Image
 
 from sam2serve import postprocess
 from sam2serve.config import Settings
+from sam2serve.decoding import token_groups
 from sam2serve.errors import BadRequest, NotInCache, ServiceError, Unavailable
 from sam2serve.image_decode import from_rgb
 from sam2serve.prompt_batch import to_batch
 from sam2serve.registry import REGISTRY
+from sam2serve.runtime.base import PromptBatch
 from sam2serve.runtime.pool import ModelPool
 from sam2serve.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest, SegmentResponse
 from sam2serve.service import BinaryResult, Sam2Service
@@ -100,6 +102,20 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     h.close()
 
 
+def decode_calls(
+    harness: Harness, prompts: list, start: int = 0
+) -> list[tuple[np.ndarray, PromptBatch, bool]]:
+    """The runtime calls of one request (from call `start`): one per token count of its
+    prompts, each as (the request rows it decoded, its batch, multimask)."""
+    labels = to_batch(
+        SegmentRequest.model_validate({"image_id": "x", "prompts": prompts}).prompt_list()
+    ).labels
+    groups = list(token_groups(labels).values())
+    calls = harness.runtime.decoded[start : start + len(groups)]
+    assert len(calls) == len(groups)
+    return [(rows, batch, multi) for rows, (batch, multi) in zip(groups, calls, strict=True)]
+
+
 def expected(rgb: np.ndarray, prompts: list, multimask: bool, mask_input: Any = None) -> tuple:
     """(full logits (N, H, W), low_res (N, m, m), scores (N,)) as the service must answer."""
     runtime = FakeRuntime()
@@ -140,18 +156,23 @@ def test_formats_and_best_mask(harness: Harness, fmt: str, multimask: bool) -> N
         else:
             assert pred.format == "polygon"
             assert pred.masks == postprocess.mask_to_polygons(mask)
-    ((batch, multi),) = harness.runtime.decoded
-    assert multi is multimask and len(batch) == len(PROMPTS)
+    calls = decode_calls(harness, PROMPTS)
+    assert len(calls) == 2  # one call per token count: 1 token (two prompts), 3 tokens
+    assert len(harness.runtime.decoded) == len(calls)
+    assert all(multi is multimask for _, _, multi in calls)
+    assert sorted(i for rows, _, _ in calls for i in rows) == list(range(len(PROMPTS)))
 
 
 def test_best_mask_differs_between_prompts(harness: Harness) -> None:
     """The fake's scores put the best candidate at different indices, so the choice is
     really made per prompt."""
     harness.segment(image=png_b64(RGB), prompts=PROMPTS, format="binary")
-    batch, _ = harness.runtime.decoded[0]
     features = FakeRuntime().embed(RGB)
-    _, scores = expected_decode(features, batch, True)
-    assert len(set(scores.argmax(dim=1).tolist())) > 1
+    best = [
+        expected_decode(features, batch, True)[1].argmax(dim=1)
+        for _, batch, _ in decode_calls(harness, PROMPTS)
+    ]
+    assert len(set(torch.cat(best).tolist())) > 1
 
 
 def test_no_prompts_gives_one_prediction(harness: Harness) -> None:
@@ -169,10 +190,10 @@ def test_mask_input_reaches_the_runtime(harness: Harness, shape: tuple) -> None:
     got = harness.segment(
         image=png_b64(RGB), prompts=PROMPTS, mask_input=raw.tolist(), format="binary"
     )
-    batch, _ = harness.runtime.decoded[0]
     per_prompt = raw.reshape(-1, LOW_RES, LOW_RES)
     per_prompt = np.repeat(per_prompt, 3 // len(per_prompt), axis=0)
-    np.testing.assert_array_equal(batch.mask_input, per_prompt[:, None])
+    for rows, batch, _ in decode_calls(harness, PROMPTS):
+        np.testing.assert_array_equal(batch.mask_input, per_prompt[rows, None])
     full, _, _ = expected(RGB, PROMPTS, True, per_prompt[:, None])
     np.testing.assert_array_equal(np.load(io.BytesIO(got.content))["masks"], full)
 
@@ -201,14 +222,15 @@ def test_logits_cache_refines_a_grown_prompt(harness: Harness) -> None:
     )
     low_res = np.load(io.BytesIO(saved.content))["low_res_masks"]
     harness.segment(image=png_b64(RGB), prompts=grown, load_logits_from_cache=True)
-    batch, _ = harness.runtime.decoded[1]
-    assert batch.has_mask.tolist() == [True, False]  # the new prompt has no earlier logits
-    np.testing.assert_array_equal(batch.mask_input[0, 0], low_res[0])
+    calls = {int(rows[0]): batch for rows, batch, _ in decode_calls(harness, grown, 1)}
+    assert calls[1].has_mask.tolist() == [False]  # the new prompt has no earlier logits
+    assert calls[0].has_mask.tolist() == [True]
+    np.testing.assert_array_equal(calls[0].mask_input[0, 0], low_res[0])
     # another image, or no load flag: nothing is loaded
     harness.segment(image=png_b64(OTHER), prompts=grown, load_logits_from_cache=True)
     harness.segment(image=png_b64(RGB), prompts=grown)
-    assert harness.runtime.decoded[2][0].mask_input is None
-    assert harness.runtime.decoded[3][0].mask_input is None
+    assert all(batch.mask_input is None for batch, _ in harness.runtime.decoded[3:])
+    assert len(harness.runtime.decoded) == 7
 
 
 def test_image_ids_bind_to_cached_embeddings(harness: Harness) -> None:
