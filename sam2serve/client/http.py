@@ -132,6 +132,12 @@ class Sam2Client(_Base):
     def close(self) -> None:
         self._http.close()
 
+    def _post_resending(self, path: str, call: Any) -> httpx.Response:
+        """POST `call`; if the server lost its image_id, send the kept image once more."""
+        response = self._post(path, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        return self._post(path, again) if again is not None else response
+
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         attempt = 0
         while True:
@@ -194,10 +200,7 @@ class Sam2Client(_Base):
         call = self._calls.segment_call(
             image, image_id, SegmentOptions.of(options, **fields), bgr=bgr
         )
-        response = self._post(SEGMENT_PATH, call.body)
-        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
-        if again is not None:  # the server lost the id: send the image once
-            response = self._post(SEGMENT_PATH, again)
+        response = self._post_resending(SEGMENT_PATH, call)
         return call.parse(self._answer(response))
 
     def segment_everything(
@@ -212,10 +215,7 @@ class Sam2Client(_Base):
         """Every object of the image as a mask (Meta's automatic mask generator; `params`
         under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
         call = everything_call(image, image_id, model, bgr, params)
-        response = self._post(EVERYTHING_PATH, call.body)
-        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
-        if again is not None:  # the server lost the id: send the image once
-            response = self._post(EVERYTHING_PATH, again)
+        response = self._post_resending(EVERYTHING_PATH, call)
         return call.parse(self._json(response))
 
 
@@ -249,6 +249,12 @@ class AsyncSam2Client(_Base):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def _post_resending(self, path: str, call: Any) -> httpx.Response:
+        """POST `call`; if the server lost its image_id, send the kept image once more."""
+        response = await self._post(path, call.body)
+        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
+        return await self._post(path, again) if again is not None else response
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         attempt = 0
@@ -291,10 +297,7 @@ class AsyncSam2Client(_Base):
         call = self._calls.segment_call(
             image, image_id, SegmentOptions.of(options, **fields), bgr=bgr
         )
-        response = await self._post(SEGMENT_PATH, call.body)
-        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
-        if again is not None:  # the server lost the id: send the image once
-            response = await self._post(SEGMENT_PATH, again)
+        response = await self._post_resending(SEGMENT_PATH, call)
         return call.parse(self._answer(response))
 
     async def segment_everything(
@@ -309,8 +312,5 @@ class AsyncSam2Client(_Base):
         """Every object of the image as a mask (Meta's automatic mask generator; `params`
         under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
         call = everything_call(image, image_id, model, bgr, params)
-        response = await self._post(EVERYTHING_PATH, call.body)
-        again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
-        if again is not None:  # the server lost the id: send the image once
-            response = await self._post(EVERYTHING_PATH, again)
+        response = await self._post_resending(EVERYTHING_PATH, call)
         return call.parse(self._json(response))
