@@ -76,7 +76,3 @@ class LogitsCache:
                 mask_input[c_idx, 0] = saved.logits[e_idx]
                 has_mask[c_idx] = True
         return mask_input, has_mask
-
-    def drop_image(self, image_key: Hashable) -> None:
-        for key in [k for k in self._sets if k[0] == image_key]:
-            self.bytes_used -= self._sets.pop(key).logits.nbytes
