@@ -231,7 +231,8 @@ def test_redis_down_or_slow_degrades_to_local_only(replicas, redis_proc, fault: 
     else:
         assert sleeper is not None
         sleeper.join()
-    _wait_up(b)
+    for server in (a, b):  # each replica's breaker reopens on its own clock
+        _wait_up(server)
     # recovered: B shares again (its own embed of "cat" was local-only; A's next embed publishes)
     a.post("/sam2/embed_image", json={"image": CHELSEA, "image_id": "cat2"})
     got = segment(b, CLICKS[1], image_id="cat2")
