@@ -22,6 +22,7 @@ from tests.conftest import encode_image, photos, tiny_settings
 pytest.importorskip("openvino")
 
 
+@pytest.mark.slow  # a real cold export of the test model (~40 s on this CPU)
 def test_cold_start_serves_exact_then_fast(
     tiny_weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
