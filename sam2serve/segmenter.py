@@ -116,6 +116,7 @@ class Segmenter:
         self._thread.start()
         self._service: Sam2Service = self._run(_build(settings, registry))
         self._video: list[VideoService] = []  # created on the first video session
+        self._video_lock = threading.Lock()
         self._finalizer = weakref.finalize(
             self, _shutdown, self._loop, self._thread, self._service, self._video
         )
@@ -238,8 +239,9 @@ class Segmenter:
         """Open a video session on this model (see `sam2serve.segmenter_video`): a clip
         path/bytes, an https URL, or a list of frames; the HTTP session's methods and results.
         Use it as a context manager (or `close()` it)."""
-        if not self._video:
-            self._video.append(self._run(_build_video(self._service)))
+        with self._video_lock:
+            if not self._video:
+                self._video.append(self._run(_build_video(self._service)))
         return open_local_session(self, self._video[0], video, model)
 
     def _pixels(self, image: ImageLike, bgr: bool) -> LoadedImage:

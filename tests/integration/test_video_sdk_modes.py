@@ -31,7 +31,7 @@ from tests.conftest import tiny_settings
 from tests.integration.test_sdk import live_server
 
 pytestmark = [pytest.mark.video]
-FRAMES, WIDTH, HEIGHT = 4, 192, 144
+FRAMES, WIDTH, HEIGHT = 3, 192, 144
 DISC = [(66, 72), (150, 120, False)]  # on the disc of frames 0, 1 (centre 60 + 12 t, 72, r 24)
 SQUARE = (124, 32, 160, 68)  # around the square of frame 2 (x 128..156, y 36..64)
 KINDS = ["http", "async", "local"]
@@ -144,8 +144,8 @@ def test_all_kinds_give_the_same_masks(server: str, segmenter: Segmenter, clip: 
     with segmenter.video_session(clip) as session:
         local = script(session), (session.num_frames, session.fps, session.width, session.height)
 
-    # add_prompt x2, forward 0..3 and backward from the first prompted frame, reads
-    indices = [1, 2, 1, 2, 3, 1, 0, *range(FRAMES)]
+    # add_prompt x2, forward from the first prompted frame to the end, backward to 0, reads
+    indices = [1, 2, 1, 2, 1, 0, *range(FRAMES)]
     assert [f.frame_index for f in expected] == indices
     assert figures == (FRAMES, pytest.approx(10.0), WIDTH, HEIGHT)
     assert expected[1].object_ids == [1, 2] and expected[1].masks.shape == (2, HEIGHT, WIDTH)
@@ -226,11 +226,11 @@ def _prompt_then_propagate_from_9(session: Any) -> None:
 
 # (call on a session, error class, start of the server's message, field)
 ERRORS: list[tuple[Callable[[Any], Any], type, str, str]] = [
-    (lambda s: s.frame(FRAMES), BadRequestError, "frame_index 4 is out of range", "frame_index"),
+    (lambda s: s.frame(FRAMES), BadRequestError, "frame_index 3 is out of range", "frame_index"),
     (
         lambda s: s.add_prompt(FRAMES + 3, 1, points=DISC),
         BadRequestError,
-        "frame_index 7 is out of range: the video has 4 frames (0..3)",
+        "frame_index 6 is out of range: the video has 3 frames (0..2)",
         "frame_index",
     ),
     (lambda s: s.remove_object(42), NotFoundError, "object_id 42 is not in this", "object_id"),
@@ -249,6 +249,15 @@ def test_errors_are_typed_with_the_servers_message(
                 call(session)
             assert info.value.message.startswith(message), info.value.message
             assert info.value.field == field
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("source", ["bytes", "frames"])
+def test_clip_bytes_and_frame_lists(open_session: Any, clip: Path, kind: str, source: str) -> None:
+    video = clip.read_bytes() if source == "bytes" else synthetic_frames(2, 64, 48)
+    with open_session(kind, video) as session:
+        expected = (FRAMES, WIDTH, HEIGHT) if source == "bytes" else (2, 64, 48)
+        assert (session.num_frames, session.width, session.height) == expected
 
 
 def test_url_clip_is_capped_by_the_video_upload_cap(tiny_weights_dir: Path, clip: Path) -> None:
