@@ -80,6 +80,17 @@ class _Target:
     sni: str | None
 
 
+@dataclass(frozen=True)
+class ByteCap:
+    """A download's byte cap: `max_bytes`, the `setting` that sets it (named in the 413) and
+    what the client can do instead (`advice`). Images use url_max_bytes; video clips pass
+    their own, larger cap per call."""
+
+    max_bytes: int
+    setting: str = "url_max_bytes"
+    advice: str = "link a smaller image or send it as base64"
+
+
 class UrlFetcher:
     """Fetches image URLs under the policy above. One per process; `aclose()` at shutdown.
 
@@ -117,17 +128,28 @@ class UrlFetcher:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str, *, cap: ByteCap | None = None, field: str = FIELD) -> bytes:
         """GET `url` (following up to url_max_redirects checked redirects) -> body bytes.
 
+        `cap`: this download's byte cap (default: url_max_bytes, for images); `field`: the
+        request field the URL came in, named by every error (default image.value).
+
         Raises:
-            BadRequest (field image.value): refused by policy, unreachable, non-2xx status,
+            BadRequest (field `field`): refused by policy, unreachable, non-2xx status,
                 too many redirects, or over the url_timeout_s deadline.
-            PayloadTooLarge (field image.value): body over url_max_bytes.
+            PayloadTooLarge (field `field`): body over the cap.
         """
         try:
+            return await self._fetch_within_deadline(url, cap or ByteCap(self.max_bytes))
+        except (BadRequest, PayloadTooLarge) as exc:
+            if field == FIELD or exc.field != FIELD:
+                raise
+            raise type(exc)(field + exc.message[len(FIELD) :], field=field) from exc
+
+    async def _fetch_within_deadline(self, url: str, cap: ByteCap) -> bytes:
+        try:
             with anyio.fail_after(self.timeout_s):
-                return await self._fetch(url)
+                return await self._fetch(url, cap)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise BadRequest(
                 f"{FIELD}: fetching the URL timed out after {self.timeout_s:g} s "
@@ -142,7 +164,7 @@ class UrlFetcher:
                 field=FIELD,
             ) from exc
 
-    async def _fetch(self, url: str) -> bytes:
+    async def _fetch(self, url: str, cap: ByteCap) -> bytes:
         current: str | httpx.URL = url
         for hop in range(self.max_redirects + 1):
             target = await self._check(current, hop)
@@ -160,7 +182,7 @@ class UrlFetcher:
                 if not 200 <= response.status_code < 300:
                     why = f"the server answered HTTP {response.status_code}, not 2xx"
                     raise _refuse(why + " with the image", hop)
-                return await self._read_body(response, hop)
+                return await self._read_body(response, hop, cap)
             finally:
                 await response.aclose()
         raise BadRequest(
@@ -169,26 +191,19 @@ class UrlFetcher:
             field=FIELD,
         )
 
-    async def _read_body(self, response: httpx.Response, hop: int) -> bytes:
+    async def _read_body(self, response: httpx.Response, hop: int, cap: ByteCap) -> bytes:
         declared = response.headers.get("content-length", "").strip()
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise self._too_large(f" (it declares {int(declared)} bytes)")
+        if declared.isdigit() and int(declared) > cap.max_bytes:
+            raise _too_large(cap, f" (it declares {int(declared)} bytes)")
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):  # asked for identity: no decompression bombs
             raise _refuse(f"the server sent a {encoding!r}-compressed body, unasked", hop)
         body = bytearray()
         async for chunk in response.aiter_bytes():
             body += chunk
-            if len(body) > self.max_bytes:
-                raise self._too_large("")
+            if len(body) > cap.max_bytes:
+                raise _too_large(cap, "")
         return bytes(body)
-
-    def _too_large(self, detail: str) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"{FIELD}: the download is over the {self.max_bytes} byte cap (url_max_bytes)"
-            f"{detail}; link a smaller image or send it as base64",
-            field=FIELD,
-        )
 
     async def _check(self, raw: str | httpx.URL, hop: int) -> _Target:
         """Apply the whole policy to one URL; return where to connect. Raises BadRequest."""
@@ -254,6 +269,14 @@ class UrlFetcher:
                 "send the image as base64 instead",
                 hop,
             )
+
+
+def _too_large(cap: ByteCap, detail: str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"{FIELD}: the download is over the {cap.max_bytes} byte cap ({cap.setting})"
+        f"{detail}; {cap.advice}",
+        field=FIELD,
+    )
 
 
 _PRIVATE_WHY = (

@@ -48,12 +48,15 @@ from sam2serve.client.image_encode import (
 )
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
+from sam2serve.client.video_calls import VideoLike
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.image_decode import LoadedImage
 from sam2serve.registry import ModelSpec
 from sam2serve.schema import EmbedRequest, Limits, LocalEmbedRequest, SegmentRequest, schema_error
+from sam2serve.segmenter_video import LocalVideoSession, open_local_session
 from sam2serve.service import BinaryResult, Sam2Service
+from sam2serve.video.service import VideoService
 from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
 
 __all__ = ["Segmenter"]
@@ -112,7 +115,11 @@ class Segmenter:
         )
         self._thread.start()
         self._service: Sam2Service = self._run(_build(settings, registry))
-        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._thread, self._service)
+        self._video: list[VideoService] = []  # created on the first video session
+        self._video_lock = threading.Lock()
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._loop, self._thread, self._service, self._video
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -228,6 +235,15 @@ class Segmenter:
         )
         return call.parse(answer.model_dump(mode="json"))  # type: ignore[union-attr]
 
+    def video_session(self, video: VideoLike, *, model: str | None = None) -> LocalVideoSession:
+        """Open a video session on this model (see `sam2serve.segmenter_video`): a clip
+        path/bytes, an https URL, or a list of frames; the HTTP session's methods and results.
+        Use it as a context manager (or `close()` it)."""
+        with self._video_lock:
+            if not self._video:
+                self._video.append(self._run(_build_video(self._service)))
+        return open_local_session(self, self._video[0], video, model)
+
     def _pixels(self, image: ImageLike, bgr: bool) -> LoadedImage:
         """Decode an image here, as the server decodes an upload (EXIF orientation, every
         pixel mode to RGB, the pixel cap); arrays and PIL images are used as they are."""
@@ -275,6 +291,10 @@ async def _build(settings: Settings, registry: dict[str, ModelSpec] | None) -> S
     return build_service(settings, registry)  # built on the loop that will run it
 
 
+async def _build_video(service: Sam2Service) -> VideoService:
+    return VideoService(service)  # its locks belong to the loop that runs it
+
+
 def _client_error(exc: ServiceError) -> Exception:
     retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
     return error_for_status(
@@ -282,12 +302,23 @@ def _client_error(exc: ServiceError) -> Exception:
     )
 
 
-def _shutdown(loop: asyncio.AbstractEventLoop, thread: threading.Thread, service: Any) -> None:
+def _shutdown(
+    loop: asyncio.AbstractEventLoop,
+    thread: threading.Thread,
+    service: Any,
+    video: list[VideoService],
+) -> None:
     if not thread.is_alive():
         return
     with contextlib.suppress(Exception):  # best effort: never raise from a finalizer
+        for sessions in video:
+            asyncio.run_coroutine_threadsafe(_close_video(sessions), loop).result(timeout=10)
         asyncio.run_coroutine_threadsafe(service.aclose(), loop).result(timeout=10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
     if not thread.is_alive():
         loop.close()
+
+
+async def _close_video(video: VideoService) -> None:
+    video.close()

@@ -26,7 +26,7 @@ from sam2serve.video.schema import (
     PropagateRequest,
     SessionInfo,
 )
-from sam2serve.video.service import VideoService
+from sam2serve.video.service import VideoService, clip_too_large
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/sam2/video", tags=["video"])
@@ -72,11 +72,7 @@ def _capped_receive(request: Request, cap: int) -> Any:
 
 
 def _too_big(cap: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"the video is over {cap} bytes (SAM2SERVE_VIDEO_MAX_UPLOAD_BYTES): send a shorter or "
-        "smaller clip",
-        field="video",
-    )
+    return clip_too_large(cap)
 
 
 @router.post(

@@ -28,10 +28,12 @@ from sam2serve.client.http import DEFAULT_BASE_URL, AsyncSam2Client, Sam2Client
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.prompt_builder import box_xyxy_to_center, point, prompt
 from sam2serve.client.results import EmbedResult, MaskPrediction, SegmentResult
+from sam2serve.client.video import AsyncVideoSession, VideoFrame, VideoSession
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "AsyncSam2Client",
+    "AsyncVideoSession",
     "AutoMaskPrediction",
     "BadRequestError",
     "ConflictError",
@@ -50,6 +52,8 @@ __all__ = [
     "SegmentResult",
     "UnauthorizedError",
     "UnavailableError",
+    "VideoFrame",
+    "VideoSession",
     "box_xyxy_to_center",
     "point",
     "prompt",

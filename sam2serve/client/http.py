@@ -269,6 +269,12 @@ class AsyncSam2Client(_Base):
             attempt += 1
             await self._sleep(wait)
 
+    async def video_session(self, video: Any, *, model: str | None = None) -> Any:
+        """See `Sam2Client.video_session`; returns an `AsyncVideoSession` (`async with` it)."""
+        from sam2serve.client.video import open_async_session
+
+        return await open_async_session(self, video, model=model)
+
     async def embed_image(
         self,
         image: ImageLike,

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from sam2serve import postprocess
-from sam2serve.errors import BadRequest, Conflict, NotInCache
+from sam2serve.errors import BadRequest, Conflict, NotInCache, PayloadTooLarge
+from sam2serve.fetch import ByteCap
 from sam2serve.image_decode import load_image
 from sam2serve.lanes import Lane
 from sam2serve.registry import ModelSpec
@@ -38,6 +39,16 @@ from sam2serve.video.schema import (
     SessionInfo,
 )
 from sam2serve.video.sessions import Session, SessionStore
+
+UPLOAD_CAP_SETTING = "SAM2SERVE_VIDEO_MAX_UPLOAD_BYTES"
+CLIP_ADVICE = "send a shorter or smaller clip"
+
+
+def clip_too_large(cap: int, field: str = "video") -> PayloadTooLarge:
+    """413 for an uploaded clip over the video upload cap."""
+    return PayloadTooLarge(
+        f"the video is over {cap} bytes ({UPLOAD_CAP_SETTING}): {CLIP_ADVICE}", field=field
+    )
 
 
 class VideoService:
@@ -96,7 +107,8 @@ class VideoService:
 
     async def create(self, request: CreateSessionRequest, namespace: str) -> SessionInfo:
         if request.url is not None:
-            data = await self.images.fetcher.fetch(request.url)
+            cap = ByteCap(self.settings.max_upload_bytes, UPLOAD_CAP_SETTING, CLIP_ADVICE)
+            data = await self.images.fetcher.fetch(request.url, cap=cap, field="url")
             with tempfile.TemporaryDirectory(prefix="sam2-video-dl-") as tmp:
                 clip = Path(tmp) / "clip"
                 clip.write_bytes(data)

@@ -12,7 +12,7 @@ import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 
 from sam2serve.config import Settings
 from sam2serve.errors import BadRequest, PayloadTooLarge, ServiceError
-from sam2serve.fetch import UrlFetcher, blocked_reason
+from sam2serve.fetch import ByteCap, UrlFetcher, blocked_reason
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -395,6 +395,89 @@ def test_relative_redirect_is_followed_and_checked() -> None:
     assert run_fetch("https://img.example.test/a/start", recorder) == b"final"
     assert [r.url.path for r in recorder.requests] == ["/a/start", "/final.png"]
     assert all(r.headers["host"] == "img.example.test" for r in recorder.requests)
+
+
+VIDEO_CAP = ByteCap(1000, "SAM2SERVE_VIDEO_MAX_UPLOAD_BYTES", "send a shorter or smaller clip")
+
+
+def fetch_many(calls: list[dict[str, Any]], body: bytes, declare: bool) -> list[Any]:
+    """One fetcher (url_max_bytes=100) serving `body`; each call's bytes or error, in order."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if declare:
+            return httpx.Response(200, content=body)  # Content-Length: len(body)
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+            yield body[:50]
+            yield body[50:]
+
+        return httpx.Response(200, content=chunks())
+
+    async def go() -> list[Any]:
+        fetcher = UrlFetcher(
+            Settings(url_max_bytes=100),
+            resolver=FakeResolver(),
+            transport=httpx.MockTransport(respond),
+        )
+        out: list[Any] = []
+        try:
+            for kwargs in calls:
+                try:
+                    out.append(await fetcher.fetch("https://img.example.test/x", **kwargs))
+                except ServiceError as exc:
+                    out.append(exc)
+        finally:
+            await fetcher.aclose()
+        return out
+
+    return asyncio.run(go())
+
+
+# (size of the body, per-call arguments, expected: bytes | (status, field, phrase))
+PER_CALL_CAPS = [
+    (100, {}, "ok"),
+    (101, {}, (413, "image.value", "image.value: the download is over the 100 byte cap (url_max_")),
+    (101, {"cap": VIDEO_CAP, "field": "url"}, "ok"),
+    (1000, {"cap": VIDEO_CAP, "field": "url"}, "ok"),
+    (1001, {"cap": VIDEO_CAP, "field": "url"},
+     (413, "url", "url: the download is over the 1000 byte cap (SAM2SERVE_VIDEO_MAX_UPLOAD_")),
+    (1001, {"cap": VIDEO_CAP}, (413, "image.value", "send a shorter or smaller clip")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("declare", [True, False], ids=["content-length", "streamed"])
+@pytest.mark.parametrize(("size", "kwargs", "expected"), PER_CALL_CAPS)
+def test_per_call_byte_cap(size: int, kwargs: dict[str, Any], expected: Any, declare: bool) -> None:
+    """A call's own cap replaces url_max_bytes for that call only: the image cap is still
+    applied to the next plain call on the same fetcher."""
+    body = b"v" * size
+    got, after = fetch_many([kwargs, {}], body, declare)
+    if expected == "ok":
+        assert got == body
+    else:
+        status, field, phrase = expected
+        assert isinstance(got, PayloadTooLarge)
+        assert (got.status, got.field) == (status, field)
+        assert phrase in got.message
+    # the image cap is unchanged by a video call on the same fetcher
+    assert (after == body) if size <= 100 else isinstance(after, PayloadTooLarge)
+
+
+def test_policy_refusals_name_the_callers_field() -> None:
+    """A refused clip URL names the request's `url` field, not the image field."""
+
+    async def go() -> ServiceError:
+        fetcher = UrlFetcher(Settings(), resolver=FakeResolver())
+        try:
+            with pytest.raises(BadRequest) as info:
+                await fetcher.fetch("https://10.0.0.1/clip.mp4", cap=VIDEO_CAP, field="url")
+            return info.value
+        finally:
+            await fetcher.aclose()
+
+    exc = asyncio.run(go())
+    assert exc.field == "url"
+    assert exc.message.startswith("url: the host is a loopback, private")
 
 
 # -- end to end against a real local server (127.0.0.1 only) ------------------------
