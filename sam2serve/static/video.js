@@ -236,7 +236,10 @@ import { decodeRle } from "./js/rle.js";
     else requestAnimationFrame(() => follow());
   });
   video.addEventListener("pause", () => { play.textContent = "Play"; });
-  video.addEventListener("ended", () => { play.textContent = "Play"; });
+  video.addEventListener("ended", () => {  // the last frame stays on screen: so does its overlay
+    play.textContent = "Play";
+    if (state.session) showFrame(state.session.num_frames - 1, false);
+  });
   video.addEventListener("error", () => {
     // the server decoded it (a session exists) but this browser cannot show it
     if (state.session) status.textContent += " (this browser cannot play the clip; prompts still work)";

@@ -150,7 +150,11 @@ def test_track_an_object_through_a_clip(server: str, clip: Path, new_context: An
         page.keyboard.press("Home")
         assert page.inner_text("#v-frame-label") == f"Frame 0 / {FRAMES - 1}"
         page.click("#v-play")
-        page.wait_for_function("document.getElementById('v-video').ended")
+        last = f"Frame {FRAMES - 1} / {FRAMES - 1}"
+        page.wait_for_function(
+            "document.getElementById('v-video').ended && "
+            f"document.getElementById('v-frame-label').textContent === '{last}'"
+        )
         drawn_frames = page.evaluate("window.__drawn")
         order = [d["frame"] for d in drawn_frames]
         assert order[0] == 0 and order[-1] == FRAMES - 1, order
