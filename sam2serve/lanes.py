@@ -19,12 +19,22 @@ T = TypeVar("T")
 
 
 class Lane:
-    def __init__(self, name: str, workers: int, max_waiting: int, retry_after_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        workers: int,
+        max_waiting: int,
+        retry_after_s: float,
+        initializer: Callable[[], None] | None = None,
+    ) -> None:
+        """initializer: run in each worker thread when it starts (e.g. its CPU priority)."""
         self.name = name
         self.max_waiting = max_waiting
         self.retry_after_s = retry_after_s
         self._workers = workers
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"sam2-{name}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=f"sam2-{name}", initializer=initializer
+        )
         self.active = 0  # submitted and not yet finished (running + waiting)
         self.refused = 0  # jobs answered 503 because the lane was full
         self.dropped = 0  # jobs cancelled before they started (their client went away)

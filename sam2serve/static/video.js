@@ -3,7 +3,10 @@
 //   POST /sam2/video/sessions (multipart upload) -> session
 //   POST .../prompts on a click (shift+click: negative point) -> that frame's masks
 //   POST .../propagate (both directions) -> NDJSON, one frame per line, progress bar
-// Masks arrive as COCO RLE and are drawn over the <video> for the frame being shown.
+// Masks arrive as COCO RLE and are drawn over the <video> for the frame being shown. The
+// frame slider scrubs to an exact frame index; Play shows the clip with its overlay (the
+// frame index comes from the presented frame's timestamp). Each draw sets the canvas's
+// data-frame and fires a `v-drawn` event ({frame}) on it, so tests can follow playback.
 // An ES module: the RLE decoder and the error wording are the page's shared ones (js/).
 import { errorMessage } from "./js/api.js";
 import { decodeRle } from "./js/rle.js";
@@ -11,7 +14,7 @@ import { decodeRle } from "./js/rle.js";
 (() => {
   const BASE = "/sam2/video/sessions";
   const COLOURS = [[255, 64, 64], [64, 160, 255], [64, 220, 96], [255, 200, 0], [200, 80, 255]];
-  const state = { session: null, objectId: 1, points: {}, masks: new Map(), abort: null };
+  const state = { session: null, frame: 0, points: {}, masks: new Map(), abort: null };
 
   const panel = document.createElement("section");
   panel.id = "video-panel";
@@ -24,11 +27,16 @@ import { decodeRle } from "./js/rle.js";
       <button id="v-stop" type="button" disabled>Stop</button>
       <button id="v-reset" type="button" disabled>Reset</button>
       <progress id="v-progress" value="0" max="1"></progress>
-      <span id="v-status">Open a clip, pause on a frame, click the object (shift+click: not it).</span>
+      <span id="v-status">Open a clip, pick a frame, click the object (shift+click: not it).</span>
+    </div>
+    <div class="card">
+      <button id="v-play" type="button" disabled>Play</button>
+      <input id="v-frame" type="range" min="0" max="0" value="0" step="1" disabled aria-label="Frame">
+      <span id="v-frame-label">Frame -</span>
     </div>
     <div id="v-stage" style="position:relative;display:inline-block;max-width:100%">
-      <video id="v-video" controls muted playsinline style="max-width:100%;display:block"></video>
-      <canvas id="v-canvas" style="position:absolute;left:0;top:0;width:100%;height:calc(100% - 40px);cursor:crosshair"></canvas>
+      <video id="v-video" muted playsinline preload="auto" style="max-width:100%;display:block"></video>
+      <canvas id="v-canvas" style="position:absolute;left:0;top:0;width:100%;height:100%;cursor:crosshair"></canvas>
     </div>`;
   document.querySelector("main")?.before(panel);
 
@@ -46,6 +54,7 @@ import { decodeRle } from "./js/rle.js";
 
   const $ = (id) => document.getElementById(id);
   const video = $("v-video"), canvas = $("v-canvas"), status = $("v-status");
+  const slider = $("v-frame"), play = $("v-play");
 
   function headers(json) {
     const h = json ? { "Content-Type": "application/json" } : {};
@@ -69,9 +78,26 @@ import { decodeRle } from "./js/rle.js";
   }
 
   function frameIndex() {
-    if (!state.session) return 0;
-    const fps = state.session.fps || 25;
-    return Math.min(state.session.num_frames - 1, Math.round(video.currentTime * fps));
+    return state.session ? state.frame : 0;
+  }
+
+  /** Frame index of a presentation time (s): frame i is shown from i/fps on. */
+  function frameAt(seconds) {
+    const s = state.session;
+    const index = Math.floor(seconds * (s.fps || 25) + 1e-3);
+    return Math.max(0, Math.min(s.num_frames - 1, index));
+  }
+
+  /** Show frame `index` (the slider and the paused video follow) and its overlay. */
+  function showFrame(index, seek) {
+    const s = state.session;
+    if (!s) return;
+    state.frame = Math.max(0, Math.min(s.num_frames - 1, index));
+    slider.value = String(state.frame);
+    $("v-frame-label").textContent = `Frame ${state.frame} / ${s.num_frames - 1}`;
+    // the middle of the frame's display interval: no rounding lands on a neighbour
+    if (seek) video.currentTime = (state.frame + 0.5) / (s.fps || 25);
+    draw();
   }
 
   function draw() {
@@ -79,7 +105,8 @@ import { decodeRle } from "./js/rle.js";
     if (!s) return;
     canvas.width = s.width; canvas.height = s.height;
     const ctx = canvas.getContext("2d");
-    const frame = state.masks.get(frameIndex());
+    const index = frameIndex();
+    const frame = state.masks.get(index);
     const img = ctx.createImageData(s.width, s.height);
     for (const obj of frame?.objects || []) {
       const [r, g, b] = COLOURS[obj.object_id % COLOURS.length];
@@ -89,10 +116,12 @@ import { decodeRle } from "./js/rle.js";
       }
     }
     ctx.putImageData(img, 0, 0);
+    canvas.dataset.frame = String(index);
+    canvas.dispatchEvent(new CustomEvent("v-drawn", { detail: { frame: index } }));
   }
 
   function enable(on) {
-    for (const id of ["v-propagate", "v-reset"]) $(id).disabled = !on;
+    for (const id of ["v-propagate", "v-reset", "v-play", "v-frame"]) $(id).disabled = !on;
   }
 
   $("v-file").addEventListener("change", async (event) => {
@@ -100,15 +129,21 @@ import { decodeRle } from "./js/rle.js";
     if (!file) return;
     video.src = URL.createObjectURL(file);
     status.textContent = "Uploading and decoding the clip...";
+    event.target.value = "";  // the same file again is a new upload
+    enable(false);
+    state.abort?.abort();
     if (state.session) fetch(`${BASE}/${state.session.session_id}`, { method: "DELETE", headers: headers(false) });
-    state.session = null; state.masks.clear(); state.points = {};
+    state.session = null; state.masks.clear(); state.points = {}; state.frame = 0;
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
     const form = new FormData();
     form.append("video", file);
     try {
       const response = await call(BASE, { method: "POST", body: form, headers: headers(false) });
       state.session = await response.json();
+      slider.max = String(state.session.num_frames - 1);
       status.textContent = `${state.session.num_frames} frames, ${state.session.width}x${state.session.height}. Click an object.`;
       enable(true);
+      showFrame(0, true);
     } catch (err) { status.textContent = `Could not open the clip: ${err.message}`; }
   });
 
@@ -139,7 +174,7 @@ import { decodeRle } from "./js/rle.js";
     $("v-stop").disabled = false;
     const progress = $("v-progress");
     progress.max = s.num_frames; progress.value = 0;
-    let done = 0;
+    const seen = new Set();  // both directions meet at the prompted frames: count each once
     try {
       const response = await call(`${BASE}/${s.session_id}/propagate`, {
         method: "POST", headers: headers(true), signal: state.abort.signal,
@@ -158,8 +193,10 @@ import { decodeRle } from "./js/rle.js";
           const frame = JSON.parse(line);
           if (frame.error) throw new Error(frame.error.message);
           state.masks.set(frame.frame_index, frame);
-          progress.value = Math.min(s.num_frames, ++done);
-          status.textContent = `Tracked frame ${frame.frame_index} (${done} done).`;
+          seen.add(frame.frame_index);
+          progress.value = seen.size;
+          status.textContent = `Tracked frame ${frame.frame_index} (${seen.size} of ${s.num_frames}).`;
+          if (frame.frame_index === state.frame) draw();
         }
       }
       status.textContent = "Done: press play to watch the overlay.";
@@ -176,7 +213,35 @@ import { decodeRle } from "./js/rle.js";
     status.textContent = "Reset: click an object again.";
   });
 
-  const tick = () => { draw(); if (!video.paused) requestAnimationFrame(tick); };
-  video.addEventListener("play", tick);
-  video.addEventListener("seeked", draw);
+  slider.addEventListener("input", () => { video.pause(); showFrame(Number(slider.value), true); });
+  play.addEventListener("click", () => {
+    if (!state.session) return;
+    if (!video.paused) { video.pause(); return; }
+    if (state.frame >= state.session.num_frames - 1) showFrame(0, true);  // from the start
+    video.play().catch((err) => { status.textContent = `Cannot play the clip here: ${err.message}`; });
+  });
+  // during playback the overlay follows the frame on screen: its timestamp (mediaTime) when
+  // the browser reports presented frames, else the clock on each animation frame
+  const follow = (_now, meta) => {
+    if (!state.session) return;
+    const index = frameAt(meta ? meta.mediaTime : video.currentTime);
+    if (index !== state.frame) showFrame(index, false);
+    if (video.paused || video.ended) return;
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(follow);
+    else requestAnimationFrame(() => follow());
+  };
+  video.addEventListener("play", () => {
+    play.textContent = "Pause";
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(follow);
+    else requestAnimationFrame(() => follow());
+  });
+  video.addEventListener("pause", () => { play.textContent = "Play"; });
+  video.addEventListener("ended", () => {  // the last frame stays on screen: so does its overlay
+    play.textContent = "Play";
+    if (state.session) showFrame(state.session.num_frames - 1, false);
+  });
+  video.addEventListener("error", () => {
+    // the server decoded it (a session exists) but this browser cannot show it
+    if (state.session) status.textContent += " (this browser cannot play the clip; prompts still work)";
+  });
 })();

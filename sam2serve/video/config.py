@@ -25,6 +25,18 @@ class VideoSettings(BaseSettings):
         256 * MiB, description="Per-session cache of per-frame image features."
     )
     queue: int = Field(4, description="Video jobs waiting beyond this answer 503 at once.")
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description=(
+            "CPU priority below the click lane's (Linux nice increment of the video worker "
+            "thread), so clicks keep their latency during a propagation; 0 = same priority."
+        ),
+    )
+    threads: int = Field(
+        0, ge=0, description="Torch intra-op threads of the video worker; 0 = torch's default."
+    )
     precision: Literal["fp32", "bf16", "fast"] = Field(
         "fp32",
         description=(

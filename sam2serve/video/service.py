@@ -39,6 +39,7 @@ from sam2serve.video.schema import (
     SessionInfo,
 )
 from sam2serve.video.sessions import Session, SessionStore
+from sam2serve.video.worker import video_worker_init
 
 UPLOAD_CAP_SETTING = "SAM2SERVE_VIDEO_MAX_UPLOAD_BYTES"
 CLIP_ADVICE = "send a shorter or smaller clip"
@@ -57,7 +58,10 @@ class VideoService:
         self.settings = settings or VideoSettings()
         s = self.settings
         self.store = SessionStore(s.max_sessions, s.ttl_s, s.memory_bytes)
-        self.lane = Lane("video", 1, s.queue, retry_after_s=2.0)
+        # below the click lane's CPU priority: a propagation must not slow clicks down
+        self.lane = Lane(
+            "video", 1, s.queue, retry_after_s=2.0, initializer=video_worker_init(s.nice, s.threads)
+        )
         self._trackers: dict[str, VideoTracker] = {}
         self._load_lock = asyncio.Lock()
 

@@ -1,7 +1,7 @@
 """The browser playground at GET /, driven in headless Chromium against a live server.
 
 A real uvicorn server (tiny random-weight model) runs in a background thread; Playwright
-drives Debian's chromium (Playwright's own browser download is not used). The photo is
+drives Debian's chromium (fixtures: tests/e2e/conftest.py). The photo is
 larger than the viewport, so every coordinate assertion goes through display scaling.
 """
 
@@ -21,31 +21,14 @@ from PIL import Image
 
 from sam2serve.testing import TEST_MODEL_ID
 from tests.conftest import photos, tiny_settings
+from tests.e2e.browser import ARTIFACTS, BROWSER_MARKS, watch_errors
 from tests.helpers_server import threaded_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 PHOTO_SIZE = (2000, 1500)  # width, height: larger than the viewport on purpose
 VIEWPORT = {"width": 1000, "height": 700}
 API_KEY = "playground-secret"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
-    ),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
 
 
@@ -53,23 +36,9 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwrig
 
 
 @pytest.fixture(scope="module")
-def server(tiny_weights_dir: Path) -> Iterator[str]:
-    with threaded_server(tiny_settings(tiny_weights_dir)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def keyed_server(tiny_weights_dir: Path) -> Iterator[str]:
     with threaded_server(tiny_settings(tiny_weights_dir, api_keys=[API_KEY])) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +53,7 @@ class Page:
 
     def __init__(self, page: Any) -> None:
         self.page = page
-        self.errors: list[str] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
-
-    def _console(self, msg: Any) -> None:
-        if msg.type == "error":
-            self.errors.append(f"console.error: {msg.text}")
+        self.errors = watch_errors(page)
 
     def open(self, url: str, photo: Path) -> None:
         """Load the page, pick the photo with the file input and wait for the embed."""
@@ -150,19 +113,12 @@ class Page:
 
 
 @pytest.fixture
-def make_page(browser: Any) -> Iterator[Callable[..., Page]]:
-    contexts: list[Any] = []
-
+def make_page(new_context: Callable[..., Any]) -> Callable[..., Page]:
     def make(**context_options: Any) -> Page:
         options = {"viewport": VIEWPORT, "accept_downloads": True, **context_options}
-        context = browser.new_context(**options)
-        context.set_default_timeout(20_000)
-        contexts.append(context)
-        return Page(context.new_page())
+        return Page(new_context(**options).new_page())
 
-    yield make
-    for context in contexts:
-        context.close()
+    return make
 
 
 # ------------------------------------------------------------------ tests

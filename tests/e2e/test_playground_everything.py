@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_playground import (  # noqa: F401  (fixtures)
-    browser,
     make_page,
     photo,
     pytestmark,
-    server,
 )
 
 pytestmark = [*pytestmark, pytest.mark.slow]

@@ -1,0 +1,98 @@
+"""The video lane's worker: a lower CPU priority and its own torch thread count, both for
+that thread only (the click lane and the rest of the process keep theirs)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from sam2serve.lanes import Lane
+from sam2serve.video.config import VideoSettings
+from sam2serve.video.service import VideoService
+from sam2serve.video.worker import lower_thread_priority, video_worker_init
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux's")
+
+
+def nice_of_this_thread() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def in_thread(fn: Callable[[], Any]) -> Any:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def in_lane(lane: Lane, fn: Callable[[], Any]) -> Any:
+    try:
+        return asyncio.run(lane.run(fn))
+    finally:
+        lane.shutdown()
+
+
+@linux_only
+def test_lower_priority_is_per_thread_and_inherited_by_threads_it_starts() -> None:
+    base = nice_of_this_thread()
+
+    def lowered() -> tuple[int, int]:
+        lower_thread_priority(5)
+        # the OpenMP workers a propagation starts are created by this thread later on
+        return nice_of_this_thread(), in_thread(nice_of_this_thread)
+
+    assert in_thread(lowered) == (min(19, base + 5),) * 2
+    assert nice_of_this_thread() == base
+    assert in_thread(nice_of_this_thread) == base
+
+
+@linux_only
+@pytest.mark.parametrize(("nice", "threads"), [(10, 1), (0, 1), (3, 0)])
+def test_lane_initializer_sets_its_worker_only(nice: int, threads: int) -> None:
+    base_nice, base_threads = nice_of_this_thread(), torch.get_num_threads()
+    lane = Lane("video", 1, 1, retry_after_s=1.0, initializer=video_worker_init(nice, threads))
+    seen = in_lane(lane, lambda: (nice_of_this_thread(), torch.get_num_threads()))
+    assert seen == (min(19, base_nice + nice), threads or base_threads)
+    # the rest of the process, new threads included, keeps its priority and thread count
+    assert (nice_of_this_thread(), torch.get_num_threads()) == (base_nice, base_threads)
+    assert in_thread(lambda: (nice_of_this_thread(), torch.get_num_threads())) == (
+        base_nice,
+        base_threads,
+    )
+
+
+@linux_only
+def test_video_service_lane_runs_below_the_click_priority(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SAM2SERVE_VIDEO_NICE", "7")
+    monkeypatch.setenv("SAM2SERVE_VIDEO_THREADS", "1")
+    settings = VideoSettings()
+    assert (settings.nice, settings.threads) == (7, 1)
+    service = VideoService(images=None, settings=settings)  # type: ignore[arg-type]
+    base = nice_of_this_thread()
+    try:
+        seen = asyncio.run(
+            service.lane.run(lambda: (nice_of_this_thread(), torch.get_num_threads()))
+        )
+    finally:
+        service.close()
+    assert seen == (min(19, base + 7), 1)
+
+
+@pytest.mark.parametrize("env", [{"SAM2SERVE_VIDEO_NICE": "20"}, {"SAM2SERVE_VIDEO_THREADS": "-1"}])
+def test_out_of_range_settings_are_refused(monkeypatch, env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(
+        ValidationError, match=next(iter(env)).removeprefix("SAM2SERVE_VIDEO_").lower()
+    ):
+        VideoSettings()
