@@ -14,10 +14,13 @@ requested precision. Weights are the real architecture with seeded random values
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,35 @@ from sam2serve.video.frames import _decoded, decode_video
 from sam2serve.video.synthetic import synthetic_frames, write_mp4
 
 POINTS = [(60.0, 120.0), (250.0, 50.0), (160.0, 200.0)]
+
+
+#: the model's parts a propagated frame runs through (everything else is bookkeeping)
+PARTS = ("image_encoder", "memory_attention", "sam_mask_decoder", "memory_encoder")
+
+
+@contextlib.contextmanager
+def part_clock(model: torch.nn.Module) -> Iterator[Counter[str]]:
+    """Seconds spent in each of `PARTS` (forward hooks) while the block runs."""
+    spent: Counter[str] = Counter()
+    started: dict[str, float] = {}
+    handles = []
+    for name in PARTS:
+        module = getattr(model, name)
+        handles.append(
+            module.register_forward_pre_hook(
+                lambda _m, _i, n=name: started.__setitem__(n, time.perf_counter())
+            )
+        )
+        handles.append(
+            module.register_forward_hook(
+                lambda _m, _i, _o, n=name: spent.update({n: time.perf_counter() - started[n]})
+            )
+        )
+    try:
+        yield spent
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _time_stream(stream) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
@@ -50,8 +82,9 @@ def bench_reference(model, folder: Path, objects: int, device: torch.device) -> 
             model.add_new_points_or_box(
                 state, 0, obj + 1, points=np.array([POINTS[obj]]), labels=np.array([1])
             )
-        first, per_frame, n = _time_stream(model.propagate_in_video(state))
-    return {"first_frame_s": first, "per_frame_s": per_frame, "frames": n}
+        with part_clock(model) as parts:
+            first, per_frame, n = _time_stream(model.propagate_in_video(state))
+    return {"first_frame_s": first, "per_frame_s": per_frame, "frames": n, "parts_s": parts}
 
 
 def bench_ours(tracker: VideoTracker, clip: Path, tmp: Path, objects: int) -> dict:
@@ -60,8 +93,9 @@ def bench_ours(tracker: VideoTracker, clip: Path, tmp: Path, objects: int) -> di
     state = tracker.new_state(reader, info.height, info.width, 1 << 30)
     for obj in range(objects):
         tracker.add_prompt(state, 0, obj + 1, points=np.array([POINTS[obj]]), labels=np.array([1]))
-    first, per_frame, n = _time_stream(tracker.propagate(state, None, None, False))
-    return {"first_frame_s": first, "per_frame_s": per_frame, "frames": n}
+    with part_clock(tracker.model) as parts:
+        first, per_frame, n = _time_stream(tracker.propagate(state, None, None, False))
+    return {"first_frame_s": first, "per_frame_s": per_frame, "frames": n, "parts_s": parts}
 
 
 def _tracker(spec, ckpt, model, device, precision: str, tmp: Path) -> VideoTracker:  # type: ignore[no-untyped-def]
@@ -127,6 +161,15 @@ def main() -> None:
             f"| {r['runner']} | {r['objects']} | {r['per_frame_s']:.3f} | "
             f"{r['first_frame_s']:.3f} | {ratio} |"
         )
+    print()
+    print("Where a propagation's time goes (share of its total, all frames):")
+    print("| runner | objects | " + " | ".join(PARTS) + " | other |")
+    print("|---|---|" + "---|" * (len(PARTS) + 1))
+    for r in rows:
+        total = r["per_frame_s"] * max(1, r["frames"] - 1) + r["first_frame_s"]
+        shares = [r["parts_s"].get(p, 0.0) / total for p in PARTS]
+        cells = " | ".join(f"{x:.0%}" for x in [*shares, 1 - sum(shares)])
+        print(f"| {r['runner']} | {r['objects']} | {cells} |")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
 
