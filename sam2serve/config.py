@@ -125,6 +125,16 @@ class Settings(BaseSettings):
 
     # scheduling
     embed_queue: int = Field(8, description="Embeds waiting beyond this answer 503 at once.")
+    embed_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description=(
+            "CPU priority of the embed lane's worker (embeds, segment-everything) below the "
+            "clicks' (Linux nice increment), so cached clicks keep their latency meanwhile; "
+            "0 = same priority."
+        ),
+    )
     embed_batch_size: int = Field(
         0, description="Micro-batch concurrent embeds up to this many; 0 = 4 on CUDA, 1 on CPU."
     )

@@ -46,6 +46,7 @@ from sam2serve.schema import (
     SegmentRequest,
     SegmentResponse,
 )
+from sam2serve.worker_priority import worker_init
 
 if TYPE_CHECKING:
     from sam2serve.shared_tier import SharedTier
@@ -85,7 +86,14 @@ class Sam2Service:
         logits_bytes = settings.logits_budget_bytes
         self.cache = EmbeddingCache(settings.cache_bytes - logits_bytes)
         self.logits = LogitsCache(settings.logits_cache_entries, logits_bytes)
-        self.embed_lane = Lane("embed", 1, settings.embed_queue, retry_after_s=2.0)
+        # embeds and segment-everything run below the clicks' CPU priority
+        self.embed_lane = Lane(
+            "embed",
+            1,
+            settings.embed_queue,
+            retry_after_s=2.0,
+            initializer=worker_init(settings.embed_nice),
+        )
         self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
         self._batchers: dict[str, MicroBatcher[np.ndarray, Features]] = {}
         self.shared = shared  # the Redis tier shared by replicas; None: local cache only

@@ -39,7 +39,7 @@ from sam2serve.video.schema import (
     SessionInfo,
 )
 from sam2serve.video.sessions import Session, SessionStore
-from sam2serve.video.worker import video_worker_init
+from sam2serve.worker_priority import worker_init
 
 UPLOAD_CAP_SETTING = "SAM2SERVE_VIDEO_MAX_UPLOAD_BYTES"
 CLIP_ADVICE = "send a shorter or smaller clip"
@@ -60,7 +60,7 @@ class VideoService:
         self.store = SessionStore(s.max_sessions, s.ttl_s, s.memory_bytes)
         # below the click lane's CPU priority: a propagation must not slow clicks down
         self.lane = Lane(
-            "video", 1, s.queue, retry_after_s=2.0, initializer=video_worker_init(s.nice, s.threads)
+            "video", 1, s.queue, retry_after_s=2.0, initializer=worker_init(s.nice, s.threads)
         )
         self._trackers: dict[str, VideoTracker] = {}
         self._load_lock = asyncio.Lock()

@@ -1,5 +1,5 @@
-"""The video lane's worker: a lower CPU priority and its own torch thread count, both for
-that thread only (the click lane and the rest of the process keep theirs)."""
+"""The long lanes' workers (embed, video): a lower CPU priority and their own torch thread
+count, both for that thread only (the click lane and the rest of the process keep theirs)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 import torch
 
+from sam2serve.config import Settings
 from sam2serve.lanes import Lane
+from sam2serve.service import Sam2Service
 from sam2serve.video.config import VideoSettings
 from sam2serve.video.service import VideoService
-from sam2serve.video.worker import lower_thread_priority, video_worker_init
+from sam2serve.worker_priority import lower_thread_priority, worker_init
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux's")
 
@@ -58,7 +60,7 @@ def test_lower_priority_is_per_thread_and_inherited_by_threads_it_starts() -> No
 @pytest.mark.parametrize(("nice", "threads"), [(10, 1), (0, 1), (3, 0)])
 def test_lane_initializer_sets_its_worker_only(nice: int, threads: int) -> None:
     base_nice, base_threads = nice_of_this_thread(), torch.get_num_threads()
-    lane = Lane("video", 1, 1, retry_after_s=1.0, initializer=video_worker_init(nice, threads))
+    lane = Lane("video", 1, 1, retry_after_s=1.0, initializer=worker_init(nice, threads))
     seen = in_lane(lane, lambda: (nice_of_this_thread(), torch.get_num_threads()))
     assert seen == (min(19, base_nice + nice), threads or base_threads)
     # the rest of the process, new threads included, keeps its priority and thread count
@@ -96,3 +98,21 @@ def test_out_of_range_settings_are_refused(monkeypatch, env: dict[str, str]) -> 
         ValidationError, match=next(iter(env)).removeprefix("SAM2SERVE_VIDEO_").lower()
     ):
         VideoSettings()
+
+
+@linux_only
+@pytest.mark.parametrize("nice", [0, 6])
+def test_embeds_run_below_the_click_priority(tmp_path, nice: int) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(weights_dir=tmp_path, allow_download=False, embed_nice=nice)
+    service = Sam2Service(settings, {}, pool=None)  # type: ignore[arg-type]  # lanes only
+    base = nice_of_this_thread()
+
+    async def both() -> tuple[int, int]:
+        try:
+            embed = await service.embed_lane.run(nice_of_this_thread)
+            click = await service.click_lane.run(nice_of_this_thread)
+        finally:
+            await service.aclose()
+        return embed, click
+
+    assert asyncio.run(both()) == (min(19, base + nice), base)

@@ -1,12 +1,14 @@
-"""How the video lane's worker thread runs, so image clicks keep their latency meanwhile.
+"""How the workers of the long lanes (embeds, segment-everything, video) run, so image clicks
+keep their latency meanwhile.
 
-A propagation is long, CPU-bound torch work (intra-op OpenMP threads on every core); a click is
-a short burst that must answer now. On a small CPU both want the same cores. The video worker
-therefore starts with:
+An embed or a propagation is long, CPU-bound work (torch intra-op OpenMP threads on every
+core); a click is a short burst that must answer now. On a small CPU both want the same cores.
+A long lane's worker therefore starts with:
 
-* a lower CPU priority (Linux per-thread nice, `SAM2SERVE_VIDEO_NICE`, default +10): the
-  scheduler hands the cores to a click the moment one arrives, and the propagation still gets
-  all of them when nobody clicks. The OpenMP threads this worker starts later inherit it.
+* a lower CPU priority (Linux per-thread nice: `SAM2SERVE_EMBED_NICE`, `SAM2SERVE_VIDEO_NICE`):
+  the scheduler hands the cores to a click the moment one arrives, and the long work still
+  gets all of them when nobody clicks. The OpenMP threads the worker starts later inherit it
+  (threads of a runtime's own pool, e.g. OpenVINO's, do not);
 * optionally fewer torch intra-op threads (`SAM2SERVE_VIDEO_THREADS`, 0 = torch's default),
   for this thread only: other threads (the click lane's) keep the process-wide setting.
 """
@@ -22,8 +24,8 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-def video_worker_init(nice: int, threads: int) -> Callable[[], None]:
-    """An executor `initializer`: run in each new video worker thread before any work."""
+def worker_init(nice: int, threads: int = 0) -> Callable[[], None]:
+    """An executor `initializer`: run in each new worker thread of a lane before any work."""
 
     def init() -> None:
         if nice > 0:
@@ -45,7 +47,7 @@ def lower_thread_priority(delta: int) -> None:
         current = os.getpriority(os.PRIO_PROCESS, tid)
         os.setpriority(os.PRIO_PROCESS, tid, min(19, current + delta))
     except OSError as exc:  # e.g. a sandbox that forbids it: run at normal priority
-        log.warning("could not lower the video worker's CPU priority: %s", exc)
+        log.warning("could not lower a lane worker's CPU priority: %s", exc)
 
 
 def limit_thread_intra_op(threads: int) -> None:
