@@ -52,11 +52,14 @@ PREP_MEMO = 4  # images whose per-image decoder work is kept (~18 MiB each in bf
 # shape, up to its 5000-entry default cache: memory grew without bound with the prompt
 # shapes users send), and working buffers sized by the largest shape seen. The decoder
 # therefore only ever runs at a few padded shapes: prompt tokens rounded up to a power of
-# two (padding masked out of attention, exact) and at most DECODE_CHUNK prompts per call
-# (rows are independent, exact; 2 keeps the working buffers of 1024 px models small, and
-# CPU decoding gains little from larger batches): at most 2 x 7 shapes. The runtime cache
-# is also capped. Measured figures in docs/reliability.md.
+# two (padding masked out of attention, exact), one prompt per call, except at the smallest
+# token count (one point, or a box), where DECODE_CHUNK prompts share a call (rows are
+# independent, exact; segment-everything's grid and multi-click requests batch there, and on
+# CPU two one-row calls cost about what one two-row call does): at most 7 + 1 shapes. Each
+# shape costs ~13-19 MiB on a 1024 px model. The runtime cache is also capped. Measured
+# figures in docs/reliability.md.
 DECODE_CHUNK = 2
+MIN_TOKENS = 2  # the smallest token bucket: one point + the padding point, or a box
 DECODE_CACHE_CAPACITY: int | None = 32
 
 
@@ -231,11 +234,12 @@ class OpenVinoRuntime:
         n, k, _ = sparse.shape
         if not self.bucket_shapes:
             return self._infer(prepared, sparse, token_bias(n, k, k))
-        kb = bucket(k, 2)
+        kb = bucket(k, MIN_TOKENS)
         padded = torch.nn.functional.pad(sparse, (0, 0, 0, kb - k))
+        rows_per_call = DECODE_CHUNK if kb == MIN_TOKENS else 1
         outs = []
-        for start in range(0, n, DECODE_CHUNK):
-            chunk = padded[start : start + DECODE_CHUNK]
+        for start in range(0, n, rows_per_call):
+            chunk = padded[start : start + rows_per_call]
             rows = chunk.shape[0]
             nb = bucket(rows)
             if nb > rows:  # copies of the last prompt; their results are dropped

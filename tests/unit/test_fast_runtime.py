@@ -140,6 +140,41 @@ def test_f32_runtime_equals_reference(
     assert full.shape == (len(batch), 200, 300)
 
 
+@pytest.mark.parametrize(
+    ("prompts", "points", "calls"),
+    [
+        # one point per prompt (2 tokens): rows share calls in twos, an odd one alone
+        (5, 1, [(2, 2), (2, 2), (1, 2)]),
+        # 3 points + padding point -> 4 tokens: one prompt per call
+        (3, 3, [(1, 4)] * 3),
+        (1, 9, [(1, 16)]),
+    ],
+)
+def test_decoder_runs_only_at_the_stated_shapes(
+    f32_runtime: ovr.OpenVinoRuntime,
+    image: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    prompts: int,
+    points: int,
+    calls: list[tuple[int, int]],
+) -> None:
+    """(rows, tokens) of each decoder call: a few fixed shapes, whatever the request."""
+    seen: list[tuple[int, int]] = []
+    real = f32_runtime._infer
+
+    def spy(prepared, sparse, bias):  # type: ignore[no-untyped-def]
+        seen.append((sparse.shape[0], sparse.shape[1]))
+        return real(prepared, sparse, bias)
+
+    monkeypatch.setattr(f32_runtime, "_infer", spy)
+    rng = np.random.default_rng(points)
+    coords = rng.uniform(10, 190, (prompts, points, 2)).astype(np.float32)
+    labels = np.ones((prompts, points), np.int32)
+    got = f32_runtime.decode(f32_runtime.embed(image), PromptBatch(coords, labels), True)
+    assert seen == calls
+    assert got.low_res.shape[0] == prompts
+
+
 def test_mask_input_goes_through_the_reference_path(
     f32_runtime: ovr.OpenVinoRuntime, reference: TorchRuntime, image: np.ndarray
 ) -> None:
