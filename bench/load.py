@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import signal
 import socket
 import statistics
@@ -25,6 +26,21 @@ from sam2serve.postprocess import rle_to_mask
 from sam2serve.testing import wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def server_env(weights: Path, cache: Path, model_id: str, runtime: str) -> dict[str, str]:
+    """The environment of a bench server: seeded weights in `weights`, no download, CPU,
+    exported graphs in `cache`, the model preloaded."""
+    return {
+        **os.environ,
+        "SAM2SERVE_WEIGHTS_DIR": str(weights),
+        "SAM2SERVE_ALLOW_DOWNLOAD": "false",
+        "SAM2SERVE_DEFAULT_MODEL": model_id,
+        "SAM2SERVE_PRELOAD": "true",
+        "SAM2SERVE_DEVICE": "cpu",
+        "SAM2SERVE_RUNTIME_CACHE_DIR": str(cache),
+        "SAM2SERVE_RUNTIME": runtime,
+    }
 
 
 def b64_png(rgb: np.ndarray) -> str:

@@ -30,7 +30,15 @@ import torch
 
 from bench import report
 from bench.fidelity import reference_masks, seeded_prompts
-from bench.load import b64_png, five_boxes, free_port, measure_server, median_time, server
+from bench.load import (
+    b64_png,
+    five_boxes,
+    free_port,
+    measure_server,
+    median_time,
+    server,
+    server_env,
+)
 from sam2serve.registry import REGISTRY
 
 SPEC = REGISTRY["sam2.1_hiera_tiny"]
@@ -184,16 +192,7 @@ def main() -> None:
     pool = distinct_images(list(imgs.values()), 80)
     port = free_port()
     cmd = server_command(port, weights)
-    env = {
-        **os.environ,
-        "SAM2SERVE_WEIGHTS_DIR": str(weights),
-        "SAM2SERVE_ALLOW_DOWNLOAD": "false",
-        "SAM2SERVE_DEFAULT_MODEL": SPEC.model_id,
-        "SAM2SERVE_PRELOAD": "true",
-        "SAM2SERVE_DEVICE": "cpu",
-        "SAM2SERVE_RUNTIME_CACHE_DIR": str(cache),
-        "SAM2SERVE_RUNTIME": args.runtime,
-    }
+    env = server_env(weights, cache, SPEC.model_id, args.runtime)
     log = args.work_dir / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {

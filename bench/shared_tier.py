@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ import httpx
 import redis
 
 from bench import report
-from bench.load import free_port, median_time, run_threads, server
+from bench.load import free_port, median_time, run_threads, server, server_env
 from bench.run import commit, distinct_images, machine, photos, server_command
 from sam2serve.registry import REGISTRY
 from sam2serve.testing import write_random_checkpoint
@@ -92,14 +91,7 @@ def main() -> None:
         except redis.ConnectionError:
             time.sleep(0.05)
     env = {
-        **os.environ,
-        "SAM2SERVE_WEIGHTS_DIR": str(weights),
-        "SAM2SERVE_ALLOW_DOWNLOAD": "false",
-        "SAM2SERVE_DEFAULT_MODEL": SPEC.model_id,
-        "SAM2SERVE_PRELOAD": "true",
-        "SAM2SERVE_DEVICE": "cpu",
-        "SAM2SERVE_RUNTIME_CACHE_DIR": str(cache),
-        "SAM2SERVE_RUNTIME": args.runtime,
+        **server_env(weights, cache, SPEC.model_id, args.runtime),
         "SAM2SERVE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
     }
     imgs = distinct_images(list(photos().values()), args.images * 3 + 1)

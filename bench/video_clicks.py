@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.load import b64_png, free_port, server
+from bench.load import b64_png, free_port, server, server_env
 from bench.run import server_command
 from sam2serve.registry import REGISTRY
 from sam2serve.testing import write_random_checkpoint
@@ -266,14 +266,7 @@ def main() -> None:
     write_random_checkpoint(SPEC, weights, seed=1)
     cache = Path(tempfile.gettempdir()) / "sam2serve-bench-runtime"
     env = {
-        **os.environ,
-        "SAM2SERVE_WEIGHTS_DIR": str(weights),
-        "SAM2SERVE_ALLOW_DOWNLOAD": "false",
-        "SAM2SERVE_DEFAULT_MODEL": SPEC.model_id,
-        "SAM2SERVE_PRELOAD": "true",
-        "SAM2SERVE_DEVICE": "cpu",
-        "SAM2SERVE_RUNTIME_CACHE_DIR": str(cache),
-        "SAM2SERVE_RUNTIME": args.runtime,
+        **server_env(weights, cache, SPEC.model_id, args.runtime),
         **dict(item.split("=", 1) for item in args.env),
     }
     port = free_port()
