@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import io
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -224,21 +225,28 @@ def _too_many_bytes(size: int, max_bytes: int) -> PayloadTooLarge:
 
 
 async def load_image(
-    kind: str, value: str, *, settings: Settings, fetcher: UrlFetcher
+    kind: str,
+    value: str,
+    *,
+    settings: Settings,
+    fetcher: UrlFetcher,
+    run: Callable[..., Awaitable[LoadedImage]] | None = None,
 ) -> LoadedImage:
     """Load a request's `image` ({"type": kind, "value": value}) as RGB pixels.
 
     kind "base64": decoded with caps settings.max_body_bytes / settings.max_image_pixels.
     kind "url": fetched with `fetcher` (its own URL policy and byte cap), then decoded.
     Any other kind (numpy, numpy_object, pil, pickle, ...) -> BadRequest (field image.type).
-    Decoding runs in a worker thread, so the event loop keeps serving while it runs.
+    Decoding runs in a worker thread, so the event loop keeps serving while it runs: `run(fn,
+    *args)` runs it (e.g. a lane's worker below the clicks' priority; default: anyio's threads).
     """
+    run = run or anyio.to_thread.run_sync
     normalized = kind.strip().lower() if isinstance(kind, str) else ""
     if normalized == "base64":
-        return await anyio.to_thread.run_sync(_decode_base64_call, value, settings)
+        return await run(_decode_base64_call, value, settings)
     if normalized == "url":
         data = await fetcher.fetch(value)
-        return await anyio.to_thread.run_sync(_decode_bytes_call, data, settings)
+        return await run(_decode_bytes_call, data, settings)
     if normalized in _PICKLE_KINDS:
         raise BadRequest(
             f"image.type {kind!r} is refused: numpy/PIL payloads arrive pickled, and unpickling "

@@ -95,12 +95,22 @@ class Sam2Service:
             initializer=worker_init(settings.embed_nice),
         )
         self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
+        # image decodes (a 36 MP PNG takes ~1 s of CPU) also run below the clicks; requests
+        # carrying an image are admitted first (api/admission.py), so this queue never refuses
+        self.decode_lane = Lane(
+            "decode",
+            2,
+            settings.embed_queue + 1,
+            retry_after_s=2.0,
+            initializer=worker_init(settings.embed_nice),
+        )
         self._batchers: dict[str, MicroBatcher[np.ndarray, Features]] = {}
         self.shared = shared  # the Redis tier shared by replicas; None: local cache only
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()
         self.click_lane.shutdown()
+        self.decode_lane.shutdown()
         await self.fetcher.aclose()
         if self.shared is not None:
             await self.shared.aclose()
@@ -192,7 +202,11 @@ class Sam2Service:
 
     async def _load(self, image: ImageInput) -> LoadedImage:
         return await load_image(
-            image.type, image.value, settings=self.settings, fetcher=self.fetcher
+            image.type,
+            image.value,
+            settings=self.settings,
+            fetcher=self.fetcher,
+            run=self.decode_lane.run,
         )
 
     async def _embed(

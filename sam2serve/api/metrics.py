@@ -66,7 +66,8 @@ class ServiceCounters(Collector):
             "Queued jobs dropped because their client went away",
             labels=["lane"],
         )
-        for lane in (self._service.embed_lane, self._service.click_lane):
+        service = self._service
+        for lane in (service.embed_lane, service.click_lane, service.decode_lane):
             refused.add_metric([lane.name], lane.refused)
             dropped.add_metric([lane.name], lane.dropped)
         yield refused

@@ -107,12 +107,47 @@ def test_embeds_run_below_the_click_priority(tmp_path, nice: int) -> None:  # ty
     service = Sam2Service(settings, {}, pool=None)  # type: ignore[arg-type]  # lanes only
     base = nice_of_this_thread()
 
-    async def both() -> tuple[int, int]:
+    async def lanes() -> tuple[int, int, int]:
         try:
             embed = await service.embed_lane.run(nice_of_this_thread)
+            decode = await service.decode_lane.run(nice_of_this_thread)
             click = await service.click_lane.run(nice_of_this_thread)
         finally:
             await service.aclose()
-        return embed, click
+        return embed, decode, click
 
-    assert asyncio.run(both()) == (min(19, base + nice), base)
+    assert asyncio.run(lanes()) == (min(19, base + nice), min(19, base + nice), base)
+
+
+def test_request_images_decode_on_the_decode_lane(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A request's image is decoded by the service's decode lane (below the clicks)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from sam2serve import image_decode
+    from sam2serve.schema import ImageInput
+
+    threads: list[str] = []
+    real = image_decode.decode_base64
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(image_decode, "decode_base64", spy)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="PNG")
+    image = ImageInput(type="base64", value=base64.b64encode(buf.getvalue()).decode())
+    service = Sam2Service(Settings(weights_dir=tmp_path, allow_download=False), {}, pool=None)  # type: ignore[arg-type]
+
+    async def load():  # type: ignore[no-untyped-def]
+        try:
+            return await service._load(image)
+        finally:
+            await service.aclose()
+
+    assert asyncio.run(load()).rgb.shape == (8, 8, 3)
+    assert len(threads) == 1 and threads[0].startswith("sam2-decode")
