@@ -42,14 +42,15 @@ _MODEL_FIXTURES = frozenset({"tiny_weights_dir", "real_weights_dir"})
 
 
 #: markers of heavy tests: each is also `slow`, so the default run (`-m "not slow"` in
-#: pyproject) leaves them to `.ci/run`'s second pass (`pytest -m slow`)
-_HEAVY_MARKERS = frozenset({"browser", "ray", "reliability"})
+#: pyproject) leaves them to `.ci/run`'s second pass (`pytest -m slow`). `openvino`: those
+#: tests share one export of the test model's graphs, ~30 s on this CPU before the first runs.
+_HEAVY_MARKERS = frozenset({"browser", "ray", "reliability", "openvino"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests by what they need: `model` for every test that builds a real SAM2
     architecture (it uses a weights fixture), so `-m "not model"` runs the quick ones;
-    `slow` for every heavy one (browser, Ray cluster, reliability battery)."""
+    `slow` for every heavy one (browser, Ray cluster, reliability battery, OpenVINO export)."""
     for item in items:
         if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)

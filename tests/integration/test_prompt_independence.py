@@ -71,7 +71,7 @@ def _check(client: TestClient, model: str, *, exact: bool) -> None:
             assert iou >= 0.98, f"prompt {i}: IoU {iou:.3f} vs alone"
 
 
-@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+@pytest.mark.parametrize("runtime", ["torch", pytest.param("openvino", marks=pytest.mark.openvino)])
 def test_tiny_mixed_prompts_equal_each_alone(tiny_weights_dir: Path, runtime: str) -> None:
     settings = tiny_settings(tiny_weights_dir, runtime=runtime)
     app = create_app(settings, build_service(settings, registry_with_test_model()))

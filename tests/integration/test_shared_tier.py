@@ -200,7 +200,7 @@ def _wait_up(client, timeout_s: float = 10.0) -> float:  # type: ignore[no-untyp
     raise AssertionError("shared tier did not recover within 10 s")
 
 
-@pytest.mark.parametrize("fault", ["down", "slow"])
+@pytest.mark.parametrize("fault", ["down", pytest.param("slow", marks=pytest.mark.slow)])
 def test_redis_down_or_slow_degrades_to_local_only(replicas, redis_proc, fault: str) -> None:  # type: ignore[no-untyped-def]
     a, b, solo = replicas(redis_timeout_s=0.2)
     a.post("/sam2/embed_image", json={"image": COFFEE, "image_id": "img"})
