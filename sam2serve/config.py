@@ -130,9 +130,9 @@ class Settings(BaseSettings):
         ge=0,
         le=19,
         description=(
-            "CPU priority of the embed lane's worker (embeds, segment-everything) below the "
-            "clicks' (Linux nice increment), so cached clicks keep their latency meanwhile; "
-            "0 = same priority."
+            "CPU priority of image decodes and the embed lane's worker (embeds, "
+            "segment-everything) below the clicks' (Linux nice increment), so cached clicks "
+            "keep their latency meanwhile; 0 = same priority."
         ),
     )
     embed_batch_size: int = Field(
