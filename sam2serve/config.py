@@ -12,6 +12,8 @@ from platformdirs import user_cache_dir
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sam2serve.worker_priority import NiceIncrement
+
 MiB = 1024 * 1024
 
 #: The model runtimes a server can use (see `sam2serve.runtime.factory`).
@@ -125,10 +127,8 @@ class Settings(BaseSettings):
 
     # scheduling
     embed_queue: int = Field(8, description="Embeds waiting beyond this answer 503 at once.")
-    embed_nice: int = Field(
+    embed_nice: NiceIncrement = Field(
         10,
-        ge=0,
-        le=19,
         description=(
             "CPU priority of image decodes and the embed lane's worker (embeds, "
             "segment-everything) below the clicks' (Linux nice increment), so cached clicks "

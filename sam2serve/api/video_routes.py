@@ -17,7 +17,7 @@ from starlette.requests import Request as StarletteRequest
 
 from sam2serve.api.auth import namespace_for, presented_key
 from sam2serve.api.body import parse_request
-from sam2serve.errors import BadRequest, PayloadTooLarge, ServiceError
+from sam2serve.errors import BadRequest, ServiceError
 from sam2serve.video.schema import (
     CreateSessionRequest,
     FrameResult,
@@ -65,14 +65,10 @@ def _capped_receive(request: Request, cap: int) -> Any:
         message = await request.receive()
         seen += len(message.get("body", b""))
         if seen > cap:
-            raise _too_big(cap)
+            raise clip_too_large(cap)
         return message
 
     return receive
-
-
-def _too_big(cap: int) -> PayloadTooLarge:
-    return clip_too_large(cap)
 
 
 @router.post(
@@ -109,7 +105,7 @@ async def create_session(request: Request) -> SessionInfo:
     cap = video.settings.max_upload_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
-        raise _too_big(cap)
+        raise clip_too_large(cap)
     model = request.query_params.get("sam2_version_id")
     with tempfile.TemporaryDirectory(prefix="sam2-video-up-") as tmp:
         clip = Path(tmp) / "upload"
@@ -131,7 +127,7 @@ async def create_session(request: Request) -> SessionInfo:
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > cap:
-                        raise _too_big(cap)
+                        raise clip_too_large(cap)
                     out.write(chunk)
         else:
             raise BadRequest(

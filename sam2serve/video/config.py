@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sam2serve.worker_priority import NiceIncrement
+
 MiB = 1 << 20
 
 
@@ -25,10 +27,8 @@ class VideoSettings(BaseSettings):
         256 * MiB, description="Per-session cache of per-frame image features."
     )
     queue: int = Field(4, description="Video jobs waiting beyond this answer 503 at once.")
-    nice: int = Field(
+    nice: NiceIncrement = Field(
         10,
-        ge=0,
-        le=19,
         description=(
             "CPU priority below the click lane's (Linux nice increment of the video worker "
             "thread), so clicks keep their latency during a propagation; 0 = same priority."
