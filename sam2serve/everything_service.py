@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from sam2serve import postprocess
+from sam2serve.media import postprocess
 from sam2serve.errors import BadRequest, PayloadTooLarge
 from sam2serve.everything import AutoMask, EverythingRun, check_budget, crop_pixels
 from sam2serve.everything_schema import (
@@ -27,7 +27,7 @@ from sam2serve.everything_schema import (
     EverythingRequest,
     EverythingResponse,
 )
-from sam2serve.image_decode import LoadedImage
+from sam2serve.media.decode import LoadedImage
 from sam2serve.lanes import Lane
 from sam2serve.schema import RleMask
 from sam2serve.service import BinaryResult, Sam2Service

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from sam2serve import image_decode
+from sam2serve.media import decode as image_decode
 from sam2serve.client.calls import CallBuilder, SegmentCall
 from sam2serve.client.errors import error_for_status
 from sam2serve.client.everything import (
@@ -51,7 +51,7 @@ from sam2serve.client.results import EmbedResult, SegmentResult
 from sam2serve.client.video_calls import VideoLike
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
-from sam2serve.image_decode import LoadedImage
+from sam2serve.media.decode import LoadedImage
 from sam2serve.registry import ModelSpec
 from sam2serve.schema import EmbedRequest, Limits, LocalEmbedRequest, SegmentRequest, schema_error
 from sam2serve.segmenter_video import LocalVideoSession, open_local_session

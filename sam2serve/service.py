@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sam2serve import postprocess
+from sam2serve.media import postprocess
 from sam2serve.batching import MicroBatcher
 from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
@@ -28,8 +28,8 @@ from sam2serve.decoding import (
     full_logits_stack,
 )
 from sam2serve.errors import BadRequest, NotInCache, Unavailable
-from sam2serve.fetch import UrlFetcher
-from sam2serve.image_decode import LoadedImage, load_image
+from sam2serve.media.fetch import UrlFetcher
+from sam2serve.media.decode import LoadedImage, load_image
 from sam2serve.lanes import Lane
 from sam2serve.logits_cache import LogitsCache
 from sam2serve.prompt_batch import prompt_key, to_batch

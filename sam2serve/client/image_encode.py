@@ -92,7 +92,7 @@ def load_rgb(image: ImageLike, *, bgr: bool = False, timeout_s: float = 30.0) ->
     every pixel mode to RGB); URLs are downloaded with httpx (for drawing only).
     """
     from sam2serve.errors import ServiceError
-    from sam2serve.image_decode import decode_image_bytes
+    from sam2serve.media.decode import decode_image_bytes
 
     if isinstance(image, np.ndarray):
         arr = _check_array(image)
@@ -122,7 +122,7 @@ def load_rgb(image: ImageLike, *, bgr: bool = False, timeout_s: float = 30.0) ->
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     from sam2serve.errors import ServiceError
-    from sam2serve.image_decode import decode_image_bytes
+    from sam2serve.media.decode import decode_image_bytes
 
     try:  # the PNG we send, decoded as the server does: identical pixels
         return decode_image_bytes(

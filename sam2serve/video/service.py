@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from sam2serve import postprocess
+from sam2serve.media import postprocess
 from sam2serve.errors import BadRequest, Conflict, NotInCache, PayloadTooLarge
-from sam2serve.fetch import ByteCap
-from sam2serve.image_decode import load_image
+from sam2serve.media.fetch import ByteCap
+from sam2serve.media.decode import load_image
 from sam2serve.lanes import Lane
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.video_tracker import FrameMasks, VideoTracker, build_video_model

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from sam2serve.client import Sam2Client
-from sam2serve.postprocess import rle_to_mask
+from sam2serve.media.postprocess import rle_to_mask
 from sam2serve.registry import REGISTRY, ROBOFLOW_ALIASES
 from tests.conftest import photos
 from tests.integration.test_sdk import live_server

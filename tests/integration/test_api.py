@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from sam2serve.postprocess import rle_to_mask
+from sam2serve.media.postprocess import rle_to_mask
 from tests.conftest import encode_image, photos
 
 RGB = photos()["coffee"]  # 400 x 600

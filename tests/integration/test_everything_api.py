@@ -10,7 +10,7 @@ import torch
 
 from sam2serve.everything import Stopped, generate
 from sam2serve.everything_schema import EverythingParams
-from sam2serve.postprocess import polygons_to_mask, rle_to_mask
+from sam2serve.media.postprocess import polygons_to_mask, rle_to_mask
 from tests.conftest import encode_image, photos
 
 # parameters that keep a few masks on random weights (see test_everything_fidelity)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2serve.postprocess import rle_to_mask
+from sam2serve.media.postprocess import rle_to_mask
 from sam2serve.registry import REGISTRY
 from tests.conftest import encode_image, photos
 

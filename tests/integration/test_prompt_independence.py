@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sam2serve.api.app import create_app
-from sam2serve.postprocess import rle_to_mask
+from sam2serve.media.postprocess import rle_to_mask
 from sam2serve.testing import TEST_MODEL_ID, registry_with_test_model
 from sam2serve.wiring import build_service
 from tests.conftest import encode_image, photos, tiny_settings

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sam2serve import postprocess
+from sam2serve.media import postprocess
 from sam2serve.video.synthetic import synthetic_frames, write_mp4
 from tests.conftest import encode_image
 

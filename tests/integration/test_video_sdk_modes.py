@@ -263,7 +263,7 @@ def test_clip_bytes_and_frame_lists(open_session: Any, clip: Path, kind: str, so
 def test_url_clip_is_capped_by_the_video_upload_cap(tiny_weights_dir: Path, clip: Path) -> None:
     """A clip URL may be larger than the image download cap (url_max_bytes) up to the video
     upload cap; over that, 413 naming SAM2SERVE_VIDEO_MAX_UPLOAD_BYTES, on the `url` field."""
-    from sam2serve.fetch import UrlFetcher
+    from sam2serve.media.fetch import UrlFetcher
     from sam2serve.video.config import VideoSettings
 
     data = clip.read_bytes()

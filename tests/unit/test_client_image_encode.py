@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sam2serve.client.image_encode import encode_image, is_url, load_rgb
-from sam2serve.image_decode import decode_image_bytes
+from sam2serve.media.decode import decode_image_bytes
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sam2serve.client import AsyncSam2Client, NotFoundError, Sam2Client
-from sam2serve.postprocess import mask_to_rle
+from sam2serve.media.postprocess import mask_to_rle
 
 RGB = np.zeros((20, 30, 3), np.uint8)
 RGB[5:15, 10:20] = 200

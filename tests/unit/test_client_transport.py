@@ -26,7 +26,7 @@ from sam2serve.client import (
     UnauthorizedError,
     UnavailableError,
 )
-from sam2serve.postprocess import encode_npz, mask_to_polygons, mask_to_rle
+from sam2serve.media.postprocess import encode_npz, mask_to_polygons, mask_to_rle
 
 RGB = np.zeros((20, 30, 3), np.uint8)
 RGB[5:15, 10:20] = 200

@@ -1,4 +1,4 @@
-"""sam2serve.fetch: URL policy (every IP spelling), host lists, pinning, redirects, caps.
+"""sam2serve.media.fetch: URL policy (every IP spelling), host lists, pinning, redirects, caps.
 
 No network: names resolve through a fake resolver, policy tests use httpx.MockTransport,
 and the end-to-end tests talk only to a server this module starts on 127.0.0.1.
@@ -21,7 +21,7 @@ import pytest
 
 from sam2serve.config import Settings
 from sam2serve.errors import BadRequest, PayloadTooLarge, ServiceError
-from sam2serve.fetch import ByteCap, UrlFetcher, blocked_reason
+from sam2serve.media.fetch import ByteCap, UrlFetcher, blocked_reason
 
 pytestmark = pytest.mark.timeout(60)
 

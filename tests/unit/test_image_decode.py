@@ -1,4 +1,4 @@
-"""sam2serve.image_decode: decoding, pixel modes, EXIF, hashing, base64 forms, refusals."""
+"""sam2serve.media.decode: decoding, pixel modes, EXIF, hashing, base64 forms, refusals."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from sam2serve.config import Settings
 from sam2serve.errors import BadRequest, PayloadTooLarge
-from sam2serve.image_decode import (
+from sam2serve.media.decode import (
     LoadedImage,
     decode_base64,
     decode_image_bytes,

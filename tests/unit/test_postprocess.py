@@ -1,4 +1,4 @@
-"""Unit tests for sam2serve.postprocess: tables of tiny arrays, plus seeded random sweeps."""
+"""Unit tests for sam2serve.media.postprocess: tables of tiny arrays, plus seeded random sweeps."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from sam2serve.postprocess import (
+from sam2serve.media.postprocess import (
     encode_npz,
     logits_to_mask,
     mask_to_polygons,

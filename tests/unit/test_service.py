@@ -17,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sam2serve import postprocess
+from sam2serve.media import postprocess
 from sam2serve.config import Settings
 from sam2serve.decoding import token_groups
 from sam2serve.errors import BadRequest, NotInCache, ServiceError, Unavailable
-from sam2serve.image_decode import from_rgb
+from sam2serve.media.decode import from_rgb
 from sam2serve.prompt_batch import to_batch
 from sam2serve.registry import REGISTRY
 from sam2serve.runtime.base import PromptBatch

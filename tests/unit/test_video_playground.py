@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sam2serve import postprocess
-
+from sam2serve.media import postprocess
 STATIC = Path(__file__).resolve().parents[2] / "sam2serve" / "static"
 
 

@@ -127,7 +127,7 @@ def test_request_images_decode_on_the_decode_lane(tmp_path, monkeypatch) -> None
     import numpy as np
     from PIL import Image
 
-    from sam2serve import image_decode
+    from sam2serve.media import decode as image_decode
     from sam2serve.schema import ImageInput
 
     threads: list[str] = []

@@ -30,7 +30,7 @@ from sam2serve.errors import BadRequest, PayloadTooLarge, ServiceError
 
 if TYPE_CHECKING:
     from sam2serve.config import Settings
-    from sam2serve.fetch import UrlFetcher
+    from sam2serve.media.fetch import UrlFetcher
 
 #: Pillow plugin ids tried when opening client bytes, in this order.
 ACCEPTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
