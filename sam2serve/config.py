@@ -12,7 +12,7 @@ from platformdirs import user_cache_dir
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sam2serve.worker_priority import NiceIncrement
+from sam2serve.scheduling.priority import NiceIncrement
 
 MiB = 1024 * 1024
 

@@ -28,7 +28,7 @@ from sam2serve.everything_schema import (
     EverythingResponse,
 )
 from sam2serve.media.decode import LoadedImage
-from sam2serve.lanes import Lane
+from sam2serve.scheduling.lanes import Lane
 from sam2serve.schema import RleMask
 from sam2serve.service import BinaryResult, Sam2Service
 

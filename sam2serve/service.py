@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sam2serve.media import postprocess
-from sam2serve.batching import MicroBatcher
+from sam2serve.scheduling.batching import MicroBatcher
 from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
 from sam2serve.decoding import (
@@ -30,7 +30,7 @@ from sam2serve.decoding import (
 from sam2serve.errors import BadRequest, NotInCache, Unavailable
 from sam2serve.media.fetch import UrlFetcher
 from sam2serve.media.decode import LoadedImage, load_image
-from sam2serve.lanes import Lane
+from sam2serve.scheduling.lanes import Lane
 from sam2serve.logits_cache import LogitsCache
 from sam2serve.prompt_batch import prompt_key, to_batch
 from sam2serve.registry import ModelSpec, resolve_model_id
@@ -46,7 +46,7 @@ from sam2serve.schema import (
     SegmentRequest,
     SegmentResponse,
 )
-from sam2serve.worker_priority import worker_init
+from sam2serve.scheduling.priority import worker_init
 
 if TYPE_CHECKING:
     from sam2serve.shared_tier import SharedTier

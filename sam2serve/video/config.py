@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sam2serve.worker_priority import NiceIncrement
+from sam2serve.scheduling.priority import NiceIncrement
 
 MiB = 1 << 20
 

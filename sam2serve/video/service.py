@@ -21,7 +21,7 @@ from sam2serve.media import postprocess
 from sam2serve.errors import BadRequest, Conflict, NotInCache, PayloadTooLarge
 from sam2serve.media.fetch import ByteCap
 from sam2serve.media.decode import load_image
-from sam2serve.lanes import Lane
+from sam2serve.scheduling.lanes import Lane
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.video_tracker import FrameMasks, VideoTracker, build_video_model
 from sam2serve.runtime.weights import ensure_checkpoint
@@ -39,7 +39,7 @@ from sam2serve.video.schema import (
     SessionInfo,
 )
 from sam2serve.video.sessions import Session, SessionStore
-from sam2serve.worker_priority import worker_init
+from sam2serve.scheduling.priority import worker_init
 
 UPLOAD_CAP_SETTING = "SAM2SERVE_VIDEO_MAX_UPLOAD_BYTES"
 CLIP_ADVICE = "send a shorter or smaller clip"

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from sam2serve.batching import MicroBatcher
+from sam2serve.scheduling.batching import MicroBatcher
 from sam2serve.errors import Unavailable
-from sam2serve.lanes import Lane
+from sam2serve.scheduling.lanes import Lane
 
 
 def _batcher(calls: list[list[int]], **kw: float) -> MicroBatcher[int, int]:

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from sam2serve.lanes import Lane
+from sam2serve.scheduling.lanes import Lane
 
 
 def test_cancelled_waiting_job_is_dropped_and_running_one_finishes() -> None:

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from sam2serve.errors import Unavailable
-from sam2serve.lanes import Lane
+from sam2serve.scheduling.lanes import Lane
 
 
 def test_full_lane_answers_503_at_once_and_recovers() -> None:

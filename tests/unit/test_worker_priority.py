@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from sam2serve.config import Settings
-from sam2serve.lanes import Lane
+from sam2serve.scheduling.lanes import Lane
 from sam2serve.service import Sam2Service
 from sam2serve.video.config import VideoSettings
 from sam2serve.video.service import VideoService
-from sam2serve.worker_priority import lower_thread_priority, worker_init
+from sam2serve.scheduling.priority import lower_thread_priority, worker_init
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux's")
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from sam2serve.errors import Unavailable
-from sam2serve.lanes import Lane
+from sam2serve.scheduling.lanes import Lane
 
 X = TypeVar("X")
 Y = TypeVar("Y")
