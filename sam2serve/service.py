@@ -18,7 +18,7 @@ import numpy as np
 
 from sam2serve.media import postprocess
 from sam2serve.scheduling.batching import MicroBatcher
-from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
+from sam2serve.store.local import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
 from sam2serve.decoding import (
     check_mask_budget,
@@ -31,7 +31,7 @@ from sam2serve.errors import BadRequest, NotInCache, Unavailable
 from sam2serve.media.fetch import UrlFetcher
 from sam2serve.media.decode import LoadedImage, load_image
 from sam2serve.scheduling.lanes import Lane
-from sam2serve.logits_cache import LogitsCache
+from sam2serve.store.logits import LogitsCache
 from sam2serve.prompt_batch import prompt_key, to_batch
 from sam2serve.registry import ModelSpec, resolve_model_id
 from sam2serve.runtime.base import Features, PromptBatch, Runtime
@@ -49,7 +49,7 @@ from sam2serve.schema import (
 from sam2serve.scheduling.priority import worker_init
 
 if TYPE_CHECKING:
-    from sam2serve.shared_tier import SharedTier
+    from sam2serve.store.redis_tier import SharedTier
 
 
 @dataclass(frozen=True)

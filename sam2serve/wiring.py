@@ -13,7 +13,7 @@ from sam2serve.runtime.pool import ModelPool, pick_device
 from sam2serve.service import Sam2Service
 
 if TYPE_CHECKING:
-    from sam2serve.shared_tier import SharedTier
+    from sam2serve.store.redis_tier import SharedTier
 
 #: Cache namespace of callers without an API key (a server with no keys configured, and
 #: the in-process Segmenter); each key gets its own namespace (see `api.auth`).
@@ -46,7 +46,7 @@ def shared_tier(settings: Settings) -> SharedTier | None:
     """The Redis tier of `SAM2SERVE_REDIS_URL`, or None (the default: local cache only)."""
     if not settings.redis_url:
         return None
-    from sam2serve.shared_tier import SharedTier  # redis-py only where the tier is on
+    from sam2serve.store.redis_tier import SharedTier  # redis-py only where the tier is on
 
     return SharedTier(
         settings.redis_url,

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from sam2serve.cache import IdKey
+from sam2serve.store.local import IdKey
 from tests.conftest import encode_image, photos
 
 A = {"type": "base64", "value": encode_image(photos()["coffee"])}

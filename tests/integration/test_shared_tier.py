@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from sam2serve import feature_codec as codec
+from sam2serve.store import codec
 from tests.conftest import encode_image, photos
 from tests.helpers_redis import RedisProcess
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import torch
 
-from sam2serve.cache import EmbeddingCache, EntryKey, IdKey
+from sam2serve.store.local import EmbeddingCache, EntryKey, IdKey
 from sam2serve.runtime.base import Features
 
 

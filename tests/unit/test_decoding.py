@@ -16,7 +16,7 @@ from sam2serve.decoding import (
     token_groups,
 )
 from sam2serve.errors import PayloadTooLarge
-from sam2serve.logits_cache import LogitsCache
+from sam2serve.store.logits import LogitsCache
 from sam2serve.prompt_batch import prompt_key, to_batch
 from sam2serve.runtime.base import Decoded, Features, PromptBatch
 from sam2serve.schema import Box, Point, Prompt

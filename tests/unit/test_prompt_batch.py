@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam2serve.logits_cache import LogitsCache
+from sam2serve.store.logits import LogitsCache
 from sam2serve.prompt_batch import match_subset, prompt_key, to_batch
 from sam2serve.schema import Box, Point, Prompt
 

@@ -38,7 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from sam2serve import feature_codec as codec
+from sam2serve.store import codec
 from sam2serve.prompt_batch import PromptKey
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.base import Features, Runtime
