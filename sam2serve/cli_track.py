@@ -46,7 +46,7 @@ def _local_frames(
     both: bool,
 ) -> tuple[dict[str, Any], list[VideoFrame]]:
     from sam2serve.config import Settings
-    from sam2serve.schema import Box, Point
+    from sam2serve.image.schema import Box, Point
     from sam2serve.video.schema import PromptRequest, PropagateRequest
     from sam2serve.video.service import VideoService
     from sam2serve.wiring import PUBLIC_NAMESPACE, build_service

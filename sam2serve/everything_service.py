@@ -29,8 +29,8 @@ from sam2serve.everything_schema import (
 )
 from sam2serve.media.decode import LoadedImage
 from sam2serve.scheduling.lanes import Lane
-from sam2serve.schema import RleMask
-from sam2serve.service import BinaryResult, Sam2Service
+from sam2serve.image.schema import RleMask
+from sam2serve.image.service import BinaryResult, Sam2Service
 
 __all__ = ["encode_npz", "segment_everything", "to_response"]
 

@@ -53,9 +53,9 @@ from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.media.decode import LoadedImage
 from sam2serve.registry import ModelSpec
-from sam2serve.schema import EmbedRequest, Limits, LocalEmbedRequest, SegmentRequest, schema_error
+from sam2serve.image.schema import EmbedRequest, Limits, LocalEmbedRequest, SegmentRequest, schema_error
 from sam2serve.segmenter_video import LocalVideoSession, open_local_session
-from sam2serve.service import BinaryResult, Sam2Service
+from sam2serve.image.service import BinaryResult, Sam2Service
 from sam2serve.video.service import VideoService
 from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
 

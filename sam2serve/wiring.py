@@ -10,7 +10,7 @@ from sam2serve.config import Settings
 from sam2serve.registry import REGISTRY, ModelSpec
 from sam2serve.runtime.factory import runtime_factory
 from sam2serve.runtime.pool import ModelPool, pick_device
-from sam2serve.service import Sam2Service
+from sam2serve.image.service import Sam2Service
 
 if TYPE_CHECKING:
     from sam2serve.store.redis_tier import SharedTier

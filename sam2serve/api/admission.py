@@ -26,7 +26,7 @@ from fastapi import Request
 from sam2serve.errors import Unavailable
 
 if TYPE_CHECKING:
-    from sam2serve.service import Sam2Service
+    from sam2serve.image.service import Sam2Service
 
 #: segment_image bodies up to this size are parsed before deciding (a click with image_id)
 SMALL_BODY_BYTES = 64 * 1024

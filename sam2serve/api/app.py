@@ -27,7 +27,7 @@ from sam2serve.api.video_routes import router as video_router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.runtime.preparing import wait_prepared
-from sam2serve.service import Sam2Service
+from sam2serve.image.service import Sam2Service
 from sam2serve.wiring import build_service
 
 log = logging.getLogger("sam2serve")

@@ -14,7 +14,7 @@ from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_l
 from sam2serve.api.body import parse_request
 from sam2serve.everything_schema import EverythingRequest, EverythingResponse
 from sam2serve.everything_service import segment_everything
-from sam2serve.service import BinaryResult, Sam2Service
+from sam2serve.image.service import BinaryResult, Sam2Service
 
 router = APIRouter()
 

@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from sam2serve.service import Sam2Service
+    from sam2serve.image.service import Sam2Service
 
 
 class Metrics:

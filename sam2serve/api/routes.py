@@ -20,8 +20,8 @@ from sam2serve.api.body import parse_request
 from sam2serve.errors import Unauthorized
 from sam2serve.memory import rss_bytes
 from sam2serve.runtime.weights import checkpoint_path
-from sam2serve.schema import EmbedRequest, EmbedResponse, Limits, SegmentRequest, SegmentResponse
-from sam2serve.service import BinaryResult, Sam2Service
+from sam2serve.image.schema import EmbedRequest, EmbedResponse, Limits, SegmentRequest, SegmentResponse
+from sam2serve.image.service import BinaryResult, Sam2Service
 
 router = APIRouter()
 

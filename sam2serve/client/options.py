@@ -30,7 +30,7 @@ class SegmentOptions:
 
     Attributes:
         prompts: the API's prompt JSON (center boxes), for full control: ``{"prompts": [...]}``,
-            a list of prompts or one prompt (dicts or the `sam2serve.schema.Prompt` model).
+            a list of prompts or one prompt (dicts or the `sam2serve.image.schema.Prompt` model).
         points: ``(x, y)`` / ``(x, y, positive)``, a list of them, or a numpy array ``(N, 2)`` /
             ``(N, 3)``; all points go into ONE prompt.
         boxes: CORNER boxes ``(x1, y1, x2, y2)``: one, a list, or a numpy array ``(N, 4)`` (e.g.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sam2serve.prompt_batch import PromptKey, match_subset, point_count
+from sam2serve.image.prompts import PromptKey, match_subset, point_count
 
 
 @dataclass(frozen=True)

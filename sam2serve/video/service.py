@@ -25,8 +25,8 @@ from sam2serve.scheduling.lanes import Lane
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.video_tracker import FrameMasks, VideoTracker, build_video_model
 from sam2serve.runtime.weights import ensure_checkpoint
-from sam2serve.schema import RleMask
-from sam2serve.service import Sam2Service
+from sam2serve.image.schema import RleMask
+from sam2serve.image.service import Sam2Service
 from sam2serve.video.config import VideoSettings
 from sam2serve.video.frames import VideoInfo, decode_video, write_frames
 from sam2serve.video.schema import (

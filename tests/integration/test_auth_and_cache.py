@@ -70,7 +70,7 @@ def test_same_id_new_pixels_never_answers_with_old_image(client) -> None:  # typ
 
 
 def test_concurrent_embeds_of_one_image_run_the_encoder_once(tiny_weights_dir) -> None:  # type: ignore[no-untyped-def]
-    from sam2serve.schema import EmbedRequest
+    from sam2serve.image.schema import EmbedRequest
     from sam2serve.testing import registry_with_test_model
     from sam2serve.wiring import build_service
     from tests.conftest import tiny_settings
@@ -102,7 +102,7 @@ def test_micro_batched_embeds_equal_single_embeds(tiny_weights_dir) -> None:  # 
     run as one encoder call and give the same features as one-by-one embeds."""
     import torch
 
-    from sam2serve.schema import EmbedRequest
+    from sam2serve.image.schema import EmbedRequest
     from sam2serve.testing import registry_with_test_model
     from sam2serve.wiring import build_service
     from tests.conftest import tiny_settings
@@ -133,7 +133,7 @@ def test_click_on_cached_image_does_not_wait_for_another_embed(tiny_weights_dir)
     (ordering, not timing: the click finishes while B's embed is still in flight)."""
     import threading
 
-    from sam2serve.schema import EmbedRequest, SegmentRequest
+    from sam2serve.image.schema import EmbedRequest, SegmentRequest
     from sam2serve.testing import registry_with_test_model
     from sam2serve.wiring import build_service
     from tests.conftest import tiny_settings

@@ -9,7 +9,7 @@ import pytest
 
 from sam2serve.client import SegmentOptions
 from sam2serve.client.prompt_builder import build_prompts, prompt
-from sam2serve.schema import SegmentRequest
+from sam2serve.image.schema import SegmentRequest
 
 P1 = {"x": 10, "y": 20, "positive": True}
 NEG = {"x": 5, "y": 6, "positive": False}

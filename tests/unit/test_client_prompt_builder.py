@@ -76,7 +76,7 @@ def test_build_prompts(name: str, kwargs: dict, expected: list | None) -> None:
 
 
 def test_prompt_helper_and_pydantic_models() -> None:
-    from sam2serve.schema import Prompt
+    from sam2serve.image.schema import Prompt
 
     several = [prompt(points=[(10, 20)]), prompt(box=BOX_A), prompt([(5, 6, False)], BOX_B)]
     assert several == [

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2serve.decoding import (
+from sam2serve.image.decoding import (
     check_mask_budget,
     decode_best,
     decode_grouped,
@@ -17,9 +17,9 @@ from sam2serve.decoding import (
 )
 from sam2serve.errors import PayloadTooLarge
 from sam2serve.store.logits import LogitsCache
-from sam2serve.prompt_batch import prompt_key, to_batch
+from sam2serve.image.prompts import prompt_key, to_batch
 from sam2serve.runtime.base import Decoded, Features, PromptBatch
-from sam2serve.schema import Box, Point, Prompt
+from sam2serve.image.schema import Box, Point, Prompt
 
 P = lambda x, y, pos=True: Point(x=x, y=y, positive=pos)  # noqa: E731
 BOX = Box(x=10, y=10, width=4, height=4)

@@ -19,15 +19,15 @@ from PIL import Image
 
 from sam2serve.media import postprocess
 from sam2serve.config import Settings
-from sam2serve.decoding import token_groups
+from sam2serve.image.decoding import token_groups
 from sam2serve.errors import BadRequest, NotInCache, ServiceError, Unavailable
 from sam2serve.media.decode import from_rgb
-from sam2serve.prompt_batch import to_batch
+from sam2serve.image.prompts import to_batch
 from sam2serve.registry import REGISTRY
 from sam2serve.runtime.base import PromptBatch
 from sam2serve.runtime.pool import ModelPool
-from sam2serve.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest, SegmentResponse
-from sam2serve.service import BinaryResult, Sam2Service
+from sam2serve.image.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest, SegmentResponse
+from sam2serve.image.service import BinaryResult, Sam2Service
 from tests.fake_runtime import LOW_RES, FakeFactory, FakeRuntime, expected_decode
 
 T = TypeVar("T")

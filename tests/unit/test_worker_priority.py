@@ -15,7 +15,7 @@ import torch
 
 from sam2serve.config import Settings
 from sam2serve.scheduling.lanes import Lane
-from sam2serve.service import Sam2Service
+from sam2serve.image.service import Sam2Service
 from sam2serve.video.config import VideoSettings
 from sam2serve.video.service import VideoService
 from sam2serve.scheduling.priority import lower_thread_priority, worker_init
@@ -128,7 +128,7 @@ def test_request_images_decode_on_the_decode_lane(tmp_path, monkeypatch) -> None
     from PIL import Image
 
     from sam2serve.media import decode as image_decode
-    from sam2serve.schema import ImageInput
+    from sam2serve.image.schema import ImageInput
 
     threads: list[str] = []
     real = image_decode.decode_base64

@@ -20,7 +20,7 @@ from sam2serve.media import postprocess
 from sam2serve.scheduling.batching import MicroBatcher
 from sam2serve.store.local import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
-from sam2serve.decoding import (
+from sam2serve.image.decoding import (
     check_mask_budget,
     clamped_low_res,
     decode_best,
@@ -32,11 +32,11 @@ from sam2serve.media.fetch import UrlFetcher
 from sam2serve.media.decode import LoadedImage, load_image
 from sam2serve.scheduling.lanes import Lane
 from sam2serve.store.logits import LogitsCache
-from sam2serve.prompt_batch import prompt_key, to_batch
+from sam2serve.image.prompts import prompt_key, to_batch
 from sam2serve.registry import ModelSpec, resolve_model_id
 from sam2serve.runtime.base import Features, PromptBatch, Runtime
 from sam2serve.runtime.pool import ModelPool
-from sam2serve.schema import (
+from sam2serve.image.schema import (
     EmbedRequest,
     EmbedResponse,
     ImageInput,

@@ -16,7 +16,7 @@ from sam2serve.runtime.base import (
     LABEL_POSITIVE,
     PromptBatch,
 )
-from sam2serve.schema import Prompt
+from sam2serve.image.schema import Prompt
 
 # (box corners or None, multiset of points) — hashable identity of one prompt
 PromptKey = tuple[tuple[float, float, float, float] | None, frozenset]
