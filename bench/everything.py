@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from sam2serve.everything import generate
-from sam2serve.everything_schema import EverythingParams
-from sam2serve.everything_service import to_response
+from sam2serve.everything.generator import generate
+from sam2serve.everything.schema import EverythingParams
+from sam2serve.everything.service import to_response
 from sam2serve.registry import REGISTRY
 from sam2serve.runtime.openvino_runtime import load_runtime
 from sam2serve.runtime.torch_runtime import TorchRuntime, build_model

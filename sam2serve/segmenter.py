@@ -215,8 +215,8 @@ class Segmenter:
         **params: Any,
     ) -> EverythingResult:
         """See `Sam2Client.segment_everything` (same arguments, same result)."""
-        from sam2serve.everything_schema import EverythingRequest
-        from sam2serve.everything_service import segment_everything
+        from sam2serve.everything.schema import EverythingRequest
+        from sam2serve.everything.service import segment_everything
 
         pixels: LoadedImage | None = None
         if image is None or (isinstance(image, str) and is_url(image)):

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_length
 from sam2serve.api.body import parse_request
-from sam2serve.everything_schema import EverythingRequest, EverythingResponse
-from sam2serve.everything_service import segment_everything
+from sam2serve.everything.schema import EverythingRequest, EverythingResponse
+from sam2serve.everything.service import segment_everything
 from sam2serve.image.service import BinaryResult, Sam2Service
 
 router = APIRouter()

@@ -1,6 +1,6 @@
 """Meta's automatic-mask-generator helpers, the only door to `sam2.utils.amg`.
 
-The segment-everything pipeline (sam2serve.everything) uses upstream's own point grids,
+The segment-everything pipeline (sam2serve.everything.generator) uses upstream's own point grids,
 crop boxes, stability score, mask boxes and crop-edge test, so that its output is the
 same set of masks as `SAM2AutomaticMaskGenerator`'s. This module also gives a CPU
 version of the small-region cleanup that upstream runs through a CUDA-only kernel.

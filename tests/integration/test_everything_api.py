@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sam2serve.everything import Stopped, generate
-from sam2serve.everything_schema import EverythingParams
+from sam2serve.everything.generator import Stopped, generate
+from sam2serve.everything.schema import EverythingParams
 from sam2serve.media.postprocess import polygons_to_mask, rle_to_mask
 from tests.conftest import encode_image, photos
 
@@ -181,8 +181,8 @@ def test_a_cancelled_request_stops_between_batches(image: np.ndarray, tiny_weigh
     import asyncio
     import threading
 
-    from sam2serve.everything_schema import EverythingRequest
-    from sam2serve.everything_service import segment_everything
+    from sam2serve.everything.schema import EverythingRequest
+    from sam2serve.everything.service import segment_everything
     from sam2serve.testing import registry_with_test_model
     from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
     from tests.conftest import tiny_settings

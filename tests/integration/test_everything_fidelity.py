@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from sam2serve.everything import AutoMask, generate
-from sam2serve.everything_schema import EverythingParams
+from sam2serve.everything.generator import AutoMask, generate
+from sam2serve.everything.schema import EverythingParams
 from sam2serve.registry import REGISTRY
 from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 from sam2serve.testing import tiny_test_spec

@@ -21,8 +21,8 @@ import numpy as np
 
 from sam2serve.media import postprocess
 from sam2serve.errors import BadRequest, PayloadTooLarge
-from sam2serve.everything import AutoMask, EverythingRun, check_budget, crop_pixels
-from sam2serve.everything_schema import (
+from sam2serve.everything.generator import AutoMask, EverythingRun, check_budget, crop_pixels
+from sam2serve.everything.schema import (
     EverythingPrediction,
     EverythingRequest,
     EverythingResponse,

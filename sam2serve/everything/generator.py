@@ -25,7 +25,7 @@ import torch
 from torchvision.ops import batched_nms, box_area
 
 from sam2serve.errors import PayloadTooLarge, Unavailable
-from sam2serve.everything_schema import EverythingParams
+from sam2serve.everything.schema import EverythingParams
 from sam2serve.runtime import amg
 from sam2serve.runtime.base import LABEL_POSITIVE, Features, PromptBatch, Runtime
 
