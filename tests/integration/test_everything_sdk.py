@@ -83,7 +83,7 @@ def test_http_clients_equal_the_segmenter(tiny_weights_dir: Path, local) -> None
 
 
 def test_cli_writes_an_annotated_png(tiny_weights_dir: Path, tmp_path: Path) -> None:
-    from sam2serve.cli import app
+    from sam2serve.cli.main import app
 
     src = tmp_path / "photo.png"
     Image.fromarray(RGB).save(src)

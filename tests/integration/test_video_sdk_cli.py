@@ -65,7 +65,7 @@ def test_track_cli_writes_video_and_masks(  # type: ignore[no-untyped-def]
     client, clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sam2serve.client as client_pkg
-    from sam2serve.cli import app
+    from sam2serve.cli.main import app
 
     patched = functools.partial(Sam2Client, transport=client._transport)
     monkeypatch.setattr(client_pkg, "Sam2Client", patched)
@@ -91,7 +91,7 @@ def test_track_cli_writes_video_and_masks(  # type: ignore[no-untyped-def]
     ],
 )
 def test_track_cli_usage_errors(clip: Path, args: list[str], words: str) -> None:
-    from sam2serve.cli import app
+    from sam2serve.cli.main import app
 
     result = CliRunner().invoke(app, ["track", str(clip), *args])
     assert result.exit_code == 2, result.output

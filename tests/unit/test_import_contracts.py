@@ -43,8 +43,8 @@ import httpx
 import numpy as np
 import typer
 
-import sam2serve.cli
-from sam2serve.cli_support import require_server_extra
+import sam2serve.cli.main
+from sam2serve.cli.support import require_server_extra
 from sam2serve.client import Sam2Client, SegmentOptions
 
 def answer(request):

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from sam2serve.cli_support import fail, is_handled, one_line
+from sam2serve.cli.support import fail, is_handled, one_line
 from sam2serve.client.video import VideoFrame
 from sam2serve.errors import ServiceError
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from sam2serve.cli_support import (
+from sam2serve.cli.support import (
     IMAGE_SUFFIXES,
     expand_images,
     fail,

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from sam2serve.cli_everything import everything
-from sam2serve.cli_support import (
+from sam2serve.cli.everything import everything
+from sam2serve.cli.support import (
     ANNOTATED_SUFFIX,
     IMAGE_SUFFIXES,
     expand_images,
@@ -28,7 +28,7 @@ from sam2serve.cli_support import (
     require_server_extra,
     segment_one,
 )
-from sam2serve.cli_track import track
+from sam2serve.cli.track import track
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError
 
