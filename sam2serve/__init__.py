@@ -10,7 +10,7 @@ __all__ = ["Segmenter", "__version__"]
 
 def __getattr__(name: str) -> Any:  # lazy: `import sam2serve` must not import torch
     if name == "Segmenter":
-        from sam2serve.segmenter import Segmenter
+        from sam2serve.local.segmenter import Segmenter
 
         return Segmenter
     raise AttributeError(f"module 'sam2serve' has no attribute {name!r}")

@@ -110,7 +110,7 @@ def open_backend(
     import warnings
 
     require_server_extra("a local model (or pass --url to use a server)")
-    from sam2serve.segmenter import Segmenter
+    from sam2serve.local.segmenter import Segmenter
 
     # upstream SAM2 model code uses torch.jit.script, which newer torch flags as deprecated
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script", category=FutureWarning)

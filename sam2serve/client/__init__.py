@@ -7,7 +7,7 @@
 
 Boxes given to `boxes=` are CORNER boxes (x1, y1, x2, y2); the API's own box is CENTER-based
 and the SDK converts (see `sam2serve.client.prompt_builder`). For a local model without a
-server, use `sam2serve.segmenter.Segmenter` (same methods, same results).
+server, use `sam2serve.local.segmenter.Segmenter` (same methods, same results).
 """
 
 from sam2serve.client.errors import (

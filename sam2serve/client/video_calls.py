@@ -1,6 +1,6 @@
 """Video sessions' requests and answers, built and parsed in one place for every session kind:
 the blocking and asyncio HTTP sessions (`sam2serve.client.video`) only send what is built
-here, and the in-process session (`sam2serve.segmenter_video`) validates the same bodies.
+here, and the in-process session (`sam2serve.local.video`) validates the same bodies.
 
 Boxes are CORNER boxes (x1, y1, x2, y2), as everywhere in the SDK. Masks are (N, H, W) bool in
 the clip's pixels, one row per object (`object_ids`).

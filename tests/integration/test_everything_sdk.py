@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sam2serve.client import AsyncSam2Client, EverythingResult, Sam2Client
-from sam2serve.segmenter import Segmenter
+from sam2serve.local.segmenter import Segmenter
 from sam2serve.testing import registry_with_test_model
 from tests.conftest import photos, tiny_settings
 from tests.helpers_server import threaded_server

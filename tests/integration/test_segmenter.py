@@ -17,7 +17,7 @@ from sam2serve.client import (
     Sam2Client,
     UnavailableError,
 )
-from sam2serve.segmenter import Segmenter
+from sam2serve.local.segmenter import Segmenter
 from sam2serve.testing import registry_with_test_model
 from tests.conftest import photos, tiny_settings
 from tests.integration.test_sdk import live_server

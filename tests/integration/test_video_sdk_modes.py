@@ -24,7 +24,7 @@ from sam2serve.client import (
     Sam2Client,
 )
 from sam2serve.client.video_calls import VideoFrame
-from sam2serve.segmenter import Segmenter
+from sam2serve.local.segmenter import Segmenter
 from sam2serve.testing import registry_with_test_model
 from sam2serve.video.synthetic import synthetic_frames, write_mp4
 from tests.conftest import tiny_settings

@@ -42,7 +42,7 @@ from sam2serve.video.service import VideoService, clip_too_large
 from sam2serve.wiring import PUBLIC_NAMESPACE
 
 if TYPE_CHECKING:
-    from sam2serve.segmenter import Segmenter
+    from sam2serve.local.segmenter import Segmenter
 
 __all__ = ["LocalVideoSession", "open_local_session"]
 

@@ -54,7 +54,7 @@ from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.media.decode import LoadedImage
 from sam2serve.registry import ModelSpec
 from sam2serve.image.schema import EmbedRequest, Limits, LocalEmbedRequest, SegmentRequest, schema_error
-from sam2serve.segmenter_video import LocalVideoSession, open_local_session
+from sam2serve.local.video import LocalVideoSession, open_local_session
 from sam2serve.image.service import BinaryResult, Sam2Service
 from sam2serve.video.service import VideoService
 from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
@@ -236,7 +236,7 @@ class Segmenter:
         return call.parse(answer.model_dump(mode="json"))  # type: ignore[union-attr]
 
     def video_session(self, video: VideoLike, *, model: str | None = None) -> LocalVideoSession:
-        """Open a video session on this model (see `sam2serve.segmenter_video`): a clip
+        """Open a video session on this model (see `sam2serve.local.video`): a clip
         path/bytes, an https URL, or a list of frames; the HTTP session's methods and results.
         Use it as a context manager (or `close()` it)."""
         with self._video_lock:
