@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from bench.fidelity import compare, seeded_prompts
-from sam2serve.memory import rss_bytes
+from sam2serve.runtime.memory import rss_bytes
 from sam2serve.media.postprocess import rle_to_mask
 from sam2serve.testing import wait_until_ready
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sam2serve.memory import rss_bytes
+from sam2serve.runtime.memory import rss_bytes
 from sam2serve.runtime.base import PromptBatch
 
 MiB = 1024 * 1024

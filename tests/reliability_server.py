@@ -10,7 +10,7 @@ from dataclasses import replace
 from sam2serve.api.app import create_app
 from sam2serve.api.server import serve
 from sam2serve.config import Settings
-from sam2serve.memory import pin_mmap_threshold
+from sam2serve.runtime.memory import pin_mmap_threshold
 from sam2serve.registry import ModelSpec
 from sam2serve.testing import registry_with_test_model, tiny_test_spec
 from sam2serve.wiring import build_service

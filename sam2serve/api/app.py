@@ -22,7 +22,7 @@ from sam2serve.api.everything_routes import router as everything_router
 from sam2serve.api.guard import RequestGuard
 from sam2serve.api.metrics import Metrics
 from sam2serve.api.openapi import install as install_openapi
-from sam2serve.api.routes import router
+from sam2serve.api.image_routes import router
 from sam2serve.api.video_routes import router as video_router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable

@@ -117,7 +117,7 @@ def serve(
     except ValueError as exc:
         fail(str(exc))
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    from sam2serve.memory import pin_mmap_threshold
+    from sam2serve.runtime.memory import pin_mmap_threshold
 
     pin_mmap_threshold()  # keeps RSS per cached image at the features' own size
     serve_app(create_app(settings), settings, log_level)  # JSON 400s, SIGTERM -> exit 0

@@ -18,7 +18,7 @@ from sam2serve.api.admission import (
 from sam2serve.api.auth import namespace_for, presented_key
 from sam2serve.api.body import parse_request
 from sam2serve.errors import Unauthorized
-from sam2serve.memory import rss_bytes
+from sam2serve.runtime.memory import rss_bytes
 from sam2serve.runtime.weights import checkpoint_path
 from sam2serve.image.schema import EmbedRequest, EmbedResponse, Limits, SegmentRequest, SegmentResponse
 from sam2serve.image.service import BinaryResult, Sam2Service
