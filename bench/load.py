@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from bench.fidelity import compare, seeded_prompts
-from sam2serve.runtime.memory import rss_bytes
 from sam2serve.media.postprocess import rle_to_mask
+from sam2serve.runtime.memory import rss_bytes
 from sam2serve.testing import wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent

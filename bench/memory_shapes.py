@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sam2serve.runtime.memory import rss_bytes
 from sam2serve.runtime.base import PromptBatch
+from sam2serve.runtime.memory import rss_bytes
 
 MiB = 1024 * 1024
 

@@ -12,9 +12,10 @@ from platformdirs import user_cache_dir
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sam2serve.scheduling.priority import NiceIncrement
-
 MiB = 1024 * 1024
+
+#: a setting's nice increment: Linux's range, 0 (the clicks' priority) to 19 (the lowest)
+NiceIncrement = Annotated[int, Field(ge=0, le=19)]
 
 #: The model runtimes a server can use (see `sam2serve.runtime.factory`).
 RuntimeName = Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"]

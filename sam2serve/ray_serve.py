@@ -30,7 +30,7 @@ from sam2serve.api.app import create_app
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError
 from sam2serve.registry import REGISTRY, ModelSpec
-from sam2serve.wiring import build_service
+from sam2serve.wiring import build_services
 
 log = logging.getLogger("sam2serve.ray")
 
@@ -60,11 +60,12 @@ class Sam2Deployment:
     async def __init__(self, preload: bool = True, registry: str = "") -> None:
         context = serve.get_replica_context()
         settings = Settings(replica_name=f"{context.deployment}#{context.replica_tag}")
-        self.service = build_service(settings, _registry(registry))
-        self.fastapi_app = create_app(settings, self.service)
+        self.services = build_services(settings, _registry(registry))
+        self.fastapi_app = create_app(settings, self.services)
         if preload:
+            images = self.services.images
             try:
-                await self.service.pool.get(self.service.spec_for(None))
+                await images.pool.get(images.spec_for(None))
             except ServiceError as exc:  # weights missing: serve, and say so per request
                 log.warning("preload failed: %s", exc.message)
 
@@ -76,8 +77,7 @@ class Sam2Deployment:
         the replica healthy (it serves local-only; /readyz's detail says so)."""
         if self.fastapi_app.state.draining:
             raise RuntimeError("draining")
-        if self.service.shared is not None:
-            await self.service.shared.probe()
+        await self.services.images.store.probe()
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -1,16 +1,24 @@
-"""Building a `Sam2Service` from `Settings`: the one place that wires registry, device,
-runtime factory, model pool and the shared tier together. The HTTP app and the in-process
-Segmenter both call `build_service`."""
+"""Every use case built from `Settings`, once: the one place that wires registry, device,
+runtime factory, model pool, feature store (and its Redis tier) and the services on top.
+
+The HTTP app, the in-process Segmenter, the CLI and the Ray Serve app all take what
+`build_services` returns; none of them constructs a service of its own.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sam2serve.config import Settings
+from sam2serve.everything.service import EverythingService
+from sam2serve.image.service import ImageService
 from sam2serve.registry import REGISTRY, ModelSpec
 from sam2serve.runtime.factory import runtime_factory
 from sam2serve.runtime.pool import ModelPool, pick_device
-from sam2serve.image.service import Sam2Service
+from sam2serve.store.store import FeatureStore
+from sam2serve.video.config import VideoSettings
+from sam2serve.video.service import VideoService
 
 if TYPE_CHECKING:
     from sam2serve.store.redis_tier import SharedTier
@@ -20,18 +28,43 @@ if TYPE_CHECKING:
 PUBLIC_NAMESPACE = "public"
 
 
-def build_service(
+@dataclass
+class Services:
+    """The use cases of one process, sharing one model pool, feature store and lanes."""
+
+    images: ImageService
+    everything: EverythingService
+    video: VideoService
+    closed: bool = field(default=False, init=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.images.settings
+
+    async def aclose(self) -> None:
+        """Close video sessions, lanes, the fetcher and the Redis connection. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.video.close()
+        await self.images.aclose()
+
+
+def build_services(
     settings: Settings,
     registry: dict[str, ModelSpec] | None = None,
     *,
+    video_settings: VideoSettings | None = None,
     background_prepare: bool = False,
-) -> Sam2Service:
-    """A service on `settings` (device, runtime, pool size, shared tier) over `registry`
-    (default: the built-in models; tests add a tiny architecture).
+) -> Services:
+    """Every service on `settings` (device, runtime, pool size, store, Redis tier) over
+    `registry` (default: the built-in models; tests add a tiny architecture). Call it on the
+    event loop that will run the services (their locks and queues belong to it).
 
     background_prepare: a model whose fast runtime is not exported yet serves on the exact
     torch path at once while the export runs in the background (servers); without it the
-    first load waits for the export (one-shot CLI runs, which would not live to finish it)."""
+    first load waits for the export (one-shot CLI runs, which would not live to finish it).
+    video_settings: default `VideoSettings()` (the `SAM2SERVE_VIDEO_*` variables)."""
     pool = ModelPool(
         settings.weights_dir,
         pick_device(settings.device),
@@ -39,7 +72,10 @@ def build_service(
         max_models=settings.max_models,
         factory=runtime_factory(settings, background=background_prepare),
     )
-    return Sam2Service(settings, registry or REGISTRY, pool, shared=shared_tier(settings))
+    store = FeatureStore.from_settings(settings, shared_tier(settings))
+    images = ImageService(settings, registry or REGISTRY, pool, store=store)
+    video = VideoService(images, video_settings or VideoSettings())
+    return Services(images=images, everything=EverythingService(images), video=video)
 
 
 def shared_tier(settings: Settings) -> SharedTier | None:

@@ -111,14 +111,14 @@ def make_client(tiny_weights_dir: Path) -> Iterator:
     from fastapi.testclient import TestClient
 
     from sam2serve.api.app import create_app
-    from sam2serve.wiring import build_service
+    from sam2serve.wiring import build_services
 
     clients: list[TestClient] = []
 
     def make(**overrides: object) -> TestClient:
         settings = tiny_settings(tiny_weights_dir, **overrides)
-        service = build_service(settings, registry_with_test_model())
-        client = TestClient(create_app(settings, service), raise_server_exceptions=False)
+        services = build_services(settings, registry_with_test_model())
+        client = TestClient(create_app(settings, services), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
         return client

@@ -27,9 +27,9 @@ def threaded_server(settings: Settings) -> Iterator[str]:
 
     from sam2serve.api.app import create_app
     from sam2serve.testing import registry_with_test_model
-    from sam2serve.wiring import build_service
+    from sam2serve.wiring import build_services
 
-    app = create_app(settings, build_service(settings, registry_with_test_model()))
+    app = create_app(settings, build_services(settings, registry_with_test_model()))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

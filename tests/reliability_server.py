@@ -10,10 +10,10 @@ from dataclasses import replace
 from sam2serve.api.app import create_app
 from sam2serve.api.server import serve
 from sam2serve.config import Settings
-from sam2serve.runtime.memory import pin_mmap_threshold
 from sam2serve.registry import ModelSpec
+from sam2serve.runtime.memory import pin_mmap_threshold
 from sam2serve.testing import registry_with_test_model, tiny_test_spec
-from sam2serve.wiring import build_service
+from sam2serve.wiring import build_services
 
 
 def registry() -> dict[str, ModelSpec]:
@@ -31,8 +31,8 @@ def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings()
     pin_mmap_threshold()
-    service = build_service(settings, registry(), background_prepare=True)  # as `serve` does
-    serve(create_app(settings, service), settings, "info")
+    services = build_services(settings, registry(), background_prepare=True)  # as `serve` does
+    serve(create_app(settings, services), settings, "info")
 
 
 if __name__ == "__main__":

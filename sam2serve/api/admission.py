@@ -26,7 +26,7 @@ from fastapi import Request
 from sam2serve.errors import Unavailable
 
 if TYPE_CHECKING:
-    from sam2serve.image.service import Sam2Service
+    from sam2serve.image.service import ImageService
 
 #: segment_image bodies up to this size are parsed before deciding (a click with image_id)
 SMALL_BODY_BYTES = 64 * 1024
@@ -89,7 +89,7 @@ class AdmissionTicket:
             self._admission.in_use -= 1
 
 
-def image_admission(service: Sam2Service) -> ImageAdmission:
+def image_admission(service: ImageService) -> ImageAdmission:
     """As many slots as the service's embed lane holds (times its embed batch size)."""
     lane = service.embed_lane
     batch = max(1, service.settings.embed_batch_size)

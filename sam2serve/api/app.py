@@ -20,23 +20,24 @@ from sam2serve import __version__
 from sam2serve.api.admission import image_admission
 from sam2serve.api.everything_routes import router as everything_router
 from sam2serve.api.guard import RequestGuard
+from sam2serve.api.image_routes import router
 from sam2serve.api.metrics import Metrics
 from sam2serve.api.openapi import install as install_openapi
-from sam2serve.api.image_routes import router
 from sam2serve.api.video_routes import router as video_router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.runtime.preparing import wait_prepared
-from sam2serve.image.service import Sam2Service
-from sam2serve.wiring import build_service
+from sam2serve.wiring import Services, build_services
 
 log = logging.getLogger("sam2serve")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
-def create_app(settings: Settings | None = None, service: Sam2Service | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """The HTTP app over `services` (default: built from `settings`, as `serve` does)."""
     settings = settings or Settings()
-    service = service or build_service(settings, background_prepare=True)
+    services = services or build_services(settings, background_prepare=True)
+    service = services.images
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
         app.state.draining = True
         if preload is not None:
             preload.cancel()
-        await service.aclose()
+        await services.aclose()
 
     app = FastAPI(
         title="sam2serve",
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None, service: Sam2Service | None = N
         description="Segment Anything 2 over HTTP, compatible with Roboflow's /sam2 endpoints.",
         lifespan=lifespan,
     )
-    app.state.service = service
+    app.state.services = services
     app.state.metrics = Metrics()
     app.state.metrics.watch(service)
     app.state.replica = settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"

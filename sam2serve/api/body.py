@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from sam2serve.api.auth import namespace_for, presented_key
 from sam2serve.config import Settings
 from sam2serve.errors import BadRequest, PayloadTooLarge, SchemaError
-from sam2serve.image.schema import schema_error
+from sam2serve.wire import schema_error
 
 M = TypeVar("M", bound=BaseModel)
 

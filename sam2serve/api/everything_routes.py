@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_length
 from sam2serve.api.body import parse_request
 from sam2serve.everything.schema import EverythingRequest, EverythingResponse
-from sam2serve.everything.service import segment_everything
-from sam2serve.image.service import BinaryResult, Sam2Service
+from sam2serve.image.service import BinaryResult
+from sam2serve.wiring import Services
 
 router = APIRouter()
 
@@ -37,7 +37,8 @@ router = APIRouter()
     "mask generator parameters); format json | rle | binary",
 )
 async def segment_everything_route(request: Request) -> Response:
-    service: Sam2Service = request.app.state.service
+    services: Services = request.app.state.services
+    service = services.images
     admission: ImageAdmission = request.app.state.admission
     async with admission.ticket(request, service.settings.max_body_bytes) as ticket:
         if declared_length(request) > SMALL_BODY_BYTES:  # it carries an image
@@ -45,7 +46,7 @@ async def segment_everything_route(request: Request) -> Response:
         body, namespace = await parse_request(request, EverythingRequest, service.settings, {})
         if body.image is not None:
             await ticket.take(body_read=True)
-        result = await segment_everything(service, body, namespace)
+        result = await services.everything.segment(body, namespace)
     if isinstance(result, BinaryResult):
         return Response(content=result.content, media_type=result.media_type)
     return JSONResponse(result.model_dump(mode="json"))

@@ -18,16 +18,22 @@ from sam2serve.api.admission import (
 from sam2serve.api.auth import namespace_for, presented_key
 from sam2serve.api.body import parse_request
 from sam2serve.errors import Unauthorized
+from sam2serve.image.schema import (
+    EmbedRequest,
+    EmbedResponse,
+    Limits,
+    SegmentRequest,
+    SegmentResponse,
+)
+from sam2serve.image.service import BinaryResult, ImageService
 from sam2serve.runtime.memory import rss_bytes
 from sam2serve.runtime.weights import checkpoint_path
-from sam2serve.image.schema import EmbedRequest, EmbedResponse, Limits, SegmentRequest, SegmentResponse
-from sam2serve.image.service import BinaryResult, Sam2Service
 
 router = APIRouter()
 
 
-def _service(request: Request) -> Sam2Service:
-    return request.app.state.service
+def _service(request: Request) -> ImageService:
+    return request.app.state.services.images
 
 
 def _admission(request: Request) -> AdmissionTicket:
@@ -95,7 +101,7 @@ async def readyz(request: Request) -> JSONResponse:
         detail = getattr(state, "preload_detail", None) or "loading the default model"
         status = "preparing" if detail.startswith("first use") else "loading"
         return JSONResponse({"status": status, "message": detail}, status_code=503)
-    shared = _service(request).shared
+    shared = _service(request).store.shared
     if shared is None:
         return JSONResponse({"status": "ready"})
     await shared.probe()  # down: still ready, local-only; the detail says so
@@ -117,9 +123,7 @@ async def info(request: Request) -> dict[str, Any]:
     service = _service(request)
     body = _info(service)
     body["replica"] = request.app.state.replica  # as in every answer's X-Sam2serve-Replica
-    body["video"] = (
-        video.describe() if (video := getattr(request.app.state, "video", None)) else None
-    )
+    body["video"] = request.app.state.services.video.describe()
     if not _has_valid_key(request, service):
         for private in _PRIVATE_INFO:
             body.pop(private, None)
@@ -142,7 +146,7 @@ _PRIVATE_INFO = (
 )
 
 
-def _has_valid_key(request: Request, service: Sam2Service) -> bool:
+def _has_valid_key(request: Request, service: ImageService) -> bool:
     """True when no keys are configured, or the request presents a valid one."""
     try:
         namespace_for(service.settings.api_keys, presented_key(request, None))
@@ -151,8 +155,8 @@ def _has_valid_key(request: Request, service: Sam2Service) -> bool:
     return True
 
 
-def _info(service: Sam2Service) -> dict[str, Any]:
-    cache = service.cache
+def _info(service: ImageService) -> dict[str, Any]:
+    cache = service.store.local
     return {
         "version": __version__,
         "device": str(service.pool.device),
@@ -182,7 +186,9 @@ def _info(service: Sam2Service) -> dict[str, Any]:
             "evictions": cache.evictions,
         },
         "auth": bool(service.settings.api_keys),
-        "shared_tier": service.shared.status() if service.shared else {"enabled": False},
+        "shared_tier": service.store.shared.status()
+        if service.store.shared
+        else {"enabled": False},
         "rss_bytes": rss_bytes(),
     }
 
@@ -193,7 +199,7 @@ async def metrics(request: Request) -> Response:
     if service.settings.metrics_require_key:
         namespace_for(service.settings.api_keys, presented_key(request, None))  # or 401
     m = request.app.state.metrics
-    cache = service.cache
+    cache = service.store.local
     m.cache_bytes.set(cache.bytes_used)
     m.cache_entries.set(len(cache))
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from sam2serve.image.service import Sam2Service
+    from sam2serve.image.service import ImageService
 
 
 class Metrics:
@@ -36,22 +36,22 @@ class Metrics:
             "sam2serve_cache_entries", "Images in the embedding cache", registry=self.registry
         )
 
-    def watch(self, service: Sam2Service) -> None:
+    def watch(self, service: ImageService) -> None:
         """Export the service's running totals (cache, lanes, shared tier) as counters read
         at scrape."""
         self.registry.register(ServiceCounters(service))
-        if service.shared is not None:
+        if service.store.shared is not None:
             self.registry.register(SharedTierCounters(service))
 
 
 class ServiceCounters(Collector):
     """Counters owned by the service, read when /metrics is scraped."""
 
-    def __init__(self, service: Sam2Service) -> None:
+    def __init__(self, service: ImageService) -> None:
         self._service = service
 
     def collect(self) -> Iterator[Metric]:
-        cache = self._service.cache
+        cache = self._service.store.local
         for name, doc, value in (
             ("sam2serve_cache_hits", "Embedding cache hits since start", cache.hits),
             ("sam2serve_cache_misses", "Embedding cache misses since start", cache.misses),
@@ -77,11 +77,11 @@ class ServiceCounters(Collector):
 class SharedTierCounters(Collector):
     """The shared tier (Redis): operations by result, and whether Redis is up."""
 
-    def __init__(self, service: Sam2Service) -> None:
+    def __init__(self, service: ImageService) -> None:
         self._service = service
 
     def collect(self) -> Iterator[Metric]:
-        tier = self._service.shared
+        tier = self._service.store.shared
         if tier is None:
             return
         ops = CounterMetricFamily(

@@ -34,16 +34,12 @@ SESSION = "/sessions/{session_id}"
 
 
 def video_service(request: Request) -> VideoService:
-    """The app's video service, created on first use beside the image service."""
-    state = request.app.state
-    found = getattr(state, "video", None)
-    if found is None:
-        found = state.video = VideoService(state.service)
-    return found
+    """The app's video service (built with the others by `wiring.build_services`)."""
+    return request.app.state.services.video
 
 
 def _namespace(request: Request) -> str:
-    settings = request.app.state.service.settings
+    settings = request.app.state.services.settings
     return namespace_for(settings.api_keys, presented_key(request, None))
 
 

@@ -46,16 +46,16 @@ def _local_frames(
     both: bool,
 ) -> tuple[dict[str, Any], list[VideoFrame]]:
     from sam2serve.config import Settings
-    from sam2serve.image.schema import Box, Point
     from sam2serve.video.schema import PromptRequest, PropagateRequest
     from sam2serve.video.service import VideoService
-    from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
+    from sam2serve.wire import Box, Point
+    from sam2serve.wiring import PUBLIC_NAMESPACE, build_services
 
     overrides = {"weights_dir": weights_dir, "device": device, "runtime": "torch"}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
 
     async def run() -> tuple[dict[str, Any], list[VideoFrame]]:
-        service = build_service(settings)
+        service = build_services(settings)
         video = VideoService(service)
         try:
             info = await video.create_from_file(clip, PUBLIC_NAMESPACE, model)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sam2serve.media import postprocess
+
 if TYPE_CHECKING:
     import supervision
 
@@ -168,8 +169,8 @@ class SegmentResult:
         `image` defaults to the image this result was computed from, when it was given as a
         path, bytes, PIL image or array (not for image_id-only requests).
         """
-        from sam2serve.media.annotate import annotate
         from sam2serve.client.image_encode import load_rgb
+        from sam2serve.media.annotate import annotate
 
         if image is None:
             if self.source is None:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import numpy as np
 
-from sam2serve.media import postprocess
 from sam2serve.client.errors import Sam2ServerError, error_for_status, error_from_response
 from sam2serve.client.image_encode import ImageLike, encode_image, is_url
 from sam2serve.client.prompt_builder import box_xyxy_to_center, point
+from sam2serve.media import postprocess
 
 if TYPE_CHECKING:
     import supervision

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sam2serve.image.schema import ApiKeyField, ImageId, ImageInput, RleMask
+from sam2serve.wire import ApiKeyField, ImageId, ImageInput, RleMask
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 

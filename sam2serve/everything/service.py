@@ -19,7 +19,6 @@ from typing import TypeVar
 
 import numpy as np
 
-from sam2serve.media import postprocess
 from sam2serve.errors import BadRequest, PayloadTooLarge
 from sam2serve.everything.generator import AutoMask, EverythingRun, check_budget, crop_pixels
 from sam2serve.everything.schema import (
@@ -27,18 +26,36 @@ from sam2serve.everything.schema import (
     EverythingRequest,
     EverythingResponse,
 )
+from sam2serve.image.service import BinaryResult, ImageService
+from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage
 from sam2serve.scheduling.lanes import Lane
-from sam2serve.image.schema import RleMask
-from sam2serve.image.service import BinaryResult, Sam2Service
+from sam2serve.wire import RleMask
 
-__all__ = ["encode_npz", "segment_everything", "to_response"]
+__all__ = ["EverythingService", "encode_npz", "segment_everything", "to_response"]
 
 T = TypeVar("T")
 
 
+class EverythingService:
+    """Segment everything on the image use case's features, lanes and runtimes."""
+
+    def __init__(self, images: ImageService) -> None:
+        self.images = images
+
+    async def segment(
+        self,
+        request: EverythingRequest,
+        namespace: str,
+        *,
+        pixels: LoadedImage | None = None,
+    ) -> EverythingResponse | BinaryResult:
+        """Every object of the image as a mask (see `segment_everything`)."""
+        return await segment_everything(self.images, request, namespace, pixels=pixels)
+
+
 async def segment_everything(
-    service: Sam2Service,
+    service: ImageService,
     request: EverythingRequest,
     namespace: str,
     *,
@@ -67,10 +84,12 @@ async def segment_everything(
             field="points_per_side",
         )
     spec = service.spec_for(request.sam2_version_id)
-    features, image = await service.features_for(
-        spec, namespace, request.image_id, image=request.image, pixels=pixels
-    )
-    runtime = await service.pool.get(spec)
+    image = pixels
+    if image is None and request.image is not None:
+        image = await service.load(request.image)
+    scope = await service.scope(namespace, spec)
+    stored = await service.image_for(scope, request.image_id, image)
+    features, runtime = stored.features, scope.runtime
     run = EverythingRun(
         runtime, params, features.orig_hw, max_candidates=settings.everything_max_candidates
     )

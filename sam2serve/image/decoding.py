@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from sam2serve.media import postprocess
 from sam2serve.errors import PayloadTooLarge
+from sam2serve.media import postprocess
 from sam2serve.runtime.base import LABEL_PAD, Decoded, Features, PromptBatch, Runtime
 
 

@@ -1,72 +1,19 @@
-"""The API's request and response models: the contract shared by the HTTP routes, the
-service, the in-process Segmenter and the CLI. Every shape/type validation happens here, once.
-
-Field names and shapes follow Roboflow's SAM2 API so its clients work unchanged; unknown
-extra fields those clients send (`model_id`, `id`, `usage_billable`, ...) are ignored.
-Limits that depend on configuration are checked against `Limits`, passed as validation
-context.
+"""Image clicks' request and response models (`/sam2/embed_image`, `/sam2/segment_image`):
+the contract shared by the HTTP routes, the service, the in-process Segmenter and the CLI.
+Every shape/type validation happens here, once; limits that depend on configuration are
+checked against `Limits`, passed as validation context.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from sam2serve.errors import SchemaError
+from sam2serve.wire import ApiKeyField, Box, ImageId, ImageInput, Limits, Point, RleMask
+from sam2serve.wire import Wire as _Wire
 
-ImageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
-Coordinate = Annotated[float, Field(allow_inf_nan=False)]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Configured caps, passed to `model_validate(..., context={"limits": Limits(...)})`."""
-
-    max_prompts: int = 64
-    max_points_per_prompt: int = 64
-    max_coordinate: float = 1e6
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ImageInput(_Wire):
-    """`type` is "base64" or "url"; anything else (numpy, pickle) is refused with a 400."""
-
-    type: str = Field(examples=["base64"])
-    value: str = Field(description="base64 data (a data: URI prefix is fine) or an https URL")
-
-
-class Point(_Wire):
-    x: Coordinate
-    y: Coordinate
-    positive: bool = True
-
-
-class Box(_Wire):
-    """CENTER-based box in original-image pixels: (x, y) is the box centre."""
-
-    x: Coordinate
-    y: Coordinate
-    width: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    height: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-
-    def corners(self) -> tuple[float, float, float, float]:
-        """(x1, y1, x2, y2) top-left / bottom-right corners."""
-        hw, hh = self.width / 2, self.height / 2
-        return (self.x - hw, self.y - hh, self.x + hw, self.y + hh)
+__all__ = ["Box", "ImageInput", "Limits", "Point", "RleMask"]
 
 
 class Prompt(_Wire):
@@ -79,10 +26,6 @@ class Prompt(_Wire):
 
 class PromptSet(_Wire):
     prompts: list[Prompt] | None = None
-
-
-class ApiKeyField(_Wire):
-    api_key: str | None = Field(default=None, repr=False)
 
 
 class EmbedRequest(ApiKeyField):
@@ -179,11 +122,6 @@ class EmbedResponse(BaseModel):
     time: float = Field(description="Seconds spent server-side")
 
 
-class RleMask(BaseModel):
-    size: list[int] = Field(description="[height, width]")
-    counts: str = Field(description="COCO compressed RLE counts")
-
-
 class Prediction(BaseModel):
     masks: list[list[list[int]]] | RleMask = Field(
         description="polygon: a list of polygons of [x, y] pixel points; rle: COCO RLE"
@@ -195,22 +133,3 @@ class Prediction(BaseModel):
 class SegmentResponse(BaseModel):
     predictions: list[Prediction]
     time: float = Field(description="Seconds spent server-side")
-
-
-# -- validation errors -------------------------------------------------------------------
-
-
-def _where(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
-
-
-def schema_error(exc: ValidationError) -> SchemaError:
-    """A pydantic error on these models -> a 422 naming the first bad field
-    (``prompts.prompts[0].box.width: ...``)."""
-    first = exc.errors(include_url=False)[0]
-    where = _where(tuple(p for p in first["loc"] if p not in ("function-after",)))
-    message = first["msg"].removeprefix("Value error, ")
-    return SchemaError(f"{where}: {message}", field=where, errors=len(exc.errors()))

@@ -1,25 +1,23 @@
-"""The one orchestrator behind the HTTP routes, the CLI and the in-process SDK.
+"""Image clicks (`embed_image`, `segment_image`) behind the HTTP routes, the CLI and the
+in-process SDK; segment-everything and video sessions use its `scope` / `image_for` too.
 
 Request lifecycle, in order:
-  1. resolve the model id                        (registry)
-  2. load pixels, or find the cached image id    (images / cache)
-  3. embed once per image, on the embed lane     (cache single-flight -> runtime.embed)
+  1. resolve the model id, load the model         (registry, runtime pool) -> `Scope`
+  2. load pixels, or find the stored image id     (media.decode / store.for_id)
+  3. embed once per image, on the embed lane      (store.for_pixels single-flight -> runtime.embed)
   4. decode, one call per prompt length, click lane (prompts -> decoding -> runtime.decode)
-  5. pick the best mask, format it               (postprocess)
+  5. pick the best mask, format it                (media.postprocess)
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sam2serve.media import postprocess
-from sam2serve.scheduling.batching import MicroBatcher
-from sam2serve.store.local import EmbeddingCache, EntryKey, IdKey
 from sam2serve.config import Settings
+from sam2serve.errors import BadRequest, Unavailable
 from sam2serve.image.decoding import (
     check_mask_budget,
     clamped_low_res,
@@ -27,15 +25,7 @@ from sam2serve.image.decoding import (
     full_logits,
     full_logits_stack,
 )
-from sam2serve.errors import BadRequest, NotInCache, Unavailable
-from sam2serve.media.fetch import UrlFetcher
-from sam2serve.media.decode import LoadedImage, load_image
-from sam2serve.scheduling.lanes import Lane
-from sam2serve.store.logits import LogitsCache
 from sam2serve.image.prompts import prompt_key, to_batch
-from sam2serve.registry import ModelSpec, resolve_model_id
-from sam2serve.runtime.base import Features, PromptBatch, Runtime
-from sam2serve.runtime.pool import ModelPool
 from sam2serve.image.schema import (
     EmbedRequest,
     EmbedResponse,
@@ -46,10 +36,16 @@ from sam2serve.image.schema import (
     SegmentRequest,
     SegmentResponse,
 )
+from sam2serve.media import postprocess
+from sam2serve.media.decode import LoadedImage, load_image
+from sam2serve.media.fetch import UrlFetcher
+from sam2serve.registry import ModelSpec, resolve_model_id
+from sam2serve.runtime.base import Features, PromptBatch, Runtime
+from sam2serve.runtime.pool import ModelPool
+from sam2serve.scheduling.batching import MicroBatcher
+from sam2serve.scheduling.lanes import Lane
 from sam2serve.scheduling.priority import worker_init
-
-if TYPE_CHECKING:
-    from sam2serve.store.redis_tier import SharedTier
+from sam2serve.store.store import FeatureStore, Scope, StoredImage
 
 
 @dataclass(frozen=True)
@@ -60,32 +56,21 @@ class BinaryResult:
     media_type: str = "application/octet-stream"
 
 
-@dataclass
-class _Image:
-    entry: EntryKey
-    image_id: str
-    features: Features
-    cached: bool
-
-
-class Sam2Service:
+class ImageService:
     def __init__(
         self,
         settings: Settings,
         registry: dict[str, ModelSpec],
         pool: ModelPool,
         *,
+        store: FeatureStore,
         fetcher: UrlFetcher | None = None,
-        shared: SharedTier | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.pool = pool
+        self.store = store
         self.fetcher = fetcher or UrlFetcher(settings)
-        # one byte budget for both caches: the logits take their share out of cache_bytes
-        logits_bytes = settings.logits_budget_bytes
-        self.cache = EmbeddingCache(settings.cache_bytes - logits_bytes)
-        self.logits = LogitsCache(settings.logits_cache_entries, logits_bytes)
         # embeds and segment-everything run below the clicks' CPU priority
         self.embed_lane = Lane(
             "embed",
@@ -105,15 +90,13 @@ class Sam2Service:
             initializer=worker_init(settings.embed_nice),
         )
         self._batchers: dict[str, MicroBatcher[np.ndarray, Features]] = {}
-        self.shared = shared  # the Redis tier shared by replicas; None: local cache only
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()
         self.click_lane.shutdown()
         self.decode_lane.shutdown()
         await self.fetcher.aclose()
-        if self.shared is not None:
-            await self.shared.aclose()
+        await self.store.aclose()
 
     def spec_for(self, requested: str | None) -> ModelSpec:
         return resolve_model_id(
@@ -138,12 +121,14 @@ class Sam2Service:
         spec = self.spec_for(request.sam2_version_id)
         if pixels is None:
             assert isinstance(request, EmbedRequest)  # only pixel calls come without an image
-            pixels = await self._load(request.image)
-        got = await self._embed(spec, namespace, pixels, request.image_id)
-        if got.features.nbytes > self.cache.max_bytes:  # an id that is gone already is no use
+            pixels = await self.load(request.image)
+        scope = await self.scope(namespace, spec)
+        got = await self.image_for(scope, request.image_id, pixels)
+        limit = self.store.max_feature_bytes
+        if got.features.nbytes > limit:  # an id that is gone already is no use
             raise Unavailable(
                 f"this image's embedding is {got.features.nbytes} bytes, over the embedding "
-                f"cache budget of {self.cache.max_bytes} bytes, so its image_id cannot be kept: "
+                f"cache budget of {limit} bytes, so its image_id cannot be kept: "
                 "raise SAM2SERVE_CACHE_BYTES, or send the image with each segment_image request",
                 field="image",
             )
@@ -159,17 +144,21 @@ class Sam2Service:
         """
         started = time.perf_counter()
         spec = self.spec_for(request.sam2_version_id)
-        got = await self._image_for_segment(spec, namespace, request, pixels)
-        runtime = await self.pool.get(spec)
+        if pixels is None and request.image is not None:
+            pixels = await self.load(request.image)
+        scope = await self.scope(namespace, spec)
+        got = await self.image_for(scope, request.image_id, pixels)
+        runtime = scope.runtime
         prompts = request.prompt_list()
         keys = [prompt_key(p) for p in prompts]
-        if request.load_logits_from_cache and keys and self.shared is not None:
-            ident = await self.shared.identity(spec, runtime)
-            for saved_keys, saved in await self.shared.load_logits(
-                namespace, ident, got.entry.content_hash
-            ):
-                self.logits.save(got.entry, saved_keys, saved)
-        batch = self._with_mask_input(to_batch(prompts), request, runtime, got.entry, keys)
+        batch = to_batch(prompts)
+        if request.mask_input is not None:
+            masks = _parse_mask_input(request.mask_input, len(batch), runtime.low_res_size)
+            batch = PromptBatch(batch.coords, batch.labels, masks, None)
+        elif request.load_logits_from_cache and keys:
+            loaded = await self.store.load_logits(scope, got, keys)
+            if loaded is not None:
+                batch = PromptBatch(batch.coords, batch.labels, loaded[0], loaded[1])
 
         hw = got.features.orig_hw
         check_mask_budget(len(batch), hw, self.settings.max_mask_pixels)
@@ -188,19 +177,39 @@ class Sam2Service:
 
         result, low_res = await self.click_lane.run(work)
         if request.save_logits_to_cache and prompts:
-            self.logits.save(got.entry, keys, low_res)
-            if self.shared is not None:
-                ident = await self.shared.identity(spec, runtime)
-                await self.shared.save_logits(
-                    namespace, ident, got.entry.content_hash, keys, low_res
-                )
+            await self.store.save_logits(scope, got, keys, low_res)
         if isinstance(result, BinaryResult):
             return result
         return SegmentResponse(predictions=result, time=time.perf_counter() - started)
 
     # -- steps -----------------------------------------------------------------------
 
-    async def _load(self, image: ImageInput) -> LoadedImage:
+    async def scope(self, namespace: str, spec: ModelSpec) -> Scope:
+        """`spec`'s model, loaded, for this namespace."""
+        return Scope(namespace, spec, await self.pool.get(spec))
+
+    async def image_for(
+        self, scope: Scope, image_id: str | None, pixels: LoadedImage | None
+    ) -> StoredImage:
+        """The features of a request's image: `pixels` are embedded once and kept under
+        `image_id` (default: their content hash); without pixels, the stored `image_id`
+        (this replica, then the shared tier). Raises NotInCache for an unknown id.
+        """
+        if pixels is None:
+            assert image_id is not None  # request validation guarantees one of them
+            return await self.store.for_id(scope, image_id)
+        rgb = pixels.rgb
+        batcher = self._batcher(scope.spec.model_id, scope.runtime)
+
+        async def embed() -> Features:
+            if batcher is not None:
+                return await batcher.submit(rgb)
+            return await self.embed_lane.run(scope.runtime.embed, rgb)
+
+        return await self.store.for_pixels(scope, pixels.content_hash, image_id, embed)
+
+    async def load(self, image: ImageInput) -> LoadedImage:
+        """A request's image (base64 or URL) decoded to RGB, on the decode lane."""
         return await load_image(
             image.type,
             image.value,
@@ -208,40 +217,6 @@ class Sam2Service:
             fetcher=self.fetcher,
             run=self.decode_lane.run,
         )
-
-    async def _embed(
-        self, spec: ModelSpec, namespace: str, image: LoadedImage, image_id: str | None
-    ) -> _Image:
-        runtime = await self.pool.get(spec)
-        entry = EntryKey(namespace, spec.model_id, image.content_hash)
-        image_id = image_id or image.content_hash
-
-        batcher = self._batcher(spec.model_id, runtime)
-
-        shared = self.shared
-        ident = await shared.identity(spec, runtime) if shared is not None else None
-
-        async def compute() -> Features:
-            if shared is not None and ident is not None:
-                found = await shared.wait_or_lock(
-                    namespace, ident, entry.content_hash, runtime.device
-                )
-                if found is not None:
-                    return found
-            try:
-                if batcher is not None:
-                    features = await batcher.submit(image.rgb)
-                else:
-                    features = await self.embed_lane.run(runtime.embed, image.rgb)
-            finally:
-                if shared is not None and ident is not None:
-                    await shared.unlock(namespace, ident, entry.content_hash)
-            return features
-
-        features, cached = await self.cache.get_or_compute(entry, image_id, compute)
-        if shared is not None and ident is not None and features.nbytes <= self.cache.max_bytes:
-            await shared.publish(namespace, ident, image_id, entry.content_hash, features)
-        return _Image(entry, image_id, features, cached)
 
     def _batcher(self, model_id: str, runtime: Runtime) -> MicroBatcher | None:
         """The embed micro-batcher of this model, where batching is on and supported."""
@@ -260,104 +235,6 @@ class Sam2Service:
             )
             self._batchers[model_id] = batcher
         return batcher
-
-    async def features_for(
-        self,
-        spec: ModelSpec,
-        namespace: str,
-        image_id: str | None,
-        *,
-        image: ImageInput | None = None,
-        pixels: LoadedImage | None = None,
-    ) -> tuple[Features, LoadedImage | None]:
-        """The features of a request's image: `pixels` (decoded in this process) or `image`
-        (loaded here) are embedded once and cached under `image_id` (default: their content
-        hash); with neither, the cached `image_id` (this replica, then the shared tier).
-
-        Returns the features and the pixels, when the request had any (None for an id).
-        Raises NotInCache for an unknown id.
-        """
-        if pixels is None and image is not None:
-            pixels = await self._load(image)
-        if pixels is not None:
-            got = await self._embed(spec, namespace, pixels, image_id)
-        else:
-            assert image_id is not None  # request validation guarantees one of them
-            got = await self._cached(spec, namespace, image_id)
-        return got.features, pixels
-
-    async def _image_for_segment(
-        self,
-        spec: ModelSpec,
-        namespace: str,
-        request: SegmentRequest,
-        pixels: LoadedImage | None,
-    ) -> _Image:
-        if pixels is not None:
-            return await self._embed(spec, namespace, pixels, request.image_id)
-        if request.image is None:
-            assert request.image_id is not None  # request validation guarantees one of them
-            return await self._cached(spec, namespace, request.image_id)
-        image = await self._load(request.image)
-        return await self._embed(spec, namespace, image, request.image_id)
-
-    async def _cached(self, spec: ModelSpec, namespace: str, image_id: str) -> _Image:
-        found = self.cache.lookup(IdKey(namespace, spec.model_id, image_id))
-        if self.shared is not None:
-            found = await self._shared_lookup(spec, namespace, image_id, found)
-        if found is None:
-            raise NotInCache(
-                f"image_id {image_id!r} is not in cache for {spec.model_id}: "
-                "send the image (embed_image, or `image` in this request)",
-                field="image_id",
-            )
-        entry, features = found
-        return _Image(entry, image_id, features, True)
-
-    async def _shared_lookup(
-        self,
-        spec: ModelSpec,
-        namespace: str,
-        image_id: str,
-        local: tuple[EntryKey, Features] | None,
-    ) -> tuple[EntryKey, Features] | None:
-        """Check an id against the shared binding (authoritative while Redis is up): fetch
-        features this replica lacks; never answer with pixels the id is no longer bound to."""
-        assert self.shared is not None
-        runtime = await self.pool.get(spec)
-        ident = await self.shared.identity(spec, runtime)
-        local_hash = local[0].content_hash if local is not None else None
-        bound = await self.shared.binding(namespace, ident, image_id, local_hash)
-        if bound is None or bound == local_hash:
-            return local  # unknown to Redis, or Redis down: the local answer stands
-        features = await self.shared.features(namespace, ident, bound, runtime.device)
-        if features is None:
-            return None  # rebound elsewhere to pixels nobody can give us: send the image
-
-        async def fetched() -> Features:
-            return features
-
-        entry = EntryKey(namespace, spec.model_id, bound)
-        features, _ = await self.cache.get_or_compute(entry, image_id, fetched)
-        return entry, features
-
-    def _with_mask_input(
-        self,
-        batch: PromptBatch,
-        request: SegmentRequest,
-        runtime: Runtime,
-        entry: EntryKey,
-        keys: list,
-    ) -> PromptBatch:
-        m = runtime.low_res_size
-        if request.mask_input is not None:
-            masks = _parse_mask_input(request.mask_input, len(batch), m)
-            return PromptBatch(batch.coords, batch.labels, masks, None)
-        if request.load_logits_from_cache and keys:
-            loaded = self.logits.load(entry, keys)
-            if loaded is not None:
-                return PromptBatch(batch.coords, batch.labels, loaded[0], loaded[1])
-        return batch
 
 
 def _parse_mask_input(raw: list, n_prompts: int, m: int) -> np.ndarray:

@@ -6,7 +6,7 @@
         result = seg.segment_image("photo.jpg", points=[(320, 240)])
         result.save_annotated("annotated.png")
 
-It runs the very `Sam2Service` the HTTP server runs (same validation, cache, runtime and
+It runs the very `ImageService` the HTTP server runs (same validation, cache, runtime and
 post-processing) on a private asyncio loop in a background thread, and exposes blocking
 methods that take the same arguments and return the same result types as `Sam2Client`.
 Images are decoded here and their pixels handed straight to the service (no encoding, no
@@ -30,7 +30,6 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from sam2serve.media import decode as image_decode
 from sam2serve.client.calls import CallBuilder, SegmentCall
 from sam2serve.client.errors import error_for_status
 from sam2serve.client.everything import (
@@ -51,13 +50,14 @@ from sam2serve.client.results import EmbedResult, SegmentResult
 from sam2serve.client.video_calls import VideoLike
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
+from sam2serve.image.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest
+from sam2serve.image.service import BinaryResult, ImageService
+from sam2serve.local.video import LocalVideoSession, open_local_session
+from sam2serve.media import decode as image_decode
 from sam2serve.media.decode import LoadedImage
 from sam2serve.registry import ModelSpec
-from sam2serve.image.schema import EmbedRequest, Limits, LocalEmbedRequest, SegmentRequest, schema_error
-from sam2serve.local.video import LocalVideoSession, open_local_session
-from sam2serve.image.service import BinaryResult, Sam2Service
-from sam2serve.video.service import VideoService
-from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
+from sam2serve.wire import Limits, schema_error
+from sam2serve.wiring import PUBLIC_NAMESPACE, Services, build_services
 
 __all__ = ["Segmenter"]
 
@@ -114,11 +114,10 @@ class Segmenter:
             target=self._loop.run_forever, name="sam2serve-segmenter", daemon=True
         )
         self._thread.start()
-        self._service: Sam2Service = self._run(_build(settings, registry))
-        self._video: list[VideoService] = []  # created on the first video session
-        self._video_lock = threading.Lock()
+        self._services: Services = self._run(_build(settings, registry))
+        self._service: ImageService = self._services.images
         self._finalizer = weakref.finalize(
-            self, _shutdown, self._loop, self._thread, self._service, self._video
+            self, _shutdown, self._loop, self._thread, self._services
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -216,7 +215,6 @@ class Segmenter:
     ) -> EverythingResult:
         """See `Sam2Client.segment_everything` (same arguments, same result)."""
         from sam2serve.everything.schema import EverythingRequest
-        from sam2serve.everything.service import segment_everything
 
         pixels: LoadedImage | None = None
         if image is None or (isinstance(image, str) and is_url(image)):
@@ -231,7 +229,7 @@ class Segmenter:
             body = {**request_body, "image_id": image_id or pixels.content_hash}
         request = self._validate(EverythingRequest, body)
         answer = self._call(
-            segment_everything(self._service, request, PUBLIC_NAMESPACE, pixels=pixels)
+            self._services.everything.segment(request, PUBLIC_NAMESPACE, pixels=pixels)
         )
         return call.parse(answer.model_dump(mode="json"))  # type: ignore[union-attr]
 
@@ -239,10 +237,7 @@ class Segmenter:
         """Open a video session on this model (see `sam2serve.local.video`): a clip
         path/bytes, an https URL, or a list of frames; the HTTP session's methods and results.
         Use it as a context manager (or `close()` it)."""
-        with self._video_lock:
-            if not self._video:
-                self._video.append(self._run(_build_video(self._service)))
-        return open_local_session(self, self._video[0], video, model)
+        return open_local_session(self, self._services.video, video, model)
 
     def _pixels(self, image: ImageLike, bgr: bool) -> LoadedImage:
         """Decode an image here, as the server decodes an upload (EXIF orientation, every
@@ -287,12 +282,8 @@ class Segmenter:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
 
-async def _build(settings: Settings, registry: dict[str, ModelSpec] | None) -> Sam2Service:
-    return build_service(settings, registry)  # built on the loop that will run it
-
-
-async def _build_video(service: Sam2Service) -> VideoService:
-    return VideoService(service)  # its locks belong to the loop that runs it
+async def _build(settings: Settings, registry: dict[str, ModelSpec] | None) -> Services:
+    return build_services(settings, registry)  # built on the loop that will run them
 
 
 def _client_error(exc: ServiceError) -> Exception:
@@ -305,20 +296,13 @@ def _client_error(exc: ServiceError) -> Exception:
 def _shutdown(
     loop: asyncio.AbstractEventLoop,
     thread: threading.Thread,
-    service: Any,
-    video: list[VideoService],
+    services: Services,
 ) -> None:
     if not thread.is_alive():
         return
     with contextlib.suppress(Exception):  # best effort: never raise from a finalizer
-        for sessions in video:
-            asyncio.run_coroutine_threadsafe(_close_video(sessions), loop).result(timeout=10)
-        asyncio.run_coroutine_threadsafe(service.aclose(), loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(services.aclose(), loop).result(timeout=10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
     if not thread.is_alive():
         loop.close()
-
-
-async def _close_video(video: VideoService) -> None:
-    video.close()

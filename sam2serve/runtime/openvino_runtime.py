@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from sam2serve.runtime.memory import pin_mmap_threshold
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.base import Decoded, Features, PromptBatch, Runtime
 from sam2serve.runtime.fast_decoder import token_bias
+from sam2serve.runtime.memory import pin_mmap_threshold
 from sam2serve.runtime.openvino_export import (
     GRAPHS,
     BackendUnavailable,

@@ -20,14 +20,8 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Annotated
-
-from pydantic import Field
 
 log = logging.getLogger(__name__)
-
-#: a setting's nice increment: Linux's range, 0 (the clicks' priority) to 19 (the lowest)
-NiceIncrement = Annotated[int, Field(ge=0, le=19)]
 
 
 def worker_init(nice: int, threads: int = 0) -> Callable[[], None]:

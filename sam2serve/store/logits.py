@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sam2serve.image.prompts import PromptKey, match_subset, point_count
+# (box corners or None, multiset of points) — hashable identity of one prompt
+PromptKey = tuple[tuple[float, float, float, float] | None, frozenset]
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,38 @@ class LogitsCache:
                 mask_input[c_idx, 0] = saved.logits[e_idx]
                 has_mask[c_idx] = True
         return mask_input, has_mask
+
+
+def _contains(super_key: PromptKey, sub_key: PromptKey) -> bool:
+    if super_key[0] != sub_key[0]:
+        return False
+    have = dict(super_key[1])
+    return all(have.get(point, 0) >= count for point, count in sub_key[1])
+
+
+def match_subset(
+    earlier: Sequence[PromptKey], current: Sequence[PromptKey]
+) -> list[int | None] | None:
+    """If `earlier` is a strict subset of `current`, map each current prompt to the earlier
+    prompt it extends (or None for new prompts); else None.
+
+    Each earlier prompt must be contained (same box, points a sub-multiset) in a distinct
+    current prompt, and the two sets must differ.
+    """
+    if list(earlier) == list(current) or len(earlier) > len(current):
+        return None
+    mapping: list[int | None] = [None] * len(current)
+    for e_idx, e_key in enumerate(earlier):
+        for c_idx, c_key in enumerate(current):
+            if mapping[c_idx] is None and _contains(c_key, e_key):
+                mapping[c_idx] = e_idx
+                break
+        else:
+            return None
+    return mapping
+
+
+def point_count(keys: Sequence[PromptKey]) -> int:
+    return sum(count for key in keys for _, count in key[1]) + sum(
+        2 for key in keys if key[0] is not None
+    )

@@ -38,11 +38,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from sam2serve.store import codec
-from sam2serve.image.prompts import PromptKey
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.base import Features, Runtime
 from sam2serve.runtime.weights import checkpoint_path, file_sha256
+from sam2serve.store import codec
+from sam2serve.store.logits import PromptKey
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sam2serve.scheduling.priority import NiceIncrement
+from sam2serve.config import NiceIncrement
 
 MiB = 1 << 20
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sam2serve.image.schema import Box, ImageInput, Point, RleMask
+from sam2serve.wire import Box, ImageInput, Point, RleMask
 
 MaskFormat = Literal["json", "rle"]
 

@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from sam2serve.media import postprocess
 from sam2serve.errors import BadRequest, Conflict, NotInCache, PayloadTooLarge
-from sam2serve.media.fetch import ByteCap
+from sam2serve.image.service import ImageService
+from sam2serve.media import postprocess
 from sam2serve.media.decode import load_image
-from sam2serve.scheduling.lanes import Lane
+from sam2serve.media.fetch import ByteCap
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.video_tracker import FrameMasks, VideoTracker, build_video_model
 from sam2serve.runtime.weights import ensure_checkpoint
-from sam2serve.image.schema import RleMask
-from sam2serve.image.service import Sam2Service
+from sam2serve.scheduling.lanes import Lane
+from sam2serve.scheduling.priority import worker_init
 from sam2serve.video.config import VideoSettings
 from sam2serve.video.frames import VideoInfo, decode_video, write_frames
 from sam2serve.video.schema import (
@@ -39,7 +39,7 @@ from sam2serve.video.schema import (
     SessionInfo,
 )
 from sam2serve.video.sessions import Session, SessionStore
-from sam2serve.scheduling.priority import worker_init
+from sam2serve.wire import RleMask
 
 UPLOAD_CAP_SETTING = "SAM2SERVE_VIDEO_MAX_UPLOAD_BYTES"
 CLIP_ADVICE = "send a shorter or smaller clip"
@@ -53,7 +53,7 @@ def clip_too_large(cap: int, field: str = "video") -> PayloadTooLarge:
 
 
 class VideoService:
-    def __init__(self, images: Sam2Service, settings: VideoSettings | None = None) -> None:
+    def __init__(self, images: ImageService, settings: VideoSettings | None = None) -> None:
         self.images = images
         self.settings = settings or VideoSettings()
         s = self.settings

@@ -82,12 +82,13 @@ def test_disconnected_clients_work_is_not_started(tiny_weights_dir: Path) -> Non
 
     from sam2serve.api.app import create_app
     from sam2serve.testing import registry_with_test_model
-    from sam2serve.wiring import build_service
+    from sam2serve.wiring import build_services
     from tests.helpers_server import free_port
 
     settings = tiny_settings(tiny_weights_dir, runtime="torch", embed_queue=4)
-    service = build_service(settings, registry_with_test_model())
-    app = create_app(settings, service)
+    services = build_services(settings, registry_with_test_model())
+    service = services.images
+    app = create_app(settings, services)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -129,10 +130,10 @@ def test_disconnected_clients_work_is_not_started(tiny_weights_dir: Path) -> Non
         time.sleep(0.3)  # the server notices the disconnects
         gate.set()
         deadline = time.monotonic() + 30
-        while len(service.cache) < 2 and time.monotonic() < deadline:  # warm + first
+        while len(service.store.local) < 2 and time.monotonic() < deadline:  # warm + first
             time.sleep(0.1)
         assert calls == [40], "only the embed that was already running may run"
-        assert len(service.cache) == 2  # it finished and was cached
+        assert len(service.store.local) == 2  # it finished and was cached
         assert service.embed_lane.dropped == 2
         gone = scrape_value(url, "sam2serve_requests_total", route=EMB, status="499")
         assert gone == 3
@@ -168,10 +169,10 @@ def test_readyz_is_503_as_soon_as_a_signal_arrives(tiny_weights_dir: Path) -> No
     from sam2serve.api.app import create_app
     from sam2serve.api.server import GracefulServer
     from sam2serve.testing import registry_with_test_model
-    from sam2serve.wiring import build_service
+    from sam2serve.wiring import build_services
 
     settings = tiny_settings(tiny_weights_dir)
-    app = create_app(settings, build_service(settings, registry_with_test_model()))
+    app = create_app(settings, build_services(settings, registry_with_test_model()))
     import uvicorn
     from fastapi.testclient import TestClient
 

@@ -72,10 +72,10 @@ def test_same_id_new_pixels_never_answers_with_old_image(client) -> None:  # typ
 def test_concurrent_embeds_of_one_image_run_the_encoder_once(tiny_weights_dir) -> None:  # type: ignore[no-untyped-def]
     from sam2serve.image.schema import EmbedRequest
     from sam2serve.testing import registry_with_test_model
-    from sam2serve.wiring import build_service
+    from sam2serve.wiring import build_services
     from tests.conftest import tiny_settings
 
-    service = build_service(tiny_settings(tiny_weights_dir), registry_with_test_model())
+    service = build_services(tiny_settings(tiny_weights_dir), registry_with_test_model()).images
 
     async def scenario() -> list[str]:
         runtime = await service.pool.get(service.spec_for(None))
@@ -104,11 +104,11 @@ def test_micro_batched_embeds_equal_single_embeds(tiny_weights_dir) -> None:  # 
 
     from sam2serve.image.schema import EmbedRequest
     from sam2serve.testing import registry_with_test_model
-    from sam2serve.wiring import build_service
+    from sam2serve.wiring import build_services
     from tests.conftest import tiny_settings
 
     settings = tiny_settings(tiny_weights_dir, runtime="torch", embed_batch_size=4)
-    service = build_service(settings, registry_with_test_model())
+    service = build_services(settings, registry_with_test_model()).images
     images = [{"type": "base64", "value": encode_image(rgb)} for rgb in photos().values()]
 
     async def scenario() -> None:
@@ -118,7 +118,7 @@ def test_micro_batched_embeds_equal_single_embeds(tiny_weights_dir) -> None:  # 
         assert service._batchers[spec.model_id].batches == [3]
         runtime = await service.pool.get(spec)
         for result, rgb in zip(results, photos().values(), strict=True):
-            _, batched = service.cache.lookup(IdKey("public", spec.model_id, result.image_id))
+            _, batched = service.store.local.lookup(IdKey("public", spec.model_id, result.image_id))
             single = runtime.embed(rgb)
             torch.testing.assert_close(batched.image_embed, single.image_embed, atol=1e-4, rtol=0)
             for b, s in zip(batched.high_res, single.high_res, strict=True):
@@ -135,10 +135,10 @@ def test_click_on_cached_image_does_not_wait_for_another_embed(tiny_weights_dir)
 
     from sam2serve.image.schema import EmbedRequest, SegmentRequest
     from sam2serve.testing import registry_with_test_model
-    from sam2serve.wiring import build_service
+    from sam2serve.wiring import build_services
     from tests.conftest import tiny_settings
 
-    service = build_service(tiny_settings(tiny_weights_dir), registry_with_test_model())
+    service = build_services(tiny_settings(tiny_weights_dir), registry_with_test_model()).images
     release = threading.Event()
 
     async def scenario() -> None:

@@ -41,7 +41,7 @@ def _post(client, image: np.ndarray | None = None, **extra: object):  # type: ig
 
 
 def _reference(client, image: np.ndarray, **extra: object) -> list:  # type: ignore[no-untyped-def]
-    service = client.app.state.service
+    service = client.app.state.services.images
     runtime = service.pool._loaded[service.spec_for(None).model_id]
     return generate(runtime, EverythingParams(**{**PARAMS, **extra}), rgb=image)
 
@@ -87,10 +87,10 @@ def test_cached_image_id_is_reused(torch_client, image: np.ndarray) -> None:  # 
         "/sam2/embed_image", json={"image": {"type": "base64", "value": encode_image(image)}}
     )
     image_id = embed.json()["image_id"]
-    misses = torch_client.app.state.service.cache.misses
+    misses = torch_client.app.state.services.images.store.local.misses
     by_id = _post(torch_client, image_id=image_id, format="rle")
     assert by_id.status_code == 200, by_id.text
-    assert torch_client.app.state.service.cache.misses == misses
+    assert torch_client.app.state.services.images.store.local.misses == misses
     assert (
         by_id.json()["predictions"]
         == _post(torch_client, image, format="rle").json()["predictions"]
@@ -184,11 +184,11 @@ def test_a_cancelled_request_stops_between_batches(image: np.ndarray, tiny_weigh
     from sam2serve.everything.schema import EverythingRequest
     from sam2serve.everything.service import segment_everything
     from sam2serve.testing import registry_with_test_model
-    from sam2serve.wiring import PUBLIC_NAMESPACE, build_service
+    from sam2serve.wiring import PUBLIC_NAMESPACE, build_services
     from tests.conftest import tiny_settings
 
     async def go() -> int:
-        service = build_service(tiny_settings(tiny_weights_dir), registry_with_test_model())
+        service = build_services(tiny_settings(tiny_weights_dir), registry_with_test_model()).images
         try:
             runtime = await service.pool.get(service.spec_for(None))
             calls: list[int] = []

@@ -43,10 +43,10 @@ def local(tiny_weights_dir: Path) -> EverythingResult:
         mp.setattr("sam2serve.client.everything.encode_image", _no_encoding)
         result = seg.segment_everything(RGB, **PARAMS)
         # the pixels were cached under their content hash: that id reuses the features
-        misses = seg._service.cache.misses
+        misses = seg._service.store.local.misses
         image_id = seg.embed_image(RGB).image_id
         by_id = seg.segment_everything(image_id=image_id, **PARAMS)
-        assert seg._service.cache.misses == misses
+        assert seg._service.store.local.misses == misses
         assert np.array_equal(by_id.masks, result.masks)
         return result
 

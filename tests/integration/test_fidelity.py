@@ -99,7 +99,7 @@ def fidelity_client(real_weights_dir: Path):  # type: ignore[no-untyped-def]
 
     from sam2serve.api.app import create_app
     from sam2serve.config import Settings
-    from sam2serve.wiring import build_service
+    from sam2serve.wiring import build_services
 
     settings = Settings(  # the exact fp32 path; the fast runtime has its own tolerance test
         weights_dir=real_weights_dir,
@@ -108,7 +108,7 @@ def fidelity_client(real_weights_dir: Path):  # type: ignore[no-untyped-def]
         max_models=2,
         runtime="torch",
     )
-    with TestClient(create_app(settings, build_service(settings))) as client:
+    with TestClient(create_app(settings, build_services(settings))) as client:
         yield client
 
 

@@ -16,7 +16,7 @@ from sam2serve.runtime import openvino_runtime as ovr
 from sam2serve.runtime.preparing import PreparingRuntime
 from sam2serve.runtime.torch_runtime import TorchRuntime
 from sam2serve.testing import TEST_MODEL_ID, registry_with_test_model
-from sam2serve.wiring import build_service
+from sam2serve.wiring import build_services
 from tests.conftest import encode_image, photos, tiny_settings
 
 pytest.importorskip("openvino")
@@ -37,8 +37,8 @@ def test_cold_start_serves_exact_then_fast(
     settings = tiny_settings(
         tiny_weights_dir, runtime="openvino", runtime_cache_dir=tmp_path, preload=True
     )
-    service = build_service(settings, registry_with_test_model(), background_prepare=True)
-    with TestClient(create_app(settings, service)) as client:
+    services = build_services(settings, registry_with_test_model(), background_prepare=True)
+    with TestClient(create_app(settings, services)) as client:
         deadline = time.monotonic() + 60
         while True:  # loading the torch model, then preparing the fast runtime
             ready = client.get("/readyz")
@@ -49,7 +49,7 @@ def test_cold_start_serves_exact_then_fast(
             time.sleep(0.05)
         assert "first use: preparing the fast runtime" in ready.json()["message"]
         assert "(one time)" in ready.json()["message"]
-        runtime = service.pool._loaded[TEST_MODEL_ID]
+        runtime = services.images.pool._loaded[TEST_MODEL_ID]
         assert isinstance(runtime, PreparingRuntime)
         assert isinstance(runtime.active, TorchRuntime)
 
@@ -68,7 +68,9 @@ def test_cold_start_serves_exact_then_fast(
             assert time.monotonic() < deadline + 120
             time.sleep(0.1)
         assert isinstance(runtime.active, ovr.OpenVinoRuntime)
-        assert ovr.is_exported(service.spec_for(None), tiny_weights_dir / "test_tiny.pt", tmp_path)
+        assert ovr.is_exported(
+            services.images.spec_for(None), tiny_weights_dir / "test_tiny.pt", tmp_path
+        )
         # the image embedded on the exact path still decodes on the fast one
         after = client.post("/sam2/segment_image", json=body)
         assert after.status_code == 200, after.text

@@ -120,7 +120,7 @@ def test_full_embed_lane_refuses_big_bodies_before_parsing(client, monkeypatch) 
     from sam2serve.api import body
 
     admission = client.app.state.admission
-    assert admission.slots == client.app.state.service.embed_lane.capacity
+    assert admission.slots == client.app.state.services.images.embed_lane.capacity
     parsed: list[int] = []
     monkeypatch.setattr(body, "parse_json", lambda raw: parsed.append(len(raw)))
     admission.in_use = admission.slots  # every slot taken

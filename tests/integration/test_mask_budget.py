@@ -31,8 +31,8 @@ def test_mask_pixels_budget(make_client, prompts: int, status: int) -> None:  # 
 
 def test_logits_share_the_cache_budget(make_client) -> None:  # type: ignore[no-untyped-def]
     client = make_client(cache_bytes=400 * 2**20, logits_cache_bytes=64 * 2**20)
-    service = client.app.state.service
-    assert service.logits.max_bytes == 64 * 2**20
-    assert service.cache.max_bytes + service.logits.max_bytes == 400 * 2**20
-    small = make_client(cache_bytes=100 * 2**20).app.state.service  # at most a quarter
-    assert small.logits.max_bytes == 25 * 2**20
+    service = client.app.state.services.images
+    assert service.store.logits.max_bytes == 64 * 2**20
+    assert service.store.local.max_bytes + service.store.logits.max_bytes == 400 * 2**20
+    small = make_client(cache_bytes=100 * 2**20).app.state.services.images  # at most a quarter
+    assert small.store.logits.max_bytes == 25 * 2**20

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sam2serve.api.app import create_app
 from sam2serve.media.postprocess import rle_to_mask
 from sam2serve.testing import TEST_MODEL_ID, registry_with_test_model
-from sam2serve.wiring import build_service
+from sam2serve.wiring import build_services
 from tests.conftest import encode_image, photos, tiny_settings
 
 
@@ -74,7 +74,7 @@ def _check(client: TestClient, model: str, *, exact: bool) -> None:
 @pytest.mark.parametrize("runtime", ["torch", pytest.param("openvino", marks=pytest.mark.openvino)])
 def test_tiny_mixed_prompts_equal_each_alone(tiny_weights_dir: Path, runtime: str) -> None:
     settings = tiny_settings(tiny_weights_dir, runtime=runtime)
-    app = create_app(settings, build_service(settings, registry_with_test_model()))
+    app = create_app(settings, build_services(settings, registry_with_test_model()))
     with TestClient(app) as client:
         _check(client, TEST_MODEL_ID, exact=runtime == "torch")
 

@@ -207,7 +207,7 @@ def test_sessions_belong_to_their_key(make_client, clip_bytes: bytes) -> None:  
 
 def test_tmp_dirs_are_removed(client, clip_bytes: bytes) -> None:  # type: ignore[no-untyped-def]
     sid = _open(client, clip_bytes).json()["session_id"]
-    session = client.app.state.video.store._sessions[sid]
+    session = client.app.state.services.video.store._sessions[sid]
     workdir = Path(session.workdir.name)
     assert (workdir / "frames.u8").is_file()
     client.delete(f"{BASE}/{sid}")
@@ -223,15 +223,14 @@ def test_closing_a_propagation_cancels_it_and_frees_the_session(  # type: ignore
 
     from sam2serve.testing import registry_with_test_model
     from sam2serve.video.schema import PromptRequest, PropagateRequest
-    from sam2serve.video.service import VideoService
-    from sam2serve.wiring import build_service
+    from sam2serve.wiring import build_services
     from tests.conftest import tiny_settings
 
     clip = write_mp4(tmp_path / "clip.mp4", synthetic_frames(FRAMES))
 
     async def scenario() -> tuple[list[int], list[int]]:
-        images = build_service(tiny_settings(tiny_weights_dir), registry_with_test_model())
-        video = VideoService(images)
+        services = build_services(tiny_settings(tiny_weights_dir), registry_with_test_model())
+        video = services.video
         try:
             info = await video.create_from_file(clip, "ns", None)
             prompt = PromptRequest(frame_index=0, object_id=1, points=[{"x": 60, "y": 120}])
@@ -245,8 +244,7 @@ def test_closing_a_propagation_cancels_it_and_frees_the_session(  # type: ignore
             again = await video.propagate("ns", info.session_id, PropagateRequest())
             return first + computed, [f.frame_index async for f in again]
         finally:
-            video.close()
-            await images.aclose()
+            await services.aclose()
 
     partial, full = asyncio.run(scenario())
     assert partial == [0, 0]  # one frame streamed, only it (and the prompt frame) computed

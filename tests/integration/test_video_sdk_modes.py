@@ -281,7 +281,7 @@ def test_url_clip_is_capped_by_the_video_upload_cap(tiny_weights_dir: Path, clip
         seg._service.fetcher = fetcher  # the service's fetcher, on a fake network
         with seg.video_session(url) as session:
             assert (session.num_frames, session.width) == (FRAMES, WIDTH)
-        seg._video[0].settings = VideoSettings(max_upload_bytes=len(data) - 1)
+        seg._services.video.settings = VideoSettings(max_upload_bytes=len(data) - 1)
         with pytest.raises(PayloadTooLargeError) as info:
             seg.video_session(url)
     assert info.value.field == "url"

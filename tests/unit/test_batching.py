@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from sam2serve.scheduling.batching import MicroBatcher
 from sam2serve.errors import Unavailable
+from sam2serve.scheduling.batching import MicroBatcher
 from sam2serve.scheduling.lanes import Lane
 
 

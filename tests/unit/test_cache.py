@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import torch
 
-from sam2serve.store.local import EmbeddingCache, EntryKey, IdKey
 from sam2serve.runtime.base import Features
+from sam2serve.store.local import EmbeddingCache, EntryKey, IdKey
 
 
 def feats(n_floats: int, fill: float = 0.0) -> Features:

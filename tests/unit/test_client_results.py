@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from sam2serve.media.annotate import annotate
 from sam2serve.client.results import SegmentResult, parse_segment
+from sam2serve.media.annotate import annotate
 from sam2serve.media.postprocess import encode_npz, mask_to_polygons, mask_to_rle, polygons_to_mask
 
 H, W = 48, 64

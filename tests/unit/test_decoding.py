@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sam2serve.errors import PayloadTooLarge
 from sam2serve.image.decoding import (
     check_mask_budget,
     decode_best,
@@ -15,11 +16,10 @@ from sam2serve.image.decoding import (
     full_logits_stack,
     token_groups,
 )
-from sam2serve.errors import PayloadTooLarge
-from sam2serve.store.logits import LogitsCache
 from sam2serve.image.prompts import prompt_key, to_batch
-from sam2serve.runtime.base import Decoded, Features, PromptBatch
 from sam2serve.image.schema import Box, Point, Prompt
+from sam2serve.runtime.base import Decoded, Features, PromptBatch
+from sam2serve.store.logits import LogitsCache
 
 P = lambda x, y, pos=True: Point(x=x, y=y, positive=pos)  # noqa: E731
 BOX = Box(x=10, y=10, width=4, height=4)

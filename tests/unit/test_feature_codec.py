@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sam2serve.store import codec
 from sam2serve.runtime.base import Features
+from sam2serve.store import codec
 from sam2serve.store.redis_tier import _keys_from_text, _keys_to_text
 
 IDENT = codec.Identity("sam2.1_hiera_tiny", "ab" * 32, "TorchRuntime-fp32")

@@ -1,11 +1,13 @@
 """The import contracts in pyproject.toml ([tool.importlinter]) hold: dependencies point one
-way (cli -> api | segmenter -> wiring -> service -> core), only the CLI imports the HTTP
-layer, only tests use sam2serve.testing, and the SDK imports nothing from the server side
-(and works without the [server] extra installed)."""
+way (entry points -> wiring -> use cases -> store -> runtime | media | scheduling -> ground
+floor), every module sits in one of those layers, no modules import each other in a circle,
+only the CLI and Ray Serve import the HTTP layer, only tests use sam2serve.testing, and the
+SDK imports nothing from the server side (and works without the [server] extra installed)."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,52 @@ def test_client_side_works_without_the_server_stack() -> None:
     assert done.returncode == 0, done.stderr
     assert "client-only ok" in done.stdout
     assert "pip install 'sam2serve[server]'" in done.stderr
+
+
+def _layers() -> list[str]:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (one_way,) = [c for c in config["contracts"] if c["id"] == "one-way"]
+    return [name.strip() for layer in one_way["layers"] for name in re.split(r"[:|]", layer)]
+
+
+def _modules() -> list[str]:
+    import pkgutil
+
+    import sam2serve
+
+    found = ["sam2serve"]
+    for info in pkgutil.walk_packages(sam2serve.__path__, "sam2serve."):
+        found.append(info.name)
+    return found
+
+
+def test_every_module_sits_in_a_layer() -> None:
+    """Each module of the package belongs to one layer of the one-way contract, so the
+    contract speaks for every file (a new module outside every layer fails here)."""
+    layers = _layers()
+    outside = [
+        module
+        for module in _modules()
+        if module != "sam2serve"
+        and not any(module == layer or module.startswith(layer + ".") for layer in layers)
+    ]
+    assert outside == [], f"modules in no layer of pyproject's one-way contract: {outside}"
+
+
+def test_no_import_circles() -> None:
+    """No two modules import each other, directly or through others, TYPE_CHECKING imports
+    included (a type-only import back up is still a circle to a reader)."""
+    import grimp
+
+    graph = grimp.build_graph("sam2serve", cache_dir=None)
+    circles = set()
+    for module in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported == module or imported == "sam2serve":
+                continue
+            back = graph.find_shortest_chain(importer=imported, imported=module)
+            if back is not None:
+                circles.add(tuple(sorted({module, *back})))
+    assert not circles, f"import circles: {sorted(circles)}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam2serve.store.logits import LogitsCache
-from sam2serve.image.prompts import match_subset, prompt_key, to_batch
+from sam2serve.image.prompts import prompt_key, to_batch
 from sam2serve.image.schema import Box, Point, Prompt
+from sam2serve.store.logits import LogitsCache, match_subset
 
 P = lambda x, y, pos=True: Point(x=x, y=y, positive=pos)  # noqa: E731
 

@@ -1,4 +1,4 @@
-"""`Sam2Service` on a fake runtime (tests/fake_runtime.py): formats, best-mask choice,
+"""`ImageService` on a fake runtime (tests/fake_runtime.py): formats, best-mask choice,
 mask_input, the logits cache, NotInCache, image-id binding, model-pool eviction and lanes, in
 milliseconds. The real runtimes are checked against Meta's predictor in tests/integration."""
 
@@ -17,17 +17,18 @@ import pytest
 import torch
 from PIL import Image
 
-from sam2serve.media import postprocess
 from sam2serve.config import Settings
-from sam2serve.image.decoding import token_groups
 from sam2serve.errors import BadRequest, NotInCache, ServiceError, Unavailable
-from sam2serve.media.decode import from_rgb
+from sam2serve.image.decoding import token_groups
 from sam2serve.image.prompts import to_batch
+from sam2serve.image.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest, SegmentResponse
+from sam2serve.image.service import BinaryResult, ImageService
+from sam2serve.media import postprocess
+from sam2serve.media.decode import from_rgb
 from sam2serve.registry import REGISTRY
 from sam2serve.runtime.base import PromptBatch
 from sam2serve.runtime.pool import ModelPool
-from sam2serve.image.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest, SegmentResponse
-from sam2serve.image.service import BinaryResult, Sam2Service
+from sam2serve.store.store import FeatureStore
 from tests.fake_runtime import LOW_RES, FakeFactory, FakeRuntime, expected_decode
 
 T = TypeVar("T")
@@ -71,7 +72,8 @@ class Harness:
             factory=self.factory,
         )
         self.loop = asyncio.new_event_loop()
-        self.service = Sam2Service(self.settings, REGISTRY, pool)
+        store = FeatureStore.from_settings(self.settings)
+        self.service = ImageService(self.settings, REGISTRY, pool, store=store)
 
     def run(self, make: Callable[[], Awaitable[T]]) -> T:
         async def go() -> T:

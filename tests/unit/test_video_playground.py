@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sam2serve.media import postprocess
+
 STATIC = Path(__file__).resolve().parents[2] / "sam2serve" / "static"
 
 

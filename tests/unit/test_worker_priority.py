@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from sam2serve.config import Settings
+from sam2serve.image.service import ImageService
 from sam2serve.scheduling.lanes import Lane
-from sam2serve.image.service import Sam2Service
+from sam2serve.scheduling.priority import lower_thread_priority, worker_init
+from sam2serve.store.store import FeatureStore
 from sam2serve.video.config import VideoSettings
 from sam2serve.video.service import VideoService
-from sam2serve.scheduling.priority import lower_thread_priority, worker_init
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux's")
 
@@ -104,7 +105,8 @@ def test_out_of_range_settings_are_refused(monkeypatch, env: dict[str, str]) -> 
 @pytest.mark.parametrize("nice", [0, 6])
 def test_embeds_run_below_the_click_priority(tmp_path, nice: int) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(weights_dir=tmp_path, allow_download=False, embed_nice=nice)
-    service = Sam2Service(settings, {}, pool=None)  # type: ignore[arg-type]  # lanes only
+    store = FeatureStore.from_settings(settings)
+    service = ImageService(settings, {}, pool=None, store=store)  # type: ignore[arg-type]
     base = nice_of_this_thread()
 
     async def lanes() -> tuple[int, int, int]:
@@ -127,8 +129,8 @@ def test_request_images_decode_on_the_decode_lane(tmp_path, monkeypatch) -> None
     import numpy as np
     from PIL import Image
 
-    from sam2serve.media import decode as image_decode
     from sam2serve.image.schema import ImageInput
+    from sam2serve.media import decode as image_decode
 
     threads: list[str] = []
     real = image_decode.decode_base64
@@ -141,11 +143,13 @@ def test_request_images_decode_on_the_decode_lane(tmp_path, monkeypatch) -> None
     buf = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="PNG")
     image = ImageInput(type="base64", value=base64.b64encode(buf.getvalue()).decode())
-    service = Sam2Service(Settings(weights_dir=tmp_path, allow_download=False), {}, pool=None)  # type: ignore[arg-type]
+    settings = Settings(weights_dir=tmp_path, allow_download=False)
+    store = FeatureStore.from_settings(settings)
+    service = ImageService(settings, {}, pool=None, store=store)  # type: ignore[arg-type]
 
     async def load():  # type: ignore[no-untyped-def]
         try:
-            return await service._load(image)
+            return await service.load(image)
         finally:
             await service.aclose()
 
