@@ -7,7 +7,6 @@ one colour per object) and, with --masks-dir, one PNG mask per frame and object.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,8 +15,12 @@ import numpy as np
 import typer
 
 from sam2serve.cli.support import fail, is_handled, one_line
+from sam2serve.client.errors import Sam2ServerError
 from sam2serve.client.video import VideoFrame
 from sam2serve.errors import ServiceError
+
+#: error statuses that are the user's (the clip, the prompts, the options): exit code 2
+USAGE_STATUSES = (400, 413, 415, 422)
 
 COLOURS = np.array(
     [(255, 64, 64), (64, 160, 255), (64, 220, 96), (255, 200, 0), (200, 80, 255), (0, 220, 220)],
@@ -31,10 +34,7 @@ def _server_frames(
     from sam2serve.client import Sam2Client
 
     with Sam2Client(url, api_key) as client, client.video_session(clip, model=model) as s:
-        for p in prompts:
-            s.add_prompt(p["frame"], p["object_id"], points=p["points"], box=p["box"])
-        frames = list(s.propagate("both" if both else "forward"))
-        return s.info, frames
+        return _tracked(s, prompts, both)
 
 
 def _local_frames(
@@ -46,41 +46,25 @@ def _local_frames(
     both: bool,
 ) -> tuple[dict[str, Any], list[VideoFrame]]:
     from sam2serve.config import Settings
-    from sam2serve.video.schema import PromptRequest, PropagateRequest
-    from sam2serve.video.service import VideoService
-    from sam2serve.wire import Box, Point
-    from sam2serve.wiring import PUBLIC_NAMESPACE, build_services
+    from sam2serve.local.segmenter import Segmenter
 
+    # the image runtime stays Meta's exact torch code, as this command always had it: video
+    # uses it only for the encoder under SAM2SERVE_VIDEO_PRECISION=fast, where a fast runtime
+    # would make this one-shot run wait for its export first
     overrides = {"weights_dir": weights_dir, "device": device, "runtime": "torch"}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    with Segmenter(settings=settings) as seg, seg.video_session(clip, model=model) as s:
+        return _tracked(s, prompts, both)
 
-    async def run() -> tuple[dict[str, Any], list[VideoFrame]]:
-        service = build_services(settings)
-        video = VideoService(service)
-        try:
-            info = await video.create_from_file(clip, PUBLIC_NAMESPACE, model)
-            size = (info.height, info.width)
-            for p in prompts:
-                box = None
-                if p["box"] is not None:
-                    x1, y1, x2, y2 = p["box"]
-                    box = Box(x=(x1 + x2) / 2, y=(y1 + y2) / 2, width=x2 - x1, height=y2 - y1)
-                points = [Point(x=x, y=y, positive=pos) for x, y, pos in p["points"]] or None
-                request = PromptRequest(
-                    frame_index=p["frame"], object_id=p["object_id"], points=points, box=box
-                )
-                await video.add_prompt(PUBLIC_NAMESPACE, info.session_id, request)
-            direction = "both" if both else "forward"
-            stream = await video.propagate(
-                PUBLIC_NAMESPACE, info.session_id, PropagateRequest(direction=direction)
-            )
-            frames = [VideoFrame.from_json(f.model_dump(), size) async for f in stream]
-            return info.model_dump(), frames
-        finally:
-            video.close()
-            await service.aclose()
 
-    return asyncio.run(run())
+def _tracked(
+    session: Any, prompts: list[dict], both: bool
+) -> tuple[dict[str, Any], list[VideoFrame]]:
+    """The prompts on a video session (HTTP or in-process), then the propagation's frames."""
+    for p in prompts:
+        session.add_prompt(p["frame"], p["object_id"], points=p["points"], box=p["box"])
+    frames = list(session.propagate("both" if both else "forward"))
+    return session.info, frames
 
 
 def _latest(frames: list[VideoFrame]) -> dict[int, VideoFrame]:
@@ -186,8 +170,8 @@ def track(
         else:
             info, frames = _local_frames(clip, model, weights_dir, device, prompts, both)
         write_outputs(clip, float(info["fps"]), frames, output, masks_dir)
-    except ServiceError as exc:
-        fail(exc.message, 2 if exc.status in (400, 413, 415, 422) else 1)
+    except (Sam2ServerError, ServiceError) as exc:  # the model's or the clip's (re-decoded)
+        fail(one_line(exc), 2 if exc.status in USAGE_STATUSES else 1)
     except Exception as exc:
         if not is_handled(exc):
             raise

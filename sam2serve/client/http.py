@@ -18,16 +18,19 @@ from typing import Any
 import httpx
 
 from sam2serve.client.calls import CallBuilder, embed_result
-from sam2serve.client.errors import (
-    Sam2ConnectionError,
-    Sam2TimeoutError,
-    error_from_response,
-    parse_retry_after,
-)
+from sam2serve.client.errors import error_from_response, parse_retry_after
 from sam2serve.client.everything import EVERYTHING_PATH, EverythingResult, everything_call
 from sam2serve.client.image_encode import ImageLike
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
+from sam2serve.client.transport import AsyncSender, Sender, transport_error
+from sam2serve.client.video import (
+    AsyncVideoSession,
+    VideoSession,
+    open_async_session,
+    open_session,
+)
+from sam2serve.client.video_calls import VideoLike
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncSam2Client", "Sam2Client"]
 
@@ -60,16 +63,6 @@ class _Base:
             return None
         wait = parse_retry_after(response.headers.get("retry-after"))
         return None if wait is None else min(wait, self.max_retry_wait)
-
-    def _transport_error(self, exc: httpx.TransportError) -> Exception:
-        if isinstance(exc, httpx.TimeoutException):
-            return Sam2TimeoutError(
-                f"no answer from {self.base_url} within the timeout ({type(exc).__name__}); "
-                "raise timeout= (the first request may be loading the model)"
-            )
-        return Sam2ConnectionError(
-            f"cannot reach sam2serve at {self.base_url}: {exc or type(exc).__name__}"
-        )
 
     @staticmethod
     def _answer(response: httpx.Response) -> dict[str, Any] | bytes:
@@ -122,6 +115,7 @@ class Sam2Client(_Base):
             base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
         )
         self._sleep: Callable[[float], None] = time.sleep
+        self._sender = Sender(self._http, self.base_url, self._params)
 
     def __enter__(self) -> Sam2Client:
         return self
@@ -144,19 +138,17 @@ class Sam2Client(_Base):
             try:
                 response = self._http.post(path, json=body, params=self._params)
             except httpx.TransportError as exc:
-                raise self._transport_error(exc) from exc
+                raise transport_error(self.base_url, exc) from exc
             wait = self._retry_wait(response, attempt)
             if wait is None:
                 return response
             attempt += 1
             self._sleep(wait)
 
-    def video_session(self, video: Any, *, model: str | None = None) -> Any:
+    def video_session(self, video: VideoLike, *, model: str | None = None) -> VideoSession:
         """Open a video session (see `sam2serve.client.video`): a clip path/bytes, an https
         URL, or a list of frames. Returns a `VideoSession`; use it as a context manager."""
-        from sam2serve.client.video import open_session
-
-        return open_session(self, video, model=model)
+        return open_session(self._sender, video, model=model)
 
     def embed_image(
         self,
@@ -240,6 +232,7 @@ class AsyncSam2Client(_Base):
             base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
         )
         self._sleep: Callable[[float], Any] = asyncio.sleep
+        self._sender = AsyncSender(self._http, self.base_url, self._params)
 
     async def __aenter__(self) -> AsyncSam2Client:
         return self
@@ -262,18 +255,18 @@ class AsyncSam2Client(_Base):
             try:
                 response = await self._http.post(path, json=body, params=self._params)
             except httpx.TransportError as exc:
-                raise self._transport_error(exc) from exc
+                raise transport_error(self.base_url, exc) from exc
             wait = self._retry_wait(response, attempt)
             if wait is None:
                 return response
             attempt += 1
             await self._sleep(wait)
 
-    async def video_session(self, video: Any, *, model: str | None = None) -> Any:
+    async def video_session(
+        self, video: VideoLike, *, model: str | None = None
+    ) -> AsyncVideoSession:
         """See `Sam2Client.video_session`; returns an `AsyncVideoSession` (`async with` it)."""
-        from sam2serve.client.video import open_async_session
-
-        return await open_async_session(self, video, model=model)
+        return await open_async_session(self._sender, video, model=model)
 
     async def embed_image(
         self,

@@ -11,33 +11,31 @@
             ...
 
 Both sessions send the requests `sam2serve.client.video_calls` builds and parse the answers
-there; only the transport differs. Stopping the iteration over `propagate()` (break, or
-closing the iterator) closes the stream, and the server cancels the remaining frames.
+there; only the transport differs (a `sam2serve.client.transport` sender over the client's
+connection). Stopping the iteration over `propagate()` (break, or closing the iterator)
+closes the stream, and the server cancels the remaining frames.
 Boxes are CORNER boxes (x1, y1, x2, y2); masks are (N, H, W) bool, one row per object.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import numpy as np
 
-from sam2serve.client.errors import Sam2ServerError, error_from_response
+from sam2serve.client.errors import Sam2ServerError
+from sam2serve.client.transport import AsyncSender, Sender
 from sam2serve.client.video_calls import (
     Call,
     PointLike,
     SessionCalls,
     VideoFrame,
     VideoLike,
-    checked,
     create_call,
     gone_is_fine,
 )
-
-if TYPE_CHECKING:
-    from sam2serve.client.http import AsyncSam2Client, Sam2Client
 
 __all__ = ["AsyncVideoSession", "VideoFrame", "VideoSession", "open_async_session", "open_session"]
 
@@ -45,9 +43,9 @@ __all__ = ["AsyncVideoSession", "VideoFrame", "VideoSession", "open_async_sessio
 class VideoSession(SessionCalls):
     """One server-side session; `close()` (or the context manager) deletes it."""
 
-    def __init__(self, client: Sam2Client, info: dict[str, Any]) -> None:
-        super().__init__(info, client._params)
-        self._client = client
+    def __init__(self, sender: Sender, info: dict[str, Any]) -> None:
+        super().__init__(info, sender.params)
+        self._sender = sender
 
     def __enter__(self) -> VideoSession:
         return self
@@ -56,7 +54,7 @@ class VideoSession(SessionCalls):
         self.close()
 
     def _send(self, call: Call) -> httpx.Response:
-        return _send(self._client, call)
+        return self._sender.send(call)
 
     def add_prompt(
         self,
@@ -81,17 +79,11 @@ class VideoSession(SessionCalls):
     ) -> Iterator[VideoFrame]:
         """Frames as the server computes them; stop iterating (or close) to cancel the rest."""
         call = self._propagate_call(direction, start_frame, max_frames)
-        try:
-            with self._client._http.stream(call.method, call.url, **call.kwargs()) as response:
-                if not response.is_success:
-                    response.read()
-                    raise error_from_response(response)
-                for line in response.iter_lines():
-                    frame = self.parse_line(line)
-                    if frame is not None:
-                        yield frame
-        except httpx.TransportError as exc:
-            raise self._client._transport_error(exc) from exc
+        with self._sender.stream(call) as response:
+            for line in response.iter_lines():
+                frame = self.parse_line(line)
+                if frame is not None:
+                    yield frame
 
     def frame(self, index: int) -> VideoFrame:
         """The current masks of frame `index` (empty before any prompt/propagation reaches it)."""
@@ -115,9 +107,9 @@ class AsyncVideoSession(SessionCalls):
     """The asyncio twin of `VideoSession`: same methods, `await` them (`async for` over
     `propagate()`); `aclose()` (or `async with`) deletes the session."""
 
-    def __init__(self, client: AsyncSam2Client, info: dict[str, Any]) -> None:
-        super().__init__(info, client._params)
-        self._client = client
+    def __init__(self, sender: AsyncSender, info: dict[str, Any]) -> None:
+        super().__init__(info, sender.params)
+        self._sender = sender
 
     async def __aenter__(self) -> AsyncVideoSession:
         return self
@@ -126,7 +118,7 @@ class AsyncVideoSession(SessionCalls):
         await self.aclose()
 
     async def _send(self, call: Call) -> httpx.Response:
-        return await _asend(self._client, call)
+        return await self._sender.send(call)
 
     async def add_prompt(
         self,
@@ -151,19 +143,11 @@ class AsyncVideoSession(SessionCalls):
         """Frames as the server computes them. Leaving the `async for` closes the stream (the
         server cancels the rest); `contextlib.aclosing(session.propagate())` does it at once."""
         call = self._propagate_call(direction, start_frame, max_frames)
-        try:
-            async with self._client._http.stream(
-                call.method, call.url, **call.kwargs()
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise error_from_response(response)
-                async for line in response.aiter_lines():
-                    frame = self.parse_line(line)
-                    if frame is not None:
-                        yield frame
-        except httpx.TransportError as exc:
-            raise self._client._transport_error(exc) from exc
+        async with self._sender.stream(call) as response:
+            async for line in response.aiter_lines():
+                frame = self.parse_line(line)
+                if frame is not None:
+                    yield frame
 
     async def frame(self, index: int) -> VideoFrame:
         """See `VideoSession.frame`."""
@@ -185,31 +169,15 @@ class AsyncVideoSession(SessionCalls):
     close = aclose
 
 
-def open_session(client: Sam2Client, video: VideoLike, *, model: str | None = None) -> VideoSession:
+def open_session(sender: Sender, video: VideoLike, *, model: str | None = None) -> VideoSession:
     """Upload a clip file/bytes, point the server at an https URL, or send a list of frames."""
-    response = _send(client, create_call(video, model, client._params))
-    return VideoSession(client, response.json())
+    response = sender.send(create_call(video, model, sender.params))
+    return VideoSession(sender, response.json())
 
 
 async def open_async_session(
-    client: AsyncSam2Client, video: VideoLike, *, model: str | None = None
+    sender: AsyncSender, video: VideoLike, *, model: str | None = None
 ) -> AsyncVideoSession:
     """See `open_session`."""
-    response = await _asend(client, create_call(video, model, client._params))
-    return AsyncVideoSession(client, response.json())
-
-
-def _send(client: Sam2Client, call: Call) -> httpx.Response:
-    try:
-        response = client._http.request(call.method, call.url, **call.kwargs())
-    except httpx.TransportError as exc:
-        raise client._transport_error(exc) from exc
-    return checked(response)
-
-
-async def _asend(client: AsyncSam2Client, call: Call) -> httpx.Response:
-    try:
-        response = await client._http.request(call.method, call.url, **call.kwargs())
-    except httpx.TransportError as exc:
-        raise client._transport_error(exc) from exc
-    return checked(response)
+    response = await sender.send(create_call(video, model, sender.params))
+    return AsyncVideoSession(sender, response.json())

@@ -114,6 +114,7 @@ class Segmenter:
             target=self._loop.run_forever, name="sam2serve-segmenter", daemon=True
         )
         self._thread.start()
+        self._caller = LoopCaller(self._loop, self._thread, self._limits)
         self._services: Services = self._run(_build(settings, registry))
         self._service: ImageService = self._services.images
         self._finalizer = weakref.finalize(
@@ -148,7 +149,7 @@ class Segmenter:
             await self._service.pool.get(spec)
             return spec.model_id
 
-        return self._call(go())
+        return self._caller.call(go())
 
     # -- the SDK calls ---------------------------------------------------------------
 
@@ -163,16 +164,16 @@ class Segmenter:
         """See `Sam2Client.embed_image`; the id defaults to the image's content hash."""
         if isinstance(image, str) and is_url(image):  # fetched by the service, as a server does
             body, size = self._calls.embed_body(image, image_id, model, bgr)
-            request: EmbedRequest | LocalEmbedRequest = self._validate(EmbedRequest, body)
+            request: EmbedRequest | LocalEmbedRequest = self._caller.validate(EmbedRequest, body)
             pixels = None
         else:
             fields = {"image_id": image_id, "sam2_version_id": model}
-            request = self._validate(LocalEmbedRequest, fields)
+            request = self._caller.validate(LocalEmbedRequest, fields)
             self.model_id(model)  # an unknown model is reported before the image is decoded
             pixels = self._pixels(image, bgr)
             size = pixels.hw
         service = self._service
-        response = self._call(service.embed(request, PUBLIC_NAMESPACE, pixels=pixels))
+        response = self._caller.call(service.embed(request, PUBLIC_NAMESPACE, pixels=pixels))
         return self._calls.embedded(EmbedResult(response.image_id, response.time), size)
 
     def segment_image(
@@ -198,8 +199,8 @@ class Segmenter:
             call = SegmentCall(request_body, pixels.hw, prompt_list, image, bgr)
             # the pixels are cached under their content hash unless an id was given
             body = {**request_body, "image_id": image_id or pixels.content_hash}
-        request = self._validate(SegmentRequest, body)
-        answer = self._call(self._service.segment(request, PUBLIC_NAMESPACE, pixels=pixels))
+        request = self._caller.validate(SegmentRequest, body)
+        answer = self._caller.call(self._service.segment(request, PUBLIC_NAMESPACE, pixels=pixels))
         if isinstance(answer, BinaryResult):
             return call.parse(answer.content)
         return call.parse(answer.model_dump(mode="json"))
@@ -227,8 +228,8 @@ class Segmenter:
             call = EverythingCall(request_body, image, bgr)
             # the pixels are cached under their content hash unless an id was given
             body = {**request_body, "image_id": image_id or pixels.content_hash}
-        request = self._validate(EverythingRequest, body)
-        answer = self._call(
+        request = self._caller.validate(EverythingRequest, body)
+        answer = self._caller.call(
             self._services.everything.segment(request, PUBLIC_NAMESPACE, pixels=pixels)
         )
         return call.parse(answer.model_dump(mode="json"))  # type: ignore[union-attr]
@@ -237,7 +238,7 @@ class Segmenter:
         """Open a video session on this model (see `sam2serve.local.video`): a clip
         path/bytes, an https URL, or a list of frames; the HTTP session's methods and results.
         Use it as a context manager (or `close()` it)."""
-        return open_local_session(self, self._services.video, video, model)
+        return open_local_session(self._caller, self._services.video, video, model)
 
     def _pixels(self, image: ImageLike, bgr: bool) -> LoadedImage:
         """Decode an image here, as the server decodes an upload (EXIF orientation, every
@@ -263,19 +264,38 @@ class Segmenter:
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _validate(self, model: type[T], body: dict[str, Any]) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._caller.run(coro)
+
+
+class LoopCaller:
+    """A `Segmenter`'s way to its loop: validates request bodies under its limits and runs
+    coroutines on its loop, with the SDK's typed errors. The Segmenter's calls go through it,
+    and it is what its video sessions get (a `sam2serve.local.video.LocalCaller`)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, thread: threading.Thread, limits: Limits
+    ) -> None:
+        self._loop = loop
+        self._thread = thread
+        self._limits = limits
+
+    def validate(self, model: type[T], body: dict[str, Any]) -> T:
+        """`body` parsed by the wire model `model`; InvalidRequestError/BadRequestError."""
         try:
             return model.model_validate(body, context={"limits": self._limits})  # type: ignore[attr-defined]
         except ValidationError as exc:
             raise _client_error(schema_error(exc)) from exc
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """`run`, a `ServiceError` raised as the SDK's typed error."""
         try:
-            return self._run(coro)
+            return self.run(coro)
         except ServiceError as exc:
             raise _client_error(exc) from exc
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait for it (RuntimeError once the Segmenter is closed)."""
         if not self._thread.is_alive():
             coro.close()
             raise RuntimeError("this Segmenter is closed")

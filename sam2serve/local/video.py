@@ -6,11 +6,12 @@
         for frame in session.propagate():
             detections = frame.to_detections()
 
-It runs the server's own `VideoService` on the Segmenter's loop: the request bodies are the
-HTTP session's (`sam2serve.client.video_calls`), validated by the same wire models, and the
-answers are parsed by the same code, so the masks are the server's. Errors are the SDK's
-typed errors. Stopping the iteration over `propagate()` cancels the remaining frames before
-it returns: the session is free for the next call at once.
+It runs the server's own `VideoService` on the Segmenter's loop, through the `LocalCaller` the
+Segmenter hands its sessions: the request bodies are the HTTP session's
+(`sam2serve.client.video_calls`), validated by the same wire models, and the answers are
+parsed by the same code, so the masks are the server's. Errors are the SDK's typed errors.
+Stopping the iteration over `propagate()` cancels the remaining frames before it returns: the
+session is free for the next call at once.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -41,18 +42,28 @@ from sam2serve.video.schema import CreateSessionRequest, PromptRequest, Propagat
 from sam2serve.video.service import VideoService, clip_too_large
 from sam2serve.wiring import PUBLIC_NAMESPACE
 
-if TYPE_CHECKING:
-    from sam2serve.local.segmenter import Segmenter
+__all__ = ["LocalCaller", "LocalVideoSession", "open_local_session"]
 
-__all__ = ["LocalVideoSession", "open_local_session"]
+T = TypeVar("T")
+
+
+class LocalCaller(Protocol):
+    """What a local session needs of the `Segmenter` that opened it (which hands it one):
+    request bodies validated by the wire models under the Segmenter's limits, and coroutines
+    run on the Segmenter's loop. Both raise the SDK's typed errors (`BadRequestError`, ...);
+    `call` raises RuntimeError once the Segmenter is closed."""
+
+    def validate(self, model: type[T], body: dict[str, Any]) -> T: ...
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
 
 class LocalVideoSession(SessionCalls):
     """A video session of a `Segmenter`; `close()` (or the context manager) ends it."""
 
-    def __init__(self, segmenter: Segmenter, video: VideoService, info: dict[str, Any]) -> None:
+    def __init__(self, caller: LocalCaller, video: VideoService, info: dict[str, Any]) -> None:
         super().__init__(info)
-        self._seg = segmenter
+        self._caller = caller
         self._video = video
 
     def __enter__(self) -> LocalVideoSession:
@@ -72,8 +83,10 @@ class LocalVideoSession(SessionCalls):
     ) -> VideoFrame:
         """See `VideoSession.add_prompt` (same arguments, same result)."""
         body = prompt_body(frame, object_id, points, box, mask)
-        request = self._seg._validate(PromptRequest, body)
-        answer = self._seg._call(self._video.add_prompt(PUBLIC_NAMESPACE, self.session_id, request))
+        request = self._caller.validate(PromptRequest, body)
+        answer = self._caller.call(
+            self._video.add_prompt(PUBLIC_NAMESPACE, self.session_id, request)
+        )
         return self.parse_frame(answer.model_dump(mode="json"))
 
     def propagate(
@@ -86,16 +99,18 @@ class LocalVideoSession(SessionCalls):
         """See `VideoSession.propagate`. Each frame is computed when asked for; stopping the
         iteration (break, `close()`) cancels the rest before it returns."""
         body = propagate_body(direction, start_frame, max_frames)
-        request = self._seg._validate(PropagateRequest, body)
-        frames = self._seg._call(self._video.propagate(PUBLIC_NAMESPACE, self.session_id, request))
+        request = self._caller.validate(PropagateRequest, body)
+        frames = self._caller.call(
+            self._video.propagate(PUBLIC_NAMESPACE, self.session_id, request)
+        )
         try:
             while True:
-                answer = self._seg._call(_next(frames))
+                answer = self._caller.call(_next(frames))
                 if answer is None:
                     return
                 yield self.parse_frame(answer.model_dump(mode="json"))
         finally:
-            self._seg._call(frames.aclose())  # waits for a step in flight, frees the session
+            self._caller.call(frames.aclose())  # waits for a step in flight, frees the session
 
     def frame(self, index: int) -> VideoFrame:
         """See `VideoSession.frame`."""
@@ -103,13 +118,13 @@ class LocalVideoSession(SessionCalls):
         async def read() -> Any:
             return self._video.frame(PUBLIC_NAMESPACE, self.session_id, index, "rle")
 
-        return self.parse_frame(self._seg._call(read()).model_dump(mode="json"))
+        return self.parse_frame(self._caller.call(read()).model_dump(mode="json"))
 
     def remove_object(self, object_id: int) -> None:
-        self._seg._call(self._video.remove_object(PUBLIC_NAMESPACE, self.session_id, object_id))
+        self._caller.call(self._video.remove_object(PUBLIC_NAMESPACE, self.session_id, object_id))
 
     def reset(self) -> None:
-        self._seg._call(self._video.reset(PUBLIC_NAMESPACE, self.session_id))
+        self._caller.call(self._video.reset(PUBLIC_NAMESPACE, self.session_id))
 
     def close(self) -> None:
         """End the session and free its memory (a session already gone is fine)."""
@@ -119,27 +134,27 @@ class LocalVideoSession(SessionCalls):
 
         with contextlib.suppress(RuntimeError):  # the Segmenter was closed first: all gone
             try:
-                self._seg._call(delete())
+                self._caller.call(delete())
             except Sam2ServerError as exc:
                 if exc.status != 404:
                     raise
 
 
 def open_local_session(
-    segmenter: Segmenter, video_service: VideoService, video: VideoLike, model: str | None
+    caller: LocalCaller, video_service: VideoService, video: VideoLike, model: str | None
 ) -> LocalVideoSession:
     """A clip file/bytes (decoded like an upload, under the same caps), an https URL (fetched
     under the server's URL policy) or a list of frames."""
     if isinstance(video, str) and is_url(video):
         body: dict[str, Any] = {"url": video, "sam2_version_id": model}
-        request = segmenter._validate(CreateSessionRequest, body)
-        info = segmenter._call(video_service.create(request, PUBLIC_NAMESPACE))
+        request = caller.validate(CreateSessionRequest, body)
+        info = caller.call(video_service.create(request, PUBLIC_NAMESPACE))
     elif isinstance(video, str | os.PathLike | bytes):
-        info = segmenter._call(_create_from_clip(video_service, video, model))
+        info = caller.call(_create_from_clip(video_service, video, model))
     else:
-        request = segmenter._validate(CreateSessionRequest, frames_body(video, model))
-        info = segmenter._call(video_service.create(request, PUBLIC_NAMESPACE))
-    return LocalVideoSession(segmenter, video_service, info.model_dump(mode="json"))
+        request = caller.validate(CreateSessionRequest, frames_body(video, model))
+        info = caller.call(video_service.create(request, PUBLIC_NAMESPACE))
+    return LocalVideoSession(caller, video_service, info.model_dump(mode="json"))
 
 
 async def _create_from_clip(
