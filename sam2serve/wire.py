@@ -59,6 +59,14 @@ class Box(Wire):
         return (self.x - hw, self.y - hh, self.x + hw, self.y + hh)
 
 
+@dataclass(frozen=True)
+class BinaryResult:
+    """format=binary: an .npz body (no pickle), answered as application/octet-stream."""
+
+    content: bytes
+    media_type: str = "application/octet-stream"
+
+
 class ApiKeyField(Wire):
     api_key: str | None = Field(default=None, repr=False)
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_length
 from sam2serve.api.body import parse_request
 from sam2serve.everything.schema import EverythingRequest, EverythingResponse
-from sam2serve.image.service import BinaryResult
+from sam2serve.wire import BinaryResult
 from sam2serve.wiring import Services
 
 router = APIRouter()

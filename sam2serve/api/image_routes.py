@@ -25,9 +25,10 @@ from sam2serve.image.schema import (
     SegmentRequest,
     SegmentResponse,
 )
-from sam2serve.image.service import BinaryResult, ImageService
+from sam2serve.image.service import ImageService
 from sam2serve.runtime.memory import rss_bytes
 from sam2serve.runtime.weights import checkpoint_path
+from sam2serve.wire import BinaryResult
 
 router = APIRouter()
 

@@ -26,11 +26,11 @@ from sam2serve.everything.schema import (
     EverythingRequest,
     EverythingResponse,
 )
-from sam2serve.image.service import BinaryResult, ImageService
+from sam2serve.image.service import ImageService
 from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage
 from sam2serve.scheduling.lanes import Lane
-from sam2serve.wire import RleMask
+from sam2serve.wire import BinaryResult, RleMask
 
 __all__ = ["EverythingService", "encode_npz", "segment_everything", "to_response"]
 

@@ -1,5 +1,6 @@
 """Decoding a request's prompts: grouped by token count, best mask per prompt, full-resolution
-logits one prompt at a time, and the per-request mask budget.
+logits one prompt at a time, the per-request mask budget, and the answer in the request's
+format (`click`, the whole decode step of a segment request).
 
 SAM2's mask decoder attends over all tokens of a prompt, so padding a short prompt with
 not-a-point tokens to batch it with a longer one changes its mask. Prompts are therefore
@@ -15,9 +16,37 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from sam2serve.errors import PayloadTooLarge
+from sam2serve.errors import BadRequest, PayloadTooLarge
+from sam2serve.image.schema import Prediction, SegmentRequest
 from sam2serve.media import postprocess
 from sam2serve.runtime.base import LABEL_PAD, Decoded, Features, PromptBatch, Runtime
+from sam2serve.wire import BinaryResult, RleMask
+
+
+def click(
+    runtime: Runtime,
+    features: Features,
+    batch: PromptBatch,
+    request: SegmentRequest,
+    mask_budget: int,
+) -> tuple[list[Prediction] | BinaryResult, np.ndarray]:
+    """One segment request's decode, on the click lane: the mask budget and mask_input
+    checks, one decoder call per token count, the best mask per prompt, then the answer in
+    the request's format. Returns it and the chosen low-res logits (N, m, m), clamped."""
+    hw = features.orig_hw
+    check_mask_budget(len(batch), hw, mask_budget)
+    check_mask_input(batch, runtime.low_res_size)
+    chosen, scores = decode_best(runtime, features, batch, request.multimask_output)
+    low_res = clamped_low_res(chosen)
+    if request.format == "binary":
+        full = full_logits_stack(runtime, chosen, hw)
+        return BinaryResult(postprocess.encode_npz(full, low_res)), low_res
+    fmt, holes = request.format, request.polygon_holes
+    predictions = [
+        _prediction(logits > 0, float(score), fmt, holes)
+        for logits, score in zip(full_logits(runtime, chosen, hw), scores, strict=True)
+    ]
+    return predictions, low_res
 
 
 def token_groups(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -129,3 +158,24 @@ def check_mask_budget(n_prompts: int, orig_hw: tuple[int, int], budget: int) -> 
         "or raise SAM2SERVE_MAX_MASK_PIXELS",
         field="prompts",
     )
+
+
+def check_mask_input(batch: PromptBatch, m: int) -> None:
+    """400 unless the client's mask_input is (N, 1, m, m) for this model's low-res size."""
+    if batch.mask_input is None or batch.has_mask is not None:
+        return  # none, or the server's own saved logits
+    if batch.mask_input.shape[-1] != m:
+        side = batch.mask_input.shape[-1]
+        raise BadRequest(
+            f"mask_input masks are {side}x{side}; this model needs finite logits of shape "
+            f"({len(batch)}, {m}, {m}): one {m}x{m} mask per prompt",
+            field="mask_input",
+        )
+
+
+def _prediction(mask: np.ndarray, score: float, fmt: str, holes: bool) -> Prediction:
+    if fmt == "rle":
+        return Prediction(
+            masks=RleMask(**postprocess.mask_to_rle(mask)), confidence=score, format="rle"
+        )
+    return Prediction(masks=postprocess.mask_to_polygons(mask, holes=holes), confidence=score)

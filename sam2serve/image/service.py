@@ -12,48 +12,30 @@ Request lifecycle, in order:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
-import numpy as np
 
 from sam2serve.config import Settings
-from sam2serve.errors import BadRequest, Unavailable
-from sam2serve.image.decoding import (
-    check_mask_budget,
-    clamped_low_res,
-    decode_best,
-    full_logits,
-    full_logits_stack,
-)
-from sam2serve.image.prompts import prompt_key, to_batch
+from sam2serve.errors import Unavailable
+from sam2serve.image.decoding import click
+from sam2serve.image.prompts import request_batch
 from sam2serve.image.schema import (
     EmbedRequest,
     EmbedResponse,
     ImageInput,
     LocalEmbedRequest,
-    Prediction,
-    RleMask,
     SegmentRequest,
     SegmentResponse,
 )
-from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage, load_image
 from sam2serve.media.fetch import UrlFetcher
 from sam2serve.registry import ModelSpec, resolve_model_id
-from sam2serve.runtime.base import Features, PromptBatch, Runtime
 from sam2serve.runtime.pool import ModelPool
-from sam2serve.scheduling.batching import MicroBatcher
+from sam2serve.scheduling.batching import Embedders
 from sam2serve.scheduling.lanes import Lane
 from sam2serve.scheduling.priority import worker_init
 from sam2serve.store.store import FeatureStore, Scope, StoredImage
+from sam2serve.wire import BinaryResult
 
-
-@dataclass(frozen=True)
-class BinaryResult:
-    """format=binary: an .npz body (masks: (N, H, W) logits, low_res_masks: (N, m, m))."""
-
-    content: bytes
-    media_type: str = "application/octet-stream"
+__all__ = ["BinaryResult", "ImageService"]
 
 
 class ImageService:
@@ -89,7 +71,12 @@ class ImageService:
             retry_after_s=2.0,
             initializer=worker_init(settings.embed_nice),
         )
-        self._batchers: dict[str, MicroBatcher[np.ndarray, Features]] = {}
+        self.embedders = Embedders(
+            self.embed_lane,
+            batch_size=settings.embed_batch_size,
+            window_s=settings.embed_batch_window_ms / 1000,
+            queue=settings.embed_queue,
+        )
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()
@@ -123,7 +110,7 @@ class ImageService:
             assert isinstance(request, EmbedRequest)  # only pixel calls come without an image
             pixels = await self.load(request.image)
         scope = await self.scope(namespace, spec)
-        got = await self.image_for(scope, request.image_id, pixels)
+        got = await self.store.for_pixels(scope, pixels, request.image_id)
         limit = self.store.max_feature_bytes
         if got.features.nbytes > limit:  # an id that is gone already is no use
             raise Unavailable(
@@ -143,40 +130,23 @@ class ImageService:
         (the in-process Segmenter); it is cached under `request.image_id`.
         """
         started = time.perf_counter()
+        batch, keys = request_batch(request)  # bad prompts / mask_input: 400 before image work
         spec = self.spec_for(request.sam2_version_id)
         if pixels is None and request.image is not None:
             pixels = await self.load(request.image)
         scope = await self.scope(namespace, spec)
-        got = await self.image_for(scope, request.image_id, pixels)
-        runtime = scope.runtime
-        prompts = request.prompt_list()
-        keys = [prompt_key(p) for p in prompts]
-        batch = to_batch(prompts)
-        if request.mask_input is not None:
-            masks = _parse_mask_input(request.mask_input, len(batch), runtime.low_res_size)
-            batch = PromptBatch(batch.coords, batch.labels, masks, None)
-        elif request.load_logits_from_cache and keys:
-            loaded = await self.store.load_logits(scope, got, keys)
-            if loaded is not None:
-                batch = PromptBatch(batch.coords, batch.labels, loaded[0], loaded[1])
-
-        hw = got.features.orig_hw
-        check_mask_budget(len(batch), hw, self.settings.max_mask_pixels)
-
-        def work() -> tuple[list[Prediction] | BinaryResult, np.ndarray]:
-            chosen, scores = decode_best(runtime, got.features, batch, request.multimask_output)
-            low_res = clamped_low_res(chosen)
-            if request.format == "binary":
-                full = full_logits_stack(runtime, chosen, hw)
-                return BinaryResult(postprocess.encode_npz(full, low_res)), low_res
-            predictions = [
-                _prediction(logits > 0, float(score), request.format, request.polygon_holes)
-                for logits, score in zip(full_logits(runtime, chosen, hw), scores, strict=True)
-            ]
-            return predictions, low_res
-
-        result, low_res = await self.click_lane.run(work)
-        if request.save_logits_to_cache and prompts:
+        if pixels is not None:
+            got = await self.store.for_pixels(scope, pixels, request.image_id)
+        else:
+            assert request.image_id is not None  # request validation guarantees one of them
+            got = await self.store.for_id(scope, request.image_id)
+        if request.load_logits_from_cache and batch.mask_input is None and keys:
+            batch = batch.with_masks(await self.store.load_logits(scope, got, keys))
+        budget = self.settings.max_mask_pixels
+        result, low_res = await self.click_lane.run(
+            click, scope.runtime, got.features, batch, request, budget
+        )
+        if request.save_logits_to_cache and keys:
             await self.store.save_logits(scope, got, keys, low_res)
         if isinstance(result, BinaryResult):
             return result
@@ -185,8 +155,9 @@ class ImageService:
     # -- steps -----------------------------------------------------------------------
 
     async def scope(self, namespace: str, spec: ModelSpec) -> Scope:
-        """`spec`'s model, loaded, for this namespace."""
-        return Scope(namespace, spec, await self.pool.get(spec))
+        """`spec`'s model, loaded, for this namespace, with how it embeds (batched or not)."""
+        runtime = await self.pool.get(spec)
+        return Scope(namespace, spec, runtime, self.embedders.for_model(spec.model_id, runtime))
 
     async def image_for(
         self, scope: Scope, image_id: str | None, pixels: LoadedImage | None
@@ -195,18 +166,10 @@ class ImageService:
         `image_id` (default: their content hash); without pixels, the stored `image_id`
         (this replica, then the shared tier). Raises NotInCache for an unknown id.
         """
-        if pixels is None:
-            assert image_id is not None  # request validation guarantees one of them
-            return await self.store.for_id(scope, image_id)
-        rgb = pixels.rgb
-        batcher = self._batcher(scope.spec.model_id, scope.runtime)
-
-        async def embed() -> Features:
-            if batcher is not None:
-                return await batcher.submit(rgb)
-            return await self.embed_lane.run(scope.runtime.embed, rgb)
-
-        return await self.store.for_pixels(scope, pixels.content_hash, image_id, embed)
+        if pixels is not None:
+            return await self.store.for_pixels(scope, pixels, image_id)
+        assert image_id is not None  # request validation guarantees one of them
+        return await self.store.for_id(scope, image_id)
 
     async def load(self, image: ImageInput) -> LoadedImage:
         """A request's image (base64 or URL) decoded to RGB, on the decode lane."""
@@ -217,54 +180,3 @@ class ImageService:
             fetcher=self.fetcher,
             run=self.decode_lane.run,
         )
-
-    def _batcher(self, model_id: str, runtime: Runtime) -> MicroBatcher | None:
-        """The embed micro-batcher of this model, where batching is on and supported."""
-        size = self.settings.embed_batch_size or (4 if runtime.device.type == "cuda" else 1)
-        embed_batch = getattr(runtime, "embed_batch", None)
-        if size <= 1 or embed_batch is None:
-            return None
-        batcher = self._batchers.get(model_id)
-        if batcher is None or batcher.batch_fn != embed_batch:  # model reloaded
-            batcher = MicroBatcher(
-                embed_batch,
-                self.embed_lane,
-                max_batch=size,
-                window_s=self.settings.embed_batch_window_ms / 1000,
-                max_pending=size * max(1, self.settings.embed_queue),
-            )
-            self._batchers[model_id] = batcher
-        return batcher
-
-
-def _parse_mask_input(raw: list, n_prompts: int, m: int) -> np.ndarray:
-    """Accept (N, m, m), (N, 1, m, m), or one (m, m) / (1, m, m) mask broadcast to N."""
-    try:
-        arr = np.asarray(raw, dtype=np.float32)
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(
-            f"mask_input must be a numeric array of shape (N, {m}, {m}) with N = number of "
-            "prompts (the low_res_masks of an earlier binary response)",
-            field="mask_input",
-        ) from exc
-    if arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim == 3 and arr.shape[0] == 1 and n_prompts > 1:
-        arr = np.repeat(arr, n_prompts, axis=0)
-    if arr.shape != (n_prompts, m, m) or not np.isfinite(arr).all():
-        raise BadRequest(
-            f"mask_input has shape {list(arr.shape)}; this model needs finite logits of shape "
-            f"({n_prompts}, {m}, {m}): one {m}x{m} mask per prompt",
-            field="mask_input",
-        )
-    return arr[:, None]
-
-
-def _prediction(mask: np.ndarray, score: float, fmt: str, holes: bool) -> Prediction:
-    if fmt == "rle":
-        return Prediction(
-            masks=RleMask(**postprocess.mask_to_rle(mask)), confidence=score, format="rle"
-        )
-    return Prediction(masks=postprocess.mask_to_polygons(mask, holes=holes), confidence=score)

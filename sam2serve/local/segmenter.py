@@ -51,12 +51,12 @@ from sam2serve.client.video_calls import VideoLike
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.image.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest
-from sam2serve.image.service import BinaryResult, ImageService
+from sam2serve.image.service import ImageService
 from sam2serve.local.video import LocalVideoSession, open_local_session
 from sam2serve.media import decode as image_decode
 from sam2serve.media.decode import LoadedImage
 from sam2serve.registry import ModelSpec
-from sam2serve.wire import Limits, schema_error
+from sam2serve.wire import BinaryResult, Limits, schema_error
 from sam2serve.wiring import PUBLIC_NAMESPACE, Services, build_services
 
 __all__ = ["Segmenter"]

@@ -58,6 +58,12 @@ class PromptBatch:
     def __len__(self) -> int:
         return int(self.coords.shape[0])
 
+    def with_masks(self, saved: tuple[np.ndarray, np.ndarray] | None) -> PromptBatch:
+        """This batch with (mask_input (N, 1, m, m), has_mask (N,)), if any were found."""
+        if saved is None:
+            return self
+        return PromptBatch(self.coords, self.labels, saved[0], saved[1])
+
 
 @dataclass(frozen=True)
 class Decoded:

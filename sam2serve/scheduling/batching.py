@@ -6,8 +6,8 @@ milliseconds, run as one batched encoder call (on a GPU, a batch of 4 costs far 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 from sam2serve.errors import Unavailable
 from sam2serve.scheduling.lanes import Lane
@@ -78,3 +78,36 @@ class MicroBatcher(Generic[X, Y]):
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+class Embedders:
+    """How each loaded model embeds: through its micro-batcher where batching is on and the
+    runtime has `embed_batch` (default on CUDA), else one image per job on `lane`."""
+
+    def __init__(self, lane: Lane, *, batch_size: int, window_s: float, queue: int) -> None:
+        self.lane = lane
+        self.batch_size = batch_size  # 0: 4 on CUDA, 1 (off) elsewhere
+        self.window_s = window_s
+        self.queue = queue
+        self._batchers: dict[str, MicroBatcher[Any, Any]] = {}
+
+    def batcher(self, model_id: str) -> MicroBatcher[Any, Any] | None:
+        return self._batchers.get(model_id)
+
+    def for_model(self, model_id: str, runtime: Any) -> Callable[[Any], Awaitable[Any]]:
+        """`embed(pixels) -> features` for this model's runtime (`embed`, maybe `embed_batch`)."""
+        size = self.batch_size or (4 if runtime.device.type == "cuda" else 1)
+        embed_batch = getattr(runtime, "embed_batch", None)
+        if size <= 1 or embed_batch is None:
+            return lambda rgb: self.lane.run(runtime.embed, rgb)
+        batcher = self._batchers.get(model_id)
+        if batcher is None or batcher.batch_fn != embed_batch:  # model reloaded
+            batcher = MicroBatcher(
+                embed_batch,
+                self.lane,
+                max_batch=size,
+                window_s=self.window_s,
+                max_pending=size * max(1, self.queue),
+            )
+            self._batchers[model_id] = batcher
+        return batcher.submit

@@ -20,6 +20,7 @@ import numpy as np
 
 from sam2serve.config import Settings
 from sam2serve.errors import NotInCache
+from sam2serve.media.decode import LoadedImage
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.base import Features, Runtime
 from sam2serve.store.local import EmbeddingCache, EntryKey, IdKey
@@ -39,6 +40,7 @@ class Scope:
     namespace: str
     spec: ModelSpec
     runtime: Runtime
+    embed: Callable[[np.ndarray], Awaitable[Features]]  # RGB (H, W, 3) uint8 -> features
 
     def entry(self, content_hash: str) -> EntryKey:
         return EntryKey(self.namespace, self.spec.model_id, content_hash)
@@ -99,32 +101,29 @@ class FeatureStore:
     # -- features ----------------------------------------------------------------------
 
     async def for_pixels(
-        self,
-        scope: Scope,
-        content_hash: str,
-        image_id: str | None,
-        embed: Callable[[], Awaitable[Features]],
+        self, scope: Scope, pixels: LoadedImage, image_id: str | None
     ) -> StoredImage:
         """The features of these pixels, bound to `image_id` (default: the content hash).
 
         Single-flight on two levels: concurrent callers in this process share one
         computation; across replicas the Redis embed lock lets one replica embed while the
-        others wait for its value. `embed` runs only when nobody has the features.
+        others wait for its value. `scope.embed` runs only when nobody has the features.
         """
+        content_hash = pixels.content_hash
         entry = scope.entry(content_hash)
         image_id = image_id or content_hash
         ident = await self._identity(scope)
 
         async def compute() -> Features:
             if ident is None:
-                return await embed()
+                return await scope.embed(pixels.rgb)
             assert self.shared is not None
             device = scope.runtime.device
             found = await self.shared.wait_or_lock(scope.namespace, ident, content_hash, device)
             if found is not None:
                 return found
             try:
-                return await embed()
+                return await scope.embed(pixels.rgb)
             finally:
                 await self.shared.unlock(scope.namespace, ident, content_hash)
 

@@ -115,7 +115,7 @@ def test_micro_batched_embeds_equal_single_embeds(tiny_weights_dir) -> None:  # 
         spec = service.spec_for(None)
         requests = [EmbedRequest(image=image) for image in images]
         results = await asyncio.gather(*(service.embed(r, "public") for r in requests))
-        assert service._batchers[spec.model_id].batches == [3]
+        assert service.embedders.batcher(spec.model_id).batches == [3]
         runtime = await service.pool.get(spec)
         for result, rgb in zip(results, photos().values(), strict=True):
             _, batched = service.store.local.lookup(IdKey("public", spec.model_id, result.image_id))
