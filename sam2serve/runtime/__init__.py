@@ -1,3 +1,7 @@
 """Model runtimes behind one seam (`base.Runtime`): the torch runtime (Meta's model code,
 fp32, exact) and the fast CPU runtime (OpenVINO) beside it; `factory` picks one from
-`Settings.runtime`. Only this package touches SAM2's internals (the `sam2` modules)."""
+`Settings.runtime`; `pool` loads models lazily within a budget; `weights` resolves, downloads
+and checks checkpoints; `video_tracker` drives Meta's video model; `amg` holds the automatic
+mask generator's SAM2 helpers. Only this package touches SAM2's internals (the `sam2` modules).
+
+Layer: below the store, beside media and scheduling. May import: ground floor only."""
