@@ -166,7 +166,7 @@ class Sam2Service:
         if request.load_logits_from_cache and keys and self.shared is not None:
             ident = await self.shared.identity(spec, runtime)
             for saved_keys, saved in await self.shared.load_logits(
-                namespace, ident, got.entry.content_hash
+                namespace, ident, got.entry.content_hash, side=runtime.low_res_size
             ):
                 self.logits.save(got.entry, saved_keys, saved)
         batch = self._with_mask_input(to_batch(prompts), request, runtime, got.entry, keys)
@@ -324,10 +324,19 @@ class Sam2Service:
         """Check an id against the shared binding (authoritative while Redis is up): fetch
         features this replica lacks; never answer with pixels the id is no longer bound to."""
         assert self.shared is not None
+        from sam2serve.shared_tier import Binding  # (redis-py only where the tier is on)
+
         runtime = await self.pool.get(spec)
         ident = await self.shared.identity(spec, runtime)
         local_hash = local[0].content_hash if local is not None else None
         bound = await self.shared.binding(namespace, ident, image_id, local_hash)
+        if bound is Binding.REFUSED:
+            # Redis holds something under this id that this server never writes (junk,
+            # another Redis type, another version's format). It is not "unknown": the id
+            # may have been re-bound to other pixels elsewhere before the value was damaged,
+            # so the local binding may be stale and does not stand either. Only "send the
+            # image" is safe; the resend re-binds the id for every replica.
+            return None
         if bound is None or bound == local_hash:
             return local  # unknown to Redis, or Redis down: the local answer stands
         features = await self.shared.features(namespace, ident, bound, runtime.device)
