@@ -3,10 +3,10 @@ another replica embedded. Enabled by `SAM2SERVE_REDIS_URL`; off by default.
 
 Keys (all under `prefix`, default ``sam2serve:v1``; every key has a TTL, refreshed on use):
 
-    {prefix}:f:{namespace}:{model}:{ckpt16}:{content_hash}   features value (feature_codec)
+    {prefix}:f:{namespace}:{model}:{ckpt16}:{content_hash}   features value (store/codec.py)
     {prefix}:id:{namespace}:{model}:{image_id}               -> content_hash (the id binding)
     {prefix}:l:{namespace}:{model}:{ckpt16}:{content_hash}   hash: prompt set -> logits value
-    {prefix}:lock:{namespace}:{model}:{content_hash}         embed lock (single-flight)
+    {prefix}:lock:{namespace}:{model}:{ckpt16}:{content_hash}  embed lock (single-flight)
 
 The id binding in Redis is authoritative while Redis is up: a replica whose local cache
 still binds an id to older pixels checks the shared binding on every id-only click, so an
@@ -14,16 +14,39 @@ id re-embedded with other pixels elsewhere never answers with the old image.
 
 Faults never reach clients: every operation has a short timeout; a failed one opens a
 circuit breaker and the replica serves local-only for `retry_s`, then tries again (one
-request or a /readyz probe closes it). Values that are not ours (corrupt, foreign, other
-format version, a pickle) are refused by the codec and treated as a miss.
+request or a /readyz probe closes it).
+
+Everything read back is validated; what this server would not have written is refused,
+counted as ``(op, "refused")`` (op: features, binding, logits, lock), logged without the
+value and treated as a miss, and it does NOT open the breaker (Redis answered; only
+connection errors and timeouts do):
+
+- features and logits values: the codec's typed header (format version, kind, model id,
+  checkpoint sha256, producing runtime, content hash, shapes, CRC32), so a corrupt,
+  truncated, foreign-model, other-version or pickled value is refused; logits must also have
+  one (m, m) plane per prompt of their field's prompt set. A refused features value is
+  overwritten by this replica's next publish of that image.
+- bindings: exactly a content hash as `image_decode.rgb_content_hash` writes it (64
+  lowercase hex). A binding that is present but refused is NOT "unknown": the local
+  binding does not stand either (see `Sam2Service._shared_lookup`); the click gets 404
+  "send the image", and the resend re-binds the id for every replica.
+- locks: ``sam2serve-lock:v1:`` + a random token per holder, with a TTL of at most
+  `lock_s`. Anything else under a lock key (no TTL, a longer TTL, another value, another
+  Redis type) is stale: it is taken over at once instead of waited for. Unlock deletes the
+  lock only while it still holds this holder's token.
+- any key of the wrong Redis type (a WRONGTYPE reply) counts as refused; the logits hash is
+  replaced by the next save, a features or binding key by the next publish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
+import re
+import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -36,7 +59,7 @@ import redis.asyncio as aioredis
 import torch
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.base import Features, Runtime
@@ -50,6 +73,67 @@ T = TypeVar("T")
 
 class _Skipped(Exception):
     """The breaker is open or the call failed: carry on local-only."""
+
+
+class _Refused(Exception):
+    """Redis answered, but the key holds something this server never writes (another Redis
+    type): counted as refused, a miss; the breaker stays closed."""
+
+
+class Binding(enum.Enum):
+    """`SharedTier.binding()`'s answer when Redis holds something under the id that is not a
+    binding this server writes."""
+
+    REFUSED = "refused"
+
+
+#: replies that mean "this key holds something unexpected", not "Redis is unwell"
+_PER_KEY_ERRORS = ("WRONGTYPE",)
+#: a binding as this server writes it: `image_decode.rgb_content_hash` (sha256 hex)
+_CONTENT_HASH = re.compile(rb"[0-9a-f]{64}")
+#: a lock as this server writes it: this prefix + 32 lowercase hex (one token per holder)
+_LOCK_PREFIX = b"sam2serve-lock:v1:"
+
+# KEYS[1] the embed lock; ARGV: this holder's value, lock time (ms), the lock prefix.
+# 0: a live lock of another holder (wait for it); 1: taken; 2: taken over a stale one (no
+# TTL or a longer one than ours, a value this server does not write, another Redis type).
+_LOCK_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+local ms = tonumber(ARGV[2])
+if kind == 'string' then
+  local ttl = redis.call('PTTL', KEYS[1])
+  local held = redis.call('GET', KEYS[1])
+  local n = string.len(ARGV[3])
+  if ttl >= 0 and ttl <= ms and string.len(held) == n + 32
+      and string.sub(held, 1, n) == ARGV[3] and string.find(held, '^[0-9a-f]+$', n + 1) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ms)
+if kind == 'none' then return 1 end
+return 2
+"""
+# KEYS[1] the embed lock; ARGV[1] this holder's value: delete it only while it is ours
+_UNLOCK_SCRIPT = """
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# KEYS[1] the logits hash; ARGV: field, value, TTL (s). A key of another type is replaced
+# (1: it was; 0: it was a hash or absent).
+_SAVE_LOGITS_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if kind ~= 'hash' and kind ~= 'none' then return 1 end
+return 0
+"""
+
+
+def _per_key(exc: object) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith(_PER_KEY_ERRORS)
 
 
 class SharedTier:
@@ -84,6 +168,11 @@ class SharedTier:
         self.last_error: str | None = None
         self.down_since: float | None = None
         self._identities: dict[tuple[str, str], codec.Identity] = {}
+        self._lock_script = self._redis.register_script(_LOCK_SCRIPT)
+        self._unlock_script = self._redis.register_script(_UNLOCK_SCRIPT)
+        self._save_logits_script = self._redis.register_script(_SAVE_LOGITS_SCRIPT)
+        self._lock_tokens: dict[str, bytes] = {}  # lock key -> this replica's value in it
+        self._refused_features: set[str] = set()  # keys to overwrite on the next publish
 
     async def aclose(self) -> None:
         await self._redis.aclose()
@@ -100,6 +189,12 @@ class SharedTier:
             raise _Skipped
         try:
             result = await asyncio.wait_for(fn(), timeout=self.timeout_s * 4)
+        except ResponseError as exc:
+            if not _per_key(exc):
+                self._trip(op, exc)
+                raise _Skipped from exc
+            self._refuse(op, "holds another Redis type", exc)
+            raise _Refused from exc
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._trip(op, exc)
             # a timed-out connection may still get the old reply: never reuse one
@@ -118,6 +213,12 @@ class SharedTier:
         if self.down_since is None:
             self.down_since = time.time()
             log.warning("shared tier down, serving local-only: %s", self.last_error)
+
+    def _refuse(self, op: str, what: str, exc: BaseException | None = None) -> None:
+        """Count and log a refused read (never the value itself: it is untrusted)."""
+        self.counts[(op, "refused")] += 1
+        detail = f": {type(exc).__name__}: {str(exc)[:120]}" if exc is not None else ""
+        log.warning("shared tier: refused %s (%s)%s", op, what, detail)
 
     async def probe(self) -> bool:
         """Ping Redis if the breaker allows it (for /readyz); True when up."""
@@ -164,8 +265,9 @@ class SharedTier:
 
     async def binding(
         self, namespace: str, ident: codec.Identity, image_id: str, local_hash: str | None
-    ) -> str | None:
-        """The content hash `image_id` is bound to (TTL refreshed); None if unknown or down.
+    ) -> str | Binding | None:
+        """The content hash `image_id` is bound to (TTL refreshed); None if unknown or down;
+        `Binding.REFUSED` if Redis holds something there that is not a binding of ours.
 
         `local_hash`: what this replica's cache binds the id to; its features' TTL is
         refreshed in the same round trip.
@@ -177,15 +279,28 @@ class SharedTier:
                 pipe.getex(id_key, ex=self.ttl_s)
                 if local_hash is not None:
                     pipe.expire(self._key("f", namespace, ident, local_hash), self.ttl_s)
-                return await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
+            for reply in replies:  # (per-key errors are looked at below)
+                if isinstance(reply, Exception) and not _per_key(reply):
+                    raise reply
+            return replies
 
         try:
             replies = await self._call("binding", run)
         except _Skipped:
             return None
         bound = replies[0]
-        self.counts[("binding", "hit" if bound is not None else "miss")] += 1
-        return bound.decode() if bound is not None else None
+        if bound is None:
+            self.counts[("binding", "miss")] += 1
+            return None
+        if _per_key(bound):
+            self._refuse("binding", f"{id_key} holds another Redis type")
+            return Binding.REFUSED
+        if not isinstance(bound, bytes) or not _CONTENT_HASH.fullmatch(bound):
+            self._refuse("binding", f"{id_key} holds no content hash")
+            return Binding.REFUSED
+        self.counts[("binding", "hit")] += 1
+        return bound.decode()
 
     async def features(
         self, namespace: str, ident: codec.Identity, content_hash: str, device: torch.device
@@ -196,17 +311,25 @@ class SharedTier:
             value = await self._call("features", lambda: self._redis.getex(key, ex=self.ttl_s))
         except _Skipped:
             return None
+        except _Refused:
+            self._note_refused(key)
+            return None
         if value is None:
             self.counts[("features", "miss")] += 1
             return None
         try:
             found = codec.decode_features(value, ident, content_hash, device)
-        except codec.CodecError as exc:
-            self.counts[("features", "refused")] += 1
-            log.warning("shared tier: refused the value at %s: %s", key, exc)
+        except Exception as exc:  # untrusted bytes: any failure to decode is a refusal
+            self._refuse("features", f"the value at {key}", exc)
+            self._note_refused(key)
             return None
         self.counts[("features", "hit")] += 1
         return found
+
+    def _note_refused(self, key: str) -> None:
+        if len(self._refused_features) >= 4096:
+            self._refused_features.clear()
+        self._refused_features.add(key)
 
     async def publish(
         self,
@@ -216,8 +339,8 @@ class SharedTier:
         content_hash: str,
         features: Features | None,
     ) -> None:
-        """Bind `image_id` -> `content_hash`; store `features` too when given, or when Redis
-        lost them (e.g. after a flush) and this replica still has them."""
+        """Bind `image_id` -> `content_hash`; store `features` too when given and Redis lost
+        them (e.g. after a flush) or holds a value this replica refused."""
         f_key = self._key("f", namespace, ident, content_hash)
         id_key = self._key("id", namespace, ident, image_id)
 
@@ -226,9 +349,10 @@ class SharedTier:
                 pipe.set(id_key, content_hash, ex=self.ttl_s)
                 pipe.expire(f_key, self.ttl_s)
                 _, present = await pipe.execute()
-            if features is not None and not present:
+            if features is not None and (not present or f_key in self._refused_features):
                 value = codec.encode_features(ident, content_hash, features)
                 await self._redis.set(f_key, value, ex=self.ttl_s)
+                self._refused_features.discard(f_key)
                 self.counts[("publish", "stored")] += 1
 
         try:
@@ -245,15 +369,21 @@ class SharedTier:
         if found is not None:
             return found
         lock_key = self._key("lock", namespace, ident, content_hash)
+        value = _LOCK_PREFIX + secrets.token_hex(16).encode()
+        lock_ms = max(1, int(self.lock_s * 1000))
         deadline = time.monotonic() + self.lock_s
         while time.monotonic() < deadline:
             try:
                 got = await self._call(
-                    "lock", lambda: self._redis.set(lock_key, b"1", nx=True, ex=int(self.lock_s))
+                    "lock",
+                    lambda: self._lock_script(keys=[lock_key], args=[value, lock_ms, _LOCK_PREFIX]),
                 )
-            except _Skipped:
+            except (_Skipped, _Refused):
                 return None
             if got:
+                self._lock_tokens[lock_key] = value
+                if got == 2:
+                    self._refuse("lock", f"took over a stale or foreign lock at {lock_key}")
                 return None
             await asyncio.sleep(0.05)
             found = await self.features(namespace, ident, content_hash, device)
@@ -263,10 +393,14 @@ class SharedTier:
         return None  # the holder is slow or gone: compute here
 
     async def unlock(self, namespace: str, ident: codec.Identity, content_hash: str) -> None:
+        """Release this replica's embed lock, if it still holds it (never another's)."""
         lock_key = self._key("lock", namespace, ident, content_hash)
+        value = self._lock_tokens.pop(lock_key, None)
+        if value is None:
+            return  # never taken here (Redis was down)
         try:
-            await self._call("lock", lambda: self._redis.delete(lock_key))
-        except _Skipped:
+            await self._call("lock", lambda: self._unlock_script(keys=[lock_key], args=[value]))
+        except (_Skipped, _Refused):
             return
 
     # -- logits ----------------------------------------------------------------------
@@ -282,34 +416,43 @@ class SharedTier:
         key = self._key("l", namespace, ident, content_hash)
         value = codec.encode("logits", ident, content_hash, [torch.from_numpy(logits)])
 
-        async def run() -> None:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, _keys_to_text(keys), value)
-                pipe.expire(key, self.ttl_s)
-                await pipe.execute()
-
         try:
-            await self._call("logits", run)
-        except _Skipped:
+            replaced = await self._call(
+                "logits",
+                lambda: self._save_logits_script(
+                    keys=[key], args=[_keys_to_text(keys), value, self.ttl_s]
+                ),
+            )
+        except (_Skipped, _Refused):
             return
+        if replaced:
+            self._refuse("logits", f"replaced {key}: it held another Redis type")
 
     async def load_logits(
-        self, namespace: str, ident: codec.Identity, content_hash: str
+        self,
+        namespace: str,
+        ident: codec.Identity,
+        content_hash: str,
+        *,
+        side: int | None = None,
     ) -> Iterator[tuple[list[PromptKey], np.ndarray]]:
-        """Every saved (prompt set, (N, m, m) logits) of this image; nothing when down."""
+        """Every saved (prompt set, (N, m, m) logits) of this image (m = `side` if given);
+        nothing when down."""
         key = self._key("l", namespace, ident, content_hash)
         try:
             saved = await self._call("logits", lambda: self._redis.hgetall(key))
-        except _Skipped:
+        except (_Skipped, _Refused):
             return iter(())
         out = []
         for field, value in saved.items():
             try:
                 keys = _keys_from_text(field)
                 (tensor,), _ = codec.decode(value, "logits", ident, content_hash)
-            except (codec.CodecError, ValueError, TypeError) as exc:
-                self.counts[("logits", "refused")] += 1
-                log.warning("shared tier: refused logits at %s: %s", key, exc)
+                n, h, w = tensor.shape
+                if n != len(keys) or h != w or (side is not None and h != side):
+                    raise codec.CodecError(f"logits of shape {tuple(tensor.shape)}")
+            except Exception as exc:  # untrusted bytes: any failure to decode is a refusal
+                self._refuse("logits", f"a field of {key}", exc)
                 continue
             out.append((keys, tensor.numpy()))
         return iter(out)

@@ -161,8 +161,17 @@ class FeatureStore:
     ) -> tuple[EntryKey, Features] | None:
         """Never answer with pixels the id is no longer bound to; fetch what this replica lacks."""
         assert self.shared is not None
+        from sam2serve.store.redis_tier import Binding  # redis-py only where the tier is on
+
         local_hash = local[0].content_hash if local is not None else None
         bound = await self.shared.binding(scope.namespace, ident, image_id, local_hash)
+        if bound is Binding.REFUSED:
+            # Redis holds something under this id that this server never writes (junk,
+            # another Redis type, another version's format). It is not "unknown": the id
+            # may have been re-bound to other pixels elsewhere before the value was damaged,
+            # so the local binding may be stale and does not stand either. Only "send the
+            # image" is safe; the resend re-binds the id for every replica.
+            return None
         if bound is None or bound == local_hash:
             return local  # unknown to Redis, or Redis down: the local answer stands
         features = await self.shared.features(scope.namespace, ident, bound, scope.runtime.device)
@@ -188,7 +197,7 @@ class FeatureStore:
             assert self.shared is not None
             content_hash = image.entry.content_hash
             for saved_keys, saved in await self.shared.load_logits(
-                scope.namespace, ident, content_hash
+                scope.namespace, ident, content_hash, side=scope.runtime.low_res_size
             ):
                 self.logits.save(image.entry, saved_keys, saved)
         return self.logits.load(image.entry, keys)
