@@ -21,7 +21,7 @@ from sam2serve.video.config import VideoSettings
 from sam2serve.video.service import VideoService
 
 if TYPE_CHECKING:
-    from sam2serve.store.redis_tier import SharedTier
+    from sam2serve.store.sharing import RedisSharing
 
 #: Cache namespace of callers without an API key (a server with no keys configured, and
 #: the in-process Segmenter); each key gets its own namespace (see `api.auth`).
@@ -72,23 +72,25 @@ def build_services(
         max_models=settings.max_models,
         factory=runtime_factory(settings, background=background_prepare),
     )
-    store = FeatureStore.from_settings(settings, shared_tier(settings))
+    store = FeatureStore.from_settings(settings, redis_sharing(settings))
     images = ImageService(settings, registry or REGISTRY, pool, store=store)
     video = VideoService(images, video_settings or VideoSettings())
     return Services(images=images, everything=EverythingService(images), video=video)
 
 
-def shared_tier(settings: Settings) -> SharedTier | None:
-    """The Redis tier of `SAM2SERVE_REDIS_URL`, or None (the default: local cache only)."""
+def redis_sharing(settings: Settings) -> RedisSharing | None:
+    """Features shared through the Redis tier of `SAM2SERVE_REDIS_URL`, or None (the
+    default: this process only)."""
     if not settings.redis_url:
         return None
     from sam2serve.store.redis_tier import SharedTier  # redis-py only where the tier is on
+    from sam2serve.store.sharing import RedisSharing
 
-    return SharedTier(
+    tier = SharedTier(
         settings.redis_url,
-        settings.weights_dir,
         ttl_s=settings.redis_ttl_s,
         timeout_s=settings.redis_timeout_s,
         retry_s=settings.redis_retry_s,
         lock_s=settings.redis_lock_s,
     )
+    return RedisSharing(tier, settings.weights_dir)

@@ -88,7 +88,7 @@ async def segment_everything(
     if image is None and request.image is not None:
         image = await service.load(request.image)
     scope = await service.scope(namespace, spec)
-    stored = await service.image_for(scope, request.image_id, image)
+    stored = await service.store.features(scope, request.image_id, image)
     features, runtime = stored.features, scope.runtime
     run = EverythingRun(
         runtime, params, features.orig_hw, max_candidates=settings.everything_max_candidates

@@ -1,12 +1,14 @@
 """Image clicks (`embed_image`, `segment_image`) behind the HTTP routes, the CLI and the
-in-process SDK; segment-everything and video sessions use its `scope` / `image_for` too.
+in-process SDK; segment-everything and video sessions use its model pool, lanes and store.
 
-Request lifecycle, in order:
-  1. resolve the model id, load the model         (registry, runtime pool) -> `Scope`
-  2. load pixels, or find the stored image id     (media.decode / store.for_id)
-  3. embed once per image, on the embed lane      (store.for_pixels single-flight -> runtime.embed)
-  4. decode, one call per prompt length, click lane (prompts -> decoding -> runtime.decode)
-  5. pick the best mask, format it                (media.postprocess)
+A segment request, in order (each step's module in brackets):
+  1. its prompts as one padded batch, mask_input checked      (prompts)
+  2. the model id resolved                                    (registry)
+  3. its image decoded, on the decode lane                    (media.decode)
+  4. the model loaded; the features, embedded once or by id   (runtime pool; store)
+  5. on the click lane: mask budget, one decoder call per token count, best mask, the
+     answer in the request's format                           (decoding -> runtime, postprocess)
+  6. the low-res logits saved for refinement, when asked      (store)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from sam2serve.runtime.pool import ModelPool
 from sam2serve.scheduling.batching import Embedders
 from sam2serve.scheduling.lanes import Lane
 from sam2serve.scheduling.priority import worker_init
-from sam2serve.store.store import FeatureStore, Scope, StoredImage
+from sam2serve.store.store import FeatureStore, Scope
 from sam2serve.wire import BinaryResult
 
 __all__ = ["BinaryResult", "ImageService"]
@@ -110,7 +112,7 @@ class ImageService:
             assert isinstance(request, EmbedRequest)  # only pixel calls come without an image
             pixels = await self.load(request.image)
         scope = await self.scope(namespace, spec)
-        got = await self.store.for_pixels(scope, pixels, request.image_id)
+        got = await self.store.features(scope, request.image_id, pixels)
         limit = self.store.max_feature_bytes
         if got.features.nbytes > limit:  # an id that is gone already is no use
             raise Unavailable(
@@ -135,11 +137,7 @@ class ImageService:
         if pixels is None and request.image is not None:
             pixels = await self.load(request.image)
         scope = await self.scope(namespace, spec)
-        if pixels is not None:
-            got = await self.store.for_pixels(scope, pixels, request.image_id)
-        else:
-            assert request.image_id is not None  # request validation guarantees one of them
-            got = await self.store.for_id(scope, request.image_id)
+        got = await self.store.features(scope, request.image_id, pixels)
         if request.load_logits_from_cache and batch.mask_input is None and keys:
             batch = batch.with_masks(await self.store.load_logits(scope, got, keys))
         budget = self.settings.max_mask_pixels
@@ -158,18 +156,6 @@ class ImageService:
         """`spec`'s model, loaded, for this namespace, with how it embeds (batched or not)."""
         runtime = await self.pool.get(spec)
         return Scope(namespace, spec, runtime, self.embedders.for_model(spec.model_id, runtime))
-
-    async def image_for(
-        self, scope: Scope, image_id: str | None, pixels: LoadedImage | None
-    ) -> StoredImage:
-        """The features of a request's image: `pixels` are embedded once and kept under
-        `image_id` (default: their content hash); without pixels, the stored `image_id`
-        (this replica, then the shared tier). Raises NotInCache for an unknown id.
-        """
-        if pixels is not None:
-            return await self.store.for_pixels(scope, pixels, image_id)
-        assert image_id is not None  # request validation guarantees one of them
-        return await self.store.for_id(scope, image_id)
 
     async def load(self, image: ImageInput) -> LoadedImage:
         """A request's image (base64 or URL) decoded to RGB, on the decode lane."""

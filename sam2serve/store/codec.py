@@ -21,12 +21,14 @@ import json
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from sam2serve.runtime.base import Features
+from sam2serve.store.logits import PromptKey
 
 MAGIC = b"S2SF"
 VERSION = 1
@@ -174,3 +176,25 @@ def decode_features(
     if len(tensors) < 1:
         raise CodecError("features value holds no tensors")
     return Features(image_embed=tensors[0], high_res=tuple(tensors[1:]), orig_hw=(h, w))
+
+
+def prompt_keys_to_text(keys: Sequence[PromptKey]) -> str:
+    """A prompt set as compact JSON text: the field name of its saved logits."""
+    rows = [
+        [list(box) if box is not None else None, sorted([*p, n] for p, n in points)]
+        for box, points in keys
+    ]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def prompt_keys_from_text(text: bytes | str) -> list[PromptKey]:
+    """The prompt set of a saved-logits field (ValueError/TypeError when malformed)."""
+    rows = json.loads(text)
+    keys: list[PromptKey] = []
+    for box, points in rows:
+        box_t = tuple(float(v) for v in box) if box is not None else None
+        if box_t is not None and len(box_t) != 4:
+            raise ValueError("box needs 4 numbers")
+        pts = frozenset(((float(x), float(y), bool(pos)), int(n)) for x, y, pos, n in points)
+        keys.append((box_t, pts))  # type: ignore[arg-type]
+    return keys

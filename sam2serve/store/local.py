@@ -14,23 +14,11 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from sam2serve.runtime.base import Features
+from sam2serve.store.keys import EntryKey, IdKey
 
-
-@dataclass(frozen=True)
-class EntryKey:
-    namespace: str
-    model_id: str
-    content_hash: str
-
-
-@dataclass(frozen=True)
-class IdKey:
-    namespace: str
-    model_id: str
-    image_id: str
+__all__ = ["EmbeddingCache", "EntryKey", "IdKey"]
 
 
 class EmbeddingCache:

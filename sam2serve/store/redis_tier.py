@@ -28,7 +28,7 @@ connection errors and timeouts do):
   overwritten by this replica's next publish of that image.
 - bindings: exactly a content hash as `image_decode.rgb_content_hash` writes it (64
   lowercase hex). A binding that is present but refused is NOT "unknown": the local
-  binding does not stand either (see `Sam2Service._shared_lookup`); the click gets 404
+  binding does not stand either (see `sharing.Resolved`); the click gets 404
   "send the image", and the resend re-binds the id for every replica.
 - locks: ``sam2serve-lock:v1:`` + a random token per holder, with a TTL of at most
   `lock_s`. Anything else under a lock key (no TTL, a longer TTL, another value, another
@@ -43,14 +43,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
-import re
 import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -61,11 +58,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from sam2serve.registry import ModelSpec
-from sam2serve.runtime.base import Features, Runtime
-from sam2serve.runtime.weights import checkpoint_path, file_sha256
+from sam2serve.runtime.base import Features
 from sam2serve.store import codec
 from sam2serve.store.logits import PromptKey
+from sam2serve.store.redis_scripts import (
+    CONTENT_HASH,
+    LOCK_PREFIX,
+    LOCK_SCRIPT,
+    PER_KEY_ERRORS,
+    SAVE_LOGITS_SCRIPT,
+    UNLOCK_SCRIPT,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,53 +90,8 @@ class Binding(enum.Enum):
     REFUSED = "refused"
 
 
-#: replies that mean "this key holds something unexpected", not "Redis is unwell"
-_PER_KEY_ERRORS = ("WRONGTYPE",)
-#: a binding as this server writes it: `image_decode.rgb_content_hash` (sha256 hex)
-_CONTENT_HASH = re.compile(rb"[0-9a-f]{64}")
-#: a lock as this server writes it: this prefix + 32 lowercase hex (one token per holder)
-_LOCK_PREFIX = b"sam2serve-lock:v1:"
-
-# KEYS[1] the embed lock; ARGV: this holder's value, lock time (ms), the lock prefix.
-# 0: a live lock of another holder (wait for it); 1: taken; 2: taken over a stale one (no
-# TTL or a longer one than ours, a value this server does not write, another Redis type).
-_LOCK_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-local ms = tonumber(ARGV[2])
-if kind == 'string' then
-  local ttl = redis.call('PTTL', KEYS[1])
-  local held = redis.call('GET', KEYS[1])
-  local n = string.len(ARGV[3])
-  if ttl >= 0 and ttl <= ms and string.len(held) == n + 32
-      and string.sub(held, 1, n) == ARGV[3] and string.find(held, '^[0-9a-f]+$', n + 1) then
-    return 0
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ms)
-if kind == 'none' then return 1 end
-return 2
-"""
-# KEYS[1] the embed lock; ARGV[1] this holder's value: delete it only while it is ours
-_UNLOCK_SCRIPT = """
-if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-# KEYS[1] the logits hash; ARGV: field, value, TTL (s). A key of another type is replaced
-# (1: it was; 0: it was a hash or absent).
-_SAVE_LOGITS_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if kind ~= 'hash' and kind ~= 'none' then return 1 end
-return 0
-"""
-
-
 def _per_key(exc: object) -> bool:
-    return isinstance(exc, ResponseError) and str(exc).startswith(_PER_KEY_ERRORS)
+    return isinstance(exc, ResponseError) and str(exc).startswith(PER_KEY_ERRORS)
 
 
 class SharedTier:
@@ -142,7 +100,6 @@ class SharedTier:
     def __init__(
         self,
         url: str,
-        weights_dir: Path,
         *,
         ttl_s: int = 3600,
         timeout_s: float = 0.5,
@@ -151,7 +108,6 @@ class SharedTier:
         prefix: str = "sam2serve:v1",
     ) -> None:
         self.url = url
-        self.weights_dir = Path(weights_dir)
         self.ttl_s = int(ttl_s)
         self.timeout_s = timeout_s
         self.retry_s = retry_s
@@ -167,10 +123,9 @@ class SharedTier:
         self._open_until = 0.0  # breaker: skip Redis until this monotonic time
         self.last_error: str | None = None
         self.down_since: float | None = None
-        self._identities: dict[tuple[str, str], codec.Identity] = {}
-        self._lock_script = self._redis.register_script(_LOCK_SCRIPT)
-        self._unlock_script = self._redis.register_script(_UNLOCK_SCRIPT)
-        self._save_logits_script = self._redis.register_script(_SAVE_LOGITS_SCRIPT)
+        self._lock_script = self._redis.register_script(LOCK_SCRIPT)
+        self._unlock_script = self._redis.register_script(UNLOCK_SCRIPT)
+        self._save_logits_script = self._redis.register_script(SAVE_LOGITS_SCRIPT)
         self._lock_tokens: dict[str, bytes] = {}  # lock key -> this replica's value in it
         self._refused_features: set[str] = set()  # keys to overwrite on the next publish
 
@@ -240,20 +195,7 @@ class SharedTier:
             "counts": {f"{op}.{result}": n for (op, result), n in sorted(self.counts.items())},
         }
 
-    # -- identity --------------------------------------------------------------------
-
-    async def identity(self, spec: ModelSpec, runtime: Runtime) -> codec.Identity:
-        """Model id + checkpoint sha256 + producing runtime (hashed once per checkpoint)."""
-        path = checkpoint_path(spec, self.weights_dir)
-        stat = path.stat()
-        producer = f"{type(runtime).__name__}-{getattr(runtime, 'precision', 'fp32')}"
-        memo_key = (spec.model_id, f"{stat.st_size}:{stat.st_mtime_ns}:{producer}")
-        found = self._identities.get(memo_key)
-        if found is None:
-            sha = await asyncio.to_thread(file_sha256, path)
-            found = codec.Identity(spec.model_id, sha, producer)
-            self._identities[memo_key] = found
-        return found
+    # -- keys ------------------------------------------------------------------------
 
     def _key(self, kind: str, namespace: str, ident: codec.Identity, tail: str) -> str:
         if kind == "id":
@@ -296,7 +238,7 @@ class SharedTier:
         if _per_key(bound):
             self._refuse("binding", f"{id_key} holds another Redis type")
             return Binding.REFUSED
-        if not isinstance(bound, bytes) or not _CONTENT_HASH.fullmatch(bound):
+        if not isinstance(bound, bytes) or not CONTENT_HASH.fullmatch(bound):
             self._refuse("binding", f"{id_key} holds no content hash")
             return Binding.REFUSED
         self.counts[("binding", "hit")] += 1
@@ -369,14 +311,14 @@ class SharedTier:
         if found is not None:
             return found
         lock_key = self._key("lock", namespace, ident, content_hash)
-        value = _LOCK_PREFIX + secrets.token_hex(16).encode()
+        value = LOCK_PREFIX + secrets.token_hex(16).encode()
         lock_ms = max(1, int(self.lock_s * 1000))
         deadline = time.monotonic() + self.lock_s
         while time.monotonic() < deadline:
             try:
                 got = await self._call(
                     "lock",
-                    lambda: self._lock_script(keys=[lock_key], args=[value, lock_ms, _LOCK_PREFIX]),
+                    lambda: self._lock_script(keys=[lock_key], args=[value, lock_ms, LOCK_PREFIX]),
                 )
             except (_Skipped, _Refused):
                 return None
@@ -420,7 +362,7 @@ class SharedTier:
             replaced = await self._call(
                 "logits",
                 lambda: self._save_logits_script(
-                    keys=[key], args=[_keys_to_text(keys), value, self.ttl_s]
+                    keys=[key], args=[codec.prompt_keys_to_text(keys), value, self.ttl_s]
                 ),
             )
         except (_Skipped, _Refused):
@@ -446,7 +388,7 @@ class SharedTier:
         out = []
         for field, value in saved.items():
             try:
-                keys = _keys_from_text(field)
+                keys = codec.prompt_keys_from_text(field)
                 (tensor,), _ = codec.decode(value, "logits", ident, content_hash)
                 n, h, w = tensor.shape
                 if n != len(keys) or h != w or (side is not None and h != side):
@@ -456,23 +398,3 @@ class SharedTier:
                 continue
             out.append((keys, tensor.numpy()))
         return iter(out)
-
-
-def _keys_to_text(keys: Sequence[PromptKey]) -> str:
-    rows = [
-        [list(box) if box is not None else None, sorted([*p, n] for p, n in points)]
-        for box, points in keys
-    ]
-    return json.dumps(rows, separators=(",", ":"))
-
-
-def _keys_from_text(text: bytes | str) -> list[PromptKey]:
-    rows = json.loads(text)
-    keys: list[PromptKey] = []
-    for box, points in rows:
-        box_t = tuple(float(v) for v in box) if box is not None else None
-        if box_t is not None and len(box_t) != 4:
-            raise ValueError("box needs 4 numbers")
-        pts = frozenset(((float(x), float(y), bool(pos)), int(n)) for x, y, pos, n in points)
-        keys.append((box_t, pts))  # type: ignore[arg-type]
-    return keys

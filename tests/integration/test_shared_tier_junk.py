@@ -22,7 +22,7 @@ import redis
 
 from sam2serve.media.decode import rgb_content_hash
 from sam2serve.store import codec
-from sam2serve.store.redis_tier import _LOCK_PREFIX
+from sam2serve.store.redis_scripts import LOCK_PREFIX as _LOCK_PREFIX
 from tests.conftest import photos
 from tests.helpers_redis import RedisProcess
 from tests.integration.test_shared_tier import (  # noqa: F401 (fixtures)

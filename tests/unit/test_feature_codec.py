@@ -11,7 +11,8 @@ import torch
 
 from sam2serve.runtime.base import Features
 from sam2serve.store import codec
-from sam2serve.store.redis_tier import _keys_from_text, _keys_to_text
+from sam2serve.store.codec import prompt_keys_from_text as _keys_from_text
+from sam2serve.store.codec import prompt_keys_to_text as _keys_to_text
 
 IDENT = codec.Identity("sam2.1_hiera_tiny", "ab" * 32, "TorchRuntime-fp32")
 
