@@ -75,3 +75,19 @@ def resolve_model_id(
             field="sam2_version_id",
         )
     return spec
+
+
+@dataclass(frozen=True)
+class Models:
+    """The models one server knows: its registry, the model a request gets when it names none,
+    and which family Roboflow's short aliases mean (`SAM2SERVE_ALIAS_FAMILY`)."""
+
+    registry: dict[str, ModelSpec]
+    default: str
+    alias_family: str = "sam2.1"
+
+    def resolve(self, requested: str | None) -> ModelSpec:
+        """The spec of `requested` (an id, an alias, or None for the default); 400 if unknown."""
+        return resolve_model_id(
+            requested or self.default, registry=self.registry, alias_family=self.alias_family
+        )

@@ -27,9 +27,9 @@ from sam2serve.image.schema import (
     SegmentRequest,
     SegmentResponse,
 )
-from sam2serve.media.decode import LoadedImage, load_image
+from sam2serve.media.decode import ImageLoader, LoadedImage
 from sam2serve.media.fetch import UrlFetcher
-from sam2serve.registry import ModelSpec, resolve_model_id
+from sam2serve.registry import Models, ModelSpec
 from sam2serve.runtime.pool import ModelPool
 from sam2serve.scheduling.batching import Embedders
 from sam2serve.scheduling.lanes import Lane
@@ -79,6 +79,8 @@ class ImageService:
             window_s=settings.embed_batch_window_ms / 1000,
             queue=settings.embed_queue,
         )
+        self.models = Models(registry, settings.default_model, settings.alias_family)
+        self.images = ImageLoader(settings, self.fetcher, run=self.decode_lane.run)
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()
@@ -88,11 +90,8 @@ class ImageService:
         await self.store.aclose()
 
     def spec_for(self, requested: str | None) -> ModelSpec:
-        return resolve_model_id(
-            requested or self.settings.default_model,
-            registry=self.registry,
-            alias_family=self.settings.alias_family,
-        )
+        """The requested model's spec (None: the default); 400 listing the valid ids."""
+        return self.models.resolve(requested)
 
     async def embed(
         self,
@@ -133,10 +132,11 @@ class ImageService:
         """
         started = time.perf_counter()
         batch, keys = request_batch(request)  # bad prompts / mask_input: 400 before image work
-        spec = self.spec_for(request.sam2_version_id)
+        spec = self.models.resolve(request.sam2_version_id)
         if pixels is None and request.image is not None:
-            pixels = await self.load(request.image)
-        scope = await self.scope(namespace, spec)
+            pixels = await self.images.load(request.image)
+        runtime = await self.pool.get(spec)
+        scope = Scope(namespace, spec, runtime, self.embedders.for_model(spec.model_id, runtime))
         got = await self.store.features(scope, request.image_id, pixels)
         if request.load_logits_from_cache and batch.mask_input is None and keys:
             batch = batch.with_masks(await self.store.load_logits(scope, got, keys))
@@ -159,10 +159,4 @@ class ImageService:
 
     async def load(self, image: ImageInput) -> LoadedImage:
         """A request's image (base64 or URL) decoded to RGB, on the decode lane."""
-        return await load_image(
-            image.type,
-            image.value,
-            settings=self.settings,
-            fetcher=self.fetcher,
-            run=self.decode_lane.run,
-        )
+        return await self.images.load(image)

@@ -31,6 +31,7 @@ from sam2serve.errors import BadRequest, PayloadTooLarge, ServiceError
 if TYPE_CHECKING:
     from sam2serve.config import Settings
     from sam2serve.media.fetch import UrlFetcher
+    from sam2serve.wire import ImageInput
 
 #: Pillow plugin ids tried when opening client bytes, in this order.
 ACCEPTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
@@ -284,3 +285,24 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     """A PIL image's pixels as shown (no EXIF rotation) -> (H, W, 3) uint8 RGB, every mode
     converted as a decoded upload's is (alpha dropped, 16-bit gray scaled)."""
     return _to_rgb_array(im)
+
+
+class ImageLoader:
+    """A server's way of turning a request's `image` into pixels: its caps (`settings`), its
+    URL policy (`fetcher`) and where decoding runs (`run`, e.g. a lane below the clicks)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        fetcher: UrlFetcher,
+        run: Callable[..., Awaitable[LoadedImage]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.fetcher = fetcher
+        self.run = run
+
+    async def load(self, image: ImageInput) -> LoadedImage:
+        """See `load_image`."""
+        return await load_image(
+            image.type, image.value, settings=self.settings, fetcher=self.fetcher, run=self.run
+        )

@@ -38,12 +38,6 @@ class Scope:
     runtime: Runtime
     embed: Callable[[np.ndarray], Awaitable[Features]]  # RGB (H, W, 3) uint8 -> features
 
-    def entry(self, content_hash: str) -> EntryKey:
-        return EntryKey(self.namespace, self.spec.model_id, content_hash)
-
-    def id_key(self, image_id: str) -> IdKey:
-        return IdKey(self.namespace, self.spec.model_id, image_id)
-
 
 @dataclass(frozen=True)
 class StoredImage:

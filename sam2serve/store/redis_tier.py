@@ -244,7 +244,7 @@ class SharedTier:
         self.counts[("binding", "hit")] += 1
         return bound.decode()
 
-    async def features(
+    async def get_features(
         self, namespace: str, ident: codec.Identity, content_hash: str, device: torch.device
     ) -> Features | None:
         """Features of this image from Redis, or None (absent, unusable, or Redis down)."""
@@ -307,7 +307,7 @@ class SharedTier:
     ) -> Features | None:
         """Cross-replica single-flight: features another replica has (or finishes within
         `lock_s`), else None once this replica holds the embed lock (or Redis is down)."""
-        found = await self.features(namespace, ident, content_hash, device)
+        found = await self.get_features(namespace, ident, content_hash, device)
         if found is not None:
             return found
         lock_key = self._key("lock", namespace, ident, content_hash)
@@ -328,7 +328,7 @@ class SharedTier:
                     self._refuse("lock", f"took over a stale or foreign lock at {lock_key}")
                 return None
             await asyncio.sleep(0.05)
-            found = await self.features(namespace, ident, content_hash, device)
+            found = await self.get_features(namespace, ident, content_hash, device)
             if found is not None:
                 self.counts[("lock", "waited")] += 1
                 return found

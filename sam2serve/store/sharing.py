@@ -139,7 +139,7 @@ class RedisSharing:
         if bound is None or bound == local_hash:
             return Resolved(bound=bound)  # unknown, Redis down, or the same pixels as ours
         device = scope.runtime.device
-        return Resolved(bound, await self.tier.features(scope.namespace, ident, bound, device))
+        return Resolved(bound, await self.tier.get_features(scope.namespace, ident, bound, device))
 
     async def embed_once(
         self, scope: Scope, content_hash: str, embed: Callable[[], Awaitable[Features]]

@@ -21,7 +21,7 @@ from sam2serve.config import Settings
 from sam2serve.errors import NotInCache
 from sam2serve.media.decode import LoadedImage
 from sam2serve.runtime.base import Features
-from sam2serve.store.keys import Scope, StoredImage
+from sam2serve.store.keys import EntryKey, IdKey, Scope, StoredImage
 from sam2serve.store.local import EmbeddingCache
 from sam2serve.store.logits import LogitsCache, PromptKey
 from sam2serve.store.sharing import LocalOnly, Sharing
@@ -103,14 +103,14 @@ class FeatureStore:
             async def compute() -> Features:
                 return await self.sharing.embed_once(scope, content_hash, embed)
 
-            entry = scope.entry(content_hash)
+            entry = EntryKey(scope.namespace, scope.spec.model_id, content_hash)
             features, cached = await self.local.get_or_compute(entry, image_id, compute)
             if features.nbytes <= self.local.max_bytes:  # else its id is gone already
                 await self.sharing.publish(scope, image_id, content_hash, features)
             return StoredImage(entry, image_id, features, cached)
 
         assert image_id is not None  # request validation guarantees one of them
-        found = self.local.lookup(scope.id_key(image_id))
+        found = self.local.lookup(IdKey(scope.namespace, scope.spec.model_id, image_id))
         local_hash = found[0].content_hash if found is not None else None
         other = await self.sharing.resolve(scope, image_id, local_hash)
         if other.refused or (other.bound not in (None, local_hash) and other.features is None):
@@ -121,7 +121,7 @@ class FeatureStore:
             async def from_replica() -> Features:
                 return fetched
 
-            entry = scope.entry(other.bound)
+            entry = EntryKey(scope.namespace, scope.spec.model_id, other.bound)
             features, _ = await self.local.get_or_compute(entry, image_id, from_replica)
             found = (entry, features)
         if found is None:
