@@ -96,8 +96,7 @@ async def parse_request(
         data = await anyio.to_thread.run_sync(parse_json, raw)
     else:
         data = parse_json(raw)
+    namespace = namespace_for(settings.api_keys, presented_key(request, data))
     if len(raw) > OFF_LOOP_BYTES:
-        body = await anyio.to_thread.run_sync(validate_body, data, model, context)
-    else:
-        body = validate_body(data, model, context)
-    return body, namespace_for(settings.api_keys, presented_key(request, data))
+        return await anyio.to_thread.run_sync(validate_body, data, model, context), namespace
+    return validate_body(data, model, context), namespace
