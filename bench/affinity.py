@@ -62,10 +62,16 @@ def timed_post(http: httpx.Client, body: dict, headers: dict | None) -> tuple[fl
 
 def fetches(urls: dict[str, str]) -> dict[str, int]:
     """Features fetched from Redis so far, per replica."""
+    return {name: counts["features.hit"] for name, counts in tier_counts(urls).items()}
+
+
+def tier_counts(urls: dict[str, str]) -> dict[str, dict[str, int]]:
+    """The shared tier's counts per replica ("features.hit" = a fetch; "*.error" = a Redis
+    fault, after which the replica serves local-only for SAM2SERVE_REDIS_RETRY_S)."""
     out = {}
     for name, url in urls.items():
         counts = httpx.get(f"{url}/info", timeout=30).json()["shared_tier"]["counts"]
-        out[name] = int(counts.get("features.hit", 0))
+        out[name] = {"features.hit": 0, **{k: int(v) for k, v in counts.items()}}
     return out
 
 
@@ -85,13 +91,21 @@ def main() -> None:
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--clicks", type=int, default=20, help="clicks per image, after a warm-up")
+    parser.add_argument(
+        "--redis-timeout",
+        default="5",
+        help="SAM2SERVE_REDIS_TIMEOUT_S of the replicas: on a loaded machine a 16 MiB SET can "
+        "pass the 0.5 s default, trip the breaker and leave an image unpublished",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="sam2serve-bench-affinity-"))
     weights, cache = work / "weights", Path(tempfile.gettempdir()) / "sam2serve-bench-runtime"
     write_random_checkpoint(SPEC, weights, seed=1)
     out: dict[str, Any] = {"runtime": args.runtime, "images": args.images, "clicks": args.clicks}
+    out["redis_timeout_s"] = float(args.redis_timeout)
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
         redis_port = free_port()
         redis_proc = subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
@@ -109,6 +123,7 @@ def main() -> None:
         env = {
             **server_env(weights, cache, SPEC.model_id, args.runtime),
             "SAM2SERVE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "SAM2SERVE_REDIS_TIMEOUT_S": str(args.redis_timeout),
         }
         ports = {"A": free_port(), "B": free_port()}
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -153,6 +168,8 @@ def main() -> None:
         out["replicas_per_image"] = {k: len(v) for k, v in owners.items()}
         out["owners"] = owners
         out["redis_fetches_with_header"] = sum(after.values()) - sum(before.values())
+        for key in ("routed_click_p50_s", "local_click_p50_s", "ratio_routed_vs_local"):
+            print(f"{key:30s} {out[key]}", flush=True)
 
         # the same traffic with no header (inference-sdk, curl): round robin over A and B
         before = fetches(urls)
@@ -164,12 +181,12 @@ def main() -> None:
         after = fetches(urls)
         out["plain_click_p50_s"] = statistics.median(plain)
         out["redis_fetches_without_header"] = sum(after.values()) - sum(before.values())
-    shutil.rmtree(work, ignore_errors=True)
+        out["shared_tier_counts"] = tier_counts(urls)
     out["machine"], out["commit"], out["date"] = machine(), commit(), str(date.today())
     path = report.ROOT / "bench" / "results" / f"{date.today()}-affinity-{args.runtime}.json"
     path.write_text(json.dumps(out, indent=2))
     for key, value in out.items():
-        if key not in ("machine", "owners"):
+        if key not in ("machine", "owners", "shared_tier_counts"):
             print(f"{key:30s} {value}")
     print(f"raw: {path}")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from sam2serve.client.affinity import affinity_headers, route_id
+from sam2serve.client.affinity import RouteIds, affinity_headers
 from sam2serve.client.calls import CallBuilder, embed_result
 from sam2serve.client.errors import error_from_response, parse_retry_after
 from sam2serve.client.everything import EVERYTHING_PATH, EverythingResult, everything_call
@@ -63,10 +63,11 @@ class _Base:
             timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=10)
         )
         self._calls = CallBuilder()
+        self._route_ids = RouteIds()
 
     def _route(self, body: dict[str, Any], source: Any = None, bgr: bool = False) -> str | None:
         """The image id for the affinity header of a request with `body` (None: no header)."""
-        return route_id(body, source, bgr) if self.affinity_header else None
+        return self._route_ids(body, source, bgr) if self.affinity_header else None
 
     def _retry_wait(self, response: httpx.Response, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None to stop."""

@@ -66,6 +66,9 @@ def cluster(tiny_weights_dir: Path) -> Iterator[Cluster]:
                     tiny_weights_dir,
                     SAM2SERVE_REDIS_URL=redis_proc.url,
                     SAM2SERVE_REDIS_RETRY_S="0.5",
+                    # a loaded CI machine must not trip the breaker (a skipped publish would
+                    # turn a click on the other replica into a 404)
+                    SAM2SERVE_REDIS_TIMEOUT_S="5",
                     SAM2SERVE_REPLICA_NAME=name,
                 )
             )

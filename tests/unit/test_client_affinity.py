@@ -186,3 +186,27 @@ def test_resend_after_a_404_keeps_the_header() -> None:
         client.embed_image(RGB, image_id="img")
         client.segment_image(image_id="img", points=(3, 4))
     assert headers == ["img", "img", "img"]
+
+
+def test_an_image_sent_again_is_not_decoded_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client remembers the hashes of the last images it decoded (bounded)."""
+    import sam2serve.media.decode as decode
+    from sam2serve.client.affinity import RouteIds
+
+    decodes: list[int] = []
+    real = decode.decode_image_bytes
+
+    def counting(data: bytes, *, max_pixels: int):  # type: ignore[no-untyped-def]
+        decodes.append(len(data))
+        return real(data, max_pixels=max_pixels)
+
+    monkeypatch.setattr(decode, "decode_image_bytes", counting)
+    files = [_encoded(RGB, "PNG"), _encoded(RGB, "JPEG"), _encoded(RGBA, "PNG")]
+    bodies = [{"image": {"type": "base64", "value": base64.b64encode(f).decode()}} for f in files]
+    ids = RouteIds(max_entries=2)
+    first = [ids(body) for body in bodies[:2]]
+    assert [ids(body) for body in bodies[:2]] == first and len(decodes) == 2
+    assert first[0] == real(files[0], max_pixels=10**8).content_hash
+    ids(bodies[2])  # a third image: the oldest is forgotten
+    assert len(decodes) == 3
+    assert ids(bodies[0]) == first[0] and len(decodes) == 4
