@@ -5,7 +5,9 @@ Each replica builds the app exactly as `sam2serve serve` does (settings from the
 default model before it takes traffic, and answers Serve's health check from the same
 state as `/readyz`. Point every replica at one Redis (`SAM2SERVE_REDIS_URL`) so a click can
 land on any replica; without it each replica has its own cache and an id-only click on
-another replica gets 404 "send the image" (the SDK then re-sends once).
+another replica gets 404 "send the image" (the SDK then re-sends once). Requests that carry
+the affinity header `X-Sam2serve-Image-Id` are routed by image id (`sam2serve.ray_router`),
+so an image's clicks stay on the replica that embedded it; the others by load, as by default.
 
 Run (see docs/scaling.md):
 
@@ -25,6 +27,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from sam2serve.api.app import create_app
 from sam2serve.config import Settings
@@ -33,6 +36,9 @@ from sam2serve.registry import REGISTRY, ModelSpec
 from sam2serve.wiring import build_services
 
 log = logging.getLogger("sam2serve.ray")
+
+#: the deployment's request router: image affinity on X-Sam2serve-Image-Id (ray_router.py)
+AFFINITY_ROUTER = "sam2serve.ray_router:ImageAffinityRouter"
 
 
 class SAM2ServeArgs(BaseModel):
@@ -52,6 +58,7 @@ class SAM2ServeArgs(BaseModel):
     health_check_period_s=5,
     health_check_timeout_s=10,
     graceful_shutdown_timeout_s=20,
+    request_router_config=RequestRouterConfig(request_router_class=AFFINITY_ROUTER),
 )
 @serve.ingress()
 class Sam2Deployment:

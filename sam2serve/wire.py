@@ -15,7 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from sam2serve.errors import SchemaError
 
-ImageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+IMAGE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+ImageId = Annotated[str, StringConstraints(pattern=IMAGE_ID_PATTERN)]
+#: request header repeating a request's image id, for load balancers that route an image's
+#: requests to one replica (nginx `hash`, the Ray Serve router); the body stays authoritative
+IMAGE_ID_HEADER = "X-Sam2serve-Image-Id"
 Coordinate = Annotated[float, Field(allow_inf_nan=False)]
 
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_length
+from sam2serve.api.affinity import OPENAPI_PARAMETER, check_image_id_header
 from sam2serve.api.body import parse_request
 from sam2serve.everything.schema import EverythingRequest, EverythingResponse
 from sam2serve.wire import BinaryResult
@@ -23,10 +24,11 @@ router = APIRouter()
     "/sam2/segment_everything",
     response_model=EverythingResponse,
     openapi_extra={
+        "parameters": [OPENAPI_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": EverythingRequest.model_json_schema()}},
-        }
+        },
     },
     responses={
         200: {"content": {"application/octet-stream": {}}},
@@ -44,6 +46,7 @@ async def segment_everything_route(request: Request) -> Response:
         if declared_length(request) > SMALL_BODY_BYTES:  # it carries an image
             await ticket.take(body_read=False)
         body, namespace = await parse_request(request, EverythingRequest, service.settings, {})
+        check_image_id_header(request, body.image_id)
         if body.image is not None:
             await ticket.take(body_read=True)
         result = await services.everything.segment(body, namespace)

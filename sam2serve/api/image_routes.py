@@ -15,6 +15,7 @@ from sam2serve.api.admission import (
     ImageAdmission,
     declared_length,
 )
+from sam2serve.api.affinity import OPENAPI_PARAMETER, check_image_id_header
 from sam2serve.api.auth import namespace_for, presented_key
 from sam2serve.api.body import parse_request
 from sam2serve.errors import Unauthorized
@@ -44,10 +45,11 @@ def _admission(request: Request) -> AdmissionTicket:
 
 def _body_schema(model: type) -> dict[str, Any]:
     return {
+        "parameters": [OPENAPI_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
+        },
     }
 
 
@@ -62,6 +64,7 @@ async def embed_image(request: Request) -> EmbedResponse:
     async with _admission(request) as ticket:
         await ticket.take(body_read=False)  # refused before the body is parsed or decoded
         body, namespace = await parse_request(request, EmbedRequest, service.settings, {})
+        check_image_id_header(request, body.image_id)
         return await service.embed(body, namespace)
 
 
@@ -80,6 +83,7 @@ async def segment_image(request: Request) -> Response:
         if declared_length(request) > SMALL_BODY_BYTES:  # it carries an image
             await ticket.take(body_read=False)
         body, namespace = await parse_request(request, SegmentRequest, s, {"limits": limits})
+        check_image_id_header(request, body.image_id)
         if body.image is not None:
             await ticket.take(body_read=True)
         result = await service.segment(body, namespace)

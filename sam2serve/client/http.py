@@ -3,6 +3,10 @@
 Auth: the key goes in the ``api_key`` QUERY parameter, as Roboflow's clients send it (works
 with sam2serve and with Roboflow's hosted/local servers; sam2serve never logs query strings).
 
+Affinity: embed, segment and segment-everything requests carry the image's id in the
+``X-Sam2serve-Image-Id`` header too (see `sam2serve.client.affinity`), so a load balancer can
+send an image's requests to one replica; ``affinity_header=False`` leaves it out.
+
 Retries: a 503 that carries ``Retry-After`` (server busy / model loading) is retried up to
 `max_retries` times, waiting what the server asks (capped at `max_retry_wait` seconds). A 503
 without it (e.g. weights missing) and every other error raise at once.
@@ -17,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from sam2serve.client.affinity import RouteIds, affinity_headers
 from sam2serve.client.calls import CallBuilder, embed_result
 from sam2serve.client.errors import error_from_response, parse_retry_after
 from sam2serve.client.everything import EVERYTHING_PATH, EverythingResult, everything_call
@@ -47,8 +52,10 @@ class _Base:
         timeout: float | httpx.Timeout,
         max_retries: int,
         max_retry_wait: float,
+        affinity_header: bool,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.affinity_header = affinity_header
         self.max_retries = max(0, int(max_retries))
         self.max_retry_wait = float(max_retry_wait)
         self._params = {"api_key": api_key} if api_key else {}
@@ -56,6 +63,11 @@ class _Base:
             timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=10)
         )
         self._calls = CallBuilder()
+        self._route_ids = RouteIds()
+
+    def _route(self, body: dict[str, Any], source: Any = None, bgr: bool = False) -> str | None:
+        """The image id for the affinity header of a request with `body` (None: no header)."""
+        return self._route_ids(body, source, bgr) if self.affinity_header else None
 
     def _retry_wait(self, response: httpx.Response, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None to stop."""
@@ -95,6 +107,10 @@ class Sam2Client(_Base):
         resend_on_miss: on a 404 for an id-only `segment_image`, re-send the image this
             client embedded under that id, once (the server evicted it, or a replica lost
             it). Keeps up to 64 MiB of encoded images; False to turn off.
+        affinity_header: send the image's id in ``X-Sam2serve-Image-Id`` too, so a load
+            balancer can route an image's embed and clicks to one replica (docs/scaling.md).
+            An image without an id is decoded once here to compute the server's id (its
+            content hash). False: no header, no decode.
     """
 
     def __init__(
@@ -108,8 +124,9 @@ class Sam2Client(_Base):
         transport: httpx.BaseTransport | None = None,
         headers: dict[str, str] | None = None,
         resend_on_miss: bool = True,
+        affinity_header: bool = True,
     ) -> None:
-        super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait)
+        super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait, affinity_header)
         self.resend_on_miss = resend_on_miss
         self._http = httpx.Client(
             base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
@@ -128,15 +145,17 @@ class Sam2Client(_Base):
 
     def _post_resending(self, path: str, call: Any) -> httpx.Response:
         """POST `call`; if the server lost its image_id, send the kept image once more."""
-        response = self._post(path, call.body)
+        response = self._post(path, call.body, self._route(call.body, call.source, call.bgr))
         again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
-        return self._post(path, again) if again is not None else response
+        return self._post(path, again, self._route(again)) if again is not None else response
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _post(self, path: str, body: dict[str, Any], image_id: str | None) -> httpx.Response:
+        """POST `body` (JSON) with `image_id` in the affinity header; retries 503s."""
+        headers = affinity_headers(image_id)
         attempt = 0
         while True:
             try:
-                response = self._http.post(path, json=body, params=self._params)
+                response = self._http.post(path, json=body, params=self._params, headers=headers)
             except httpx.TransportError as exc:
                 raise transport_error(self.base_url, exc) from exc
             wait = self._retry_wait(response, attempt)
@@ -164,7 +183,8 @@ class Sam2Client(_Base):
         None = the server's default. `bgr=True` for OpenCV (BGR) arrays.
         """
         body, size = self._calls.embed_body(image, image_id, model, bgr)
-        result = embed_result(self._json(self._post(EMBED_PATH, body)))
+        route = self._route(body, image, bgr)
+        result = embed_result(self._json(self._post(EMBED_PATH, body, route)))
         if self.resend_on_miss:
             self._calls.keep(result.image_id, body["image"])
         return self._calls.embedded(result, size)
@@ -225,8 +245,9 @@ class AsyncSam2Client(_Base):
         transport: httpx.AsyncBaseTransport | None = None,
         headers: dict[str, str] | None = None,
         resend_on_miss: bool = True,
+        affinity_header: bool = True,
     ) -> None:
-        super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait)
+        super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait, affinity_header)
         self.resend_on_miss = resend_on_miss
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=self._timeout, transport=transport, headers=headers
@@ -245,15 +266,19 @@ class AsyncSam2Client(_Base):
 
     async def _post_resending(self, path: str, call: Any) -> httpx.Response:
         """POST `call`; if the server lost its image_id, send the kept image once more."""
-        response = await self._post(path, call.body)
+        response = await self._post(path, call.body, self._route(call.body, call.source, call.bgr))
         again = self._calls.resend_body(call, response.status_code) if self.resend_on_miss else None
-        return await self._post(path, again) if again is not None else response
+        return await self._post(path, again, self._route(again)) if again is not None else response
 
-    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    async def _post(self, path: str, body: dict[str, Any], image_id: str | None) -> httpx.Response:
+        """See `Sam2Client._post`."""
+        headers = affinity_headers(image_id)
         attempt = 0
         while True:
             try:
-                response = await self._http.post(path, json=body, params=self._params)
+                response = await self._http.post(
+                    path, json=body, params=self._params, headers=headers
+                )
             except httpx.TransportError as exc:
                 raise transport_error(self.base_url, exc) from exc
             wait = self._retry_wait(response, attempt)
@@ -278,7 +303,8 @@ class AsyncSam2Client(_Base):
     ) -> EmbedResult:
         """See `Sam2Client.embed_image`."""
         body, size = self._calls.embed_body(image, image_id, model, bgr)
-        result = embed_result(self._json(await self._post(EMBED_PATH, body)))
+        route = self._route(body, image, bgr)
+        result = embed_result(self._json(await self._post(EMBED_PATH, body, route)))
         if self.resend_on_miss:
             self._calls.keep(result.image_id, body["image"])
         return self._calls.embedded(result, size)

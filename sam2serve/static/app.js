@@ -1,6 +1,6 @@
 // The playground page: state, DOM and events. The pure parts (API calls, request bodies,
 // RLE decoding, snippets) are ES modules under js/, unit-tested with `node --test`.
-import { ApiError, postJson } from "./js/api.js";
+import { ApiError, imageIdFor, postJson } from "./js/api.js";
 import { buildBody as segmentBody, withFormat } from "./js/request.js";
 import { decodeRle } from "./js/rle.js";
 import { curlSnippet, pythonSnippet } from "./js/snippets.js";
@@ -35,7 +35,7 @@ import { curlSnippet, pythonSnippet } from "./js/snippets.js";
     dataUrl: null,          // what embed_image is sent (base64 data URL)
     objectUrl: null,        // what the <img> shows
     natW: 0, natH: 0,       // original image size in pixels
-    imageId: null, embeddedModel: null, embedding: false, embedSeq: 0, embedTimer: null,
+    imageId: null, chosenId: null, embeddedModel: null, embedding: false, embedSeq: 0, embedTimer: null,
     objects: [], active: 0, nextNumber: 1,
     history: [],
     seq: 0, controller: null, segmenting: false,
@@ -291,6 +291,7 @@ import { curlSnippet, pythonSnippet } from "./js/snippets.js";
       note = " (re-encoded as JPEG to fit the upload limit)";
     }
     state.dataUrl = await readAsDataUrl(blob);
+    state.chosenId = await imageIdFor(state.dataUrl);
     el.dropzone.hidden = true;
     el.stage.hidden = false;
     el.imageName.textContent = `${file.name || "pasted image"} · ${state.natW}×${state.natH}${note}`;
@@ -318,6 +319,8 @@ import { curlSnippet, pythonSnippet } from "./js/snippets.js";
     const model = selectedModel();
     const body = { image: { type: "base64", value: state.dataUrl } };
     if (model) body.sam2_version_id = model;
+    // an id chosen by the page (when the image loaded): the embed routes like the clicks
+    if (state.chosenId) body.image_id = state.chosenId;
     const started = performance.now();
     const label = `Embedding the image${model ? ` with ${model}` : ""}`;
     stopEmbedTimer();

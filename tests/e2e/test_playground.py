@@ -8,6 +8,7 @@ larger than the viewport, so every coordinate assertion goes through display sca
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import re
@@ -122,6 +123,32 @@ def make_page(new_context: Callable[..., Any]) -> Callable[..., Page]:
 
 
 # ------------------------------------------------------------------ tests
+
+
+def test_embed_and_clicks_carry_the_image_id_in_the_affinity_header(
+    server: str, photo: Path, make_page
+):
+    """The page names the image before embedding it (pg- + sha256 of the uploaded data), so
+    a load balancer routes the embed like the clicks; every request repeats the id in
+    X-Sam2serve-Image-Id."""
+    p = make_page()
+    page = p.page
+    page.goto(server + "/")
+    page.wait_for_function("document.getElementById('model').options.length > 1")
+    with page.expect_request(lambda r: r.url.endswith("/sam2/embed_image")) as req:
+        page.set_input_files("#file", str(photo))
+    body = json.loads(req.value.post_data)
+    want = "pg-" + hashlib.sha256(body["image"]["value"].encode()).hexdigest()[:40]
+    assert body["image_id"] == want
+    assert req.value.headers["x-sam2serve-image-id"] == want
+    page.wait_for_function(
+        "document.getElementById('status-text').textContent.startsWith('Embedded')"
+    )
+    with page.expect_request(lambda r: r.url.endswith("/sam2/segment_image")) as click:
+        page.mouse.click(*p.at(0.5, 0.5))
+    assert json.loads(click.value.post_data)["image_id"] == want
+    assert click.value.headers["x-sam2serve-image-id"] == want
+    assert click.value.response().status == 200
 
 
 def test_click_and_box_send_original_pixels_and_paint_masks(server: str, photo: Path, make_page):

@@ -1,11 +1,13 @@
 """The Ray Serve application on a real local Ray cluster: two replicas behind Ray's proxy
-sharing a real redis-server; one replica killed under steady click load."""
+sharing a real redis-server; requests with the affinity header stay on one replica per image
+(the others spread by load); one replica killed under steady click load."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -76,6 +78,52 @@ def test_two_replicas_serve_clicks_equal_to_one_process(serve_url: str, make_cli
             assert _rle(got) == _rle(solo.post("/sam2/segment_image", json=body))
         assert len(seen) == 2, seen
         assert http.get("/readyz").json()["shared_tier"]["state"] == "up"
+
+
+def test_requests_with_the_affinity_header_stay_on_one_replica_per_image(serve_url: str) -> None:
+    """X-Sam2serve-Image-Id (as the SDK sends it): an image's embed and every click land on
+    the replica the router ranks first for its id; requests without it spread by load."""
+    from sam2serve.ray_router import rank_replicas
+
+    with httpx.Client(base_url=serve_url, timeout=60) as http:
+        names: set[str] = set()
+        for _ in range(60):  # no header: routed by load, so both replicas answer soon
+            names.add(http.get("/info").json()["replica"])
+            if len(names) == 2:
+                break
+        assert len(names) == 2, names
+        replicas = [_Replica(_Id(name.split("#", 1)[1])) for name in sorted(names)]
+        owners: dict[str, set[str]] = {}
+        for n in range(12):
+            image_id = f"aff-{n}"
+            header = {"X-Sam2serve-Image-Id": image_id}
+            embed = {"image": COFFEE, "image_id": image_id}
+            got = http.post("/sam2/embed_image", json=embed, headers=header)
+            assert got.status_code == 200, got.text
+            seen = {got.headers[REPLICA]}
+            for prompt in CLICKS[:6]:
+                body = {"image_id": image_id, "prompts": prompt, "format": "rle"}
+                got = http.post("/sam2/segment_image", json=body, headers=header)
+                assert got.status_code == 200, got.text
+                seen.add(got.headers[REPLICA])
+            owners[image_id] = seen
+    expected = {
+        image_id: {f"sam2serve#{rank_replicas(image_id, replicas)[0].replica_id.unique_id}"}  # type: ignore[arg-type]
+        for image_id in owners
+    }
+    assert owners == expected
+
+
+@dataclass(frozen=True)
+class _Id:
+    unique_id: str
+
+
+@dataclass(frozen=True)
+class _Replica:
+    """What rank_replicas reads of one of Serve's replicas."""
+
+    replica_id: _Id
 
 
 def test_killed_replica_under_click_load_only_fails_in_flight(serve_url: str) -> None:

@@ -1,8 +1,11 @@
 // postJson / errorMessage with a fake fetch: what the page shows for each kind of failure.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { test } from "node:test";
 
-import { ApiError, errorMessage, postJson } from "../../sam2serve/static/js/api.js";
+import {
+  ApiError, IMAGE_ID_HEADER, errorMessage, imageIdFor, postJson, requestHeaders,
+} from "../../sam2serve/static/js/api.js";
 
 function fakeFetch(status, text, headers = {}) {
   const calls = [];
@@ -76,4 +79,47 @@ test("network failure: status 0 with a hint; aborts pass through", async () => {
 
 test("long bodies are cut to 300 characters", () => {
   assert.equal(errorMessage(500, "x".repeat(1000), null).length, 300);
+});
+
+// ---------------------------------------------------------------- the affinity header
+
+const ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;  // the server's image_id pattern
+
+const HEADER_CASES = [
+  // [name, body, apiKey, expected headers]
+  ["image_id repeated in the header", { image_id: "pg-1", prompts: [] }, "",
+   { "Content-Type": "application/json", [IMAGE_ID_HEADER]: "pg-1" }],
+  ["with a key too", { image_id: "pg-1" }, "k",
+   { "Content-Type": "application/json", Authorization: "Bearer k", [IMAGE_ID_HEADER]: "pg-1" }],
+  ["no image_id: no header", { image: { type: "base64", value: "x" } }, "",
+   { "Content-Type": "application/json" }],
+];
+
+for (const [name, body, apiKey, expected] of HEADER_CASES) {
+  test(`headers: ${name}`, async () => {
+    assert.equal(IMAGE_ID_HEADER, "X-Sam2serve-Image-Id");
+    assert.deepEqual(requestHeaders(body, apiKey), expected);
+    const { impl, calls } = fakeFetch(200, "{}");
+    await postJson("/sam2/segment_image", body, { apiKey, fetchImpl: impl });
+    assert.deepEqual(calls[0].init.headers, expected);
+  });
+}
+
+test("imageIdFor: sha256 of the data, so the same file gets the same id", async () => {
+  const data = "data:image/png;base64,iVBORw0KGgo=";
+  const id = await imageIdFor(data);
+  const want = createHash("sha256").update(data).digest("hex").slice(0, 40);
+  assert.equal(id, `pg-${want}`);
+  assert.equal(await imageIdFor(data), id);
+  assert.notEqual(await imageIdFor(`${data}A`), id);
+  assert.match(id, ID_PATTERN);
+});
+
+test("imageIdFor without WebCrypto's subtle (plain http): a random id", async () => {
+  const plain = { getRandomValues: (a) => globalThis.crypto.getRandomValues(a) };
+  const a = await imageIdFor("x", plain);
+  const b = await imageIdFor("x", plain);
+  const none = await imageIdFor("x", null);
+  for (const id of [a, b, none]) assert.match(id, /^pg-[0-9a-f]{40}$/);
+  assert.notEqual(a, b);
 });

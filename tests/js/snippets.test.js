@@ -21,6 +21,13 @@ test("curl: the body as JSON, a key header only when needed", () => {
   assert.ok(!curlSnippet(ONE, { origin: "o", withKey: false }).includes("Authorization"));
 });
 
+test("curl: the image id in the affinity header, as the page sends it", () => {
+  const curl = curlSnippet(ONE, { origin: "o", withKey: false });
+  assert.ok(curl.split("\n").includes("  -H 'X-Sam2serve-Image-Id: abc' \\"));
+  const { image_id: _, ...noId } = ONE;
+  assert.ok(!curlSnippet(noId, { origin: "o", withKey: false }).includes("X-Sam2serve-Image-Id"));
+});
+
 test("pyValue writes Python literals", () => {
   assert.equal(pyValue({ a: [true, false, null], b: "x", c: 1.5 }),
     '{"a": [True, False, None], "b": "x", "c": 1.5}');

@@ -21,12 +21,45 @@ export function errorMessage(status, text, data, { hasKey = false, retryAfter = 
 }
 
 /**
- * POST `body` as JSON to `path`; resolve to the JSON answer, or reject with ApiError
- * (AbortError passes through). `apiKey` goes in an Authorization: Bearer header.
+ * The header that repeats a request's image id, so a load balancer (nginx `hash`, the Ray
+ * Serve router) sends an image's embed and clicks to one replica; the body stays
+ * authoritative (the server answers 400 if the two differ).
  */
-export async function postJson(path, body, { apiKey = "", signal, fetchImpl = fetch } = {}) {
+export const IMAGE_ID_HEADER = "X-Sam2serve-Image-Id";
+
+/** Request headers for a JSON `body`: the key as Bearer, the body's image_id repeated. */
+export function requestHeaders(body, apiKey = "") {
   const headers = { "Content-Type": "application/json" };
   if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  if (body && typeof body.image_id === "string") headers[IMAGE_ID_HEADER] = body.image_id;
+  return headers;
+}
+
+/**
+ * The id this page gives an image before embedding it, so the embed routes like the clicks
+ * that follow: "pg-" + the first 40 hex digits of the sha256 of the image's data (the same
+ * file gets the same id, so embedding it again is a cache hit). Where the page has no
+ * WebCrypto (plain http on a non-local address), a random id.
+ */
+export async function imageIdFor(data, cryptoImpl = globalThis.crypto) {
+  const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  if (cryptoImpl && cryptoImpl.subtle) {
+    const digest = await cryptoImpl.subtle.digest("SHA-256", new TextEncoder().encode(data));
+    return `pg-${hex(new Uint8Array(digest)).slice(0, 40)}`;
+  }
+  const random = new Uint8Array(20);
+  if (cryptoImpl && cryptoImpl.getRandomValues) cryptoImpl.getRandomValues(random);
+  else for (let i = 0; i < random.length; i++) random[i] = Math.floor(Math.random() * 256);
+  return `pg-${hex(random)}`;
+}
+
+/**
+ * POST `body` as JSON to `path`; resolve to the JSON answer, or reject with ApiError
+ * (AbortError passes through). `apiKey` goes in an Authorization: Bearer header, the
+ * body's image_id in the affinity header too.
+ */
+export async function postJson(path, body, { apiKey = "", signal, fetchImpl = fetch } = {}) {
+  const headers = requestHeaders(body, apiKey);
   let res;
   try {
     res = await fetchImpl(path, { method: "POST", headers, body: JSON.stringify(body), signal });

@@ -1,9 +1,14 @@
 // "Copy as curl / Python": the last request as a command a person can paste.
+import { IMAGE_ID_HEADER } from "./api.js";
 
-/** curl for a segment body; the key, when one is needed, comes from $SAM2SERVE_API_KEY. */
+/**
+ * curl for a segment body; the key, when one is needed, comes from $SAM2SERVE_API_KEY; the
+ * image id is repeated in the affinity header, as the page sends it.
+ */
 export function curlSnippet(body, { origin, withKey }) {
   const lines = [`curl -X POST '${origin}/sam2/segment_image' \\`,
                  "  -H 'Content-Type: application/json' \\"];
+  if (typeof body.image_id === "string") lines.push(`  -H '${IMAGE_ID_HEADER}: ${body.image_id}' \\`);
   if (withKey) {
     lines.push('  -H "Authorization: Bearer $SAM2SERVE_API_KEY" \\');
   }
