@@ -73,6 +73,7 @@ def build_services(
         factory=runtime_factory(settings, background=background_prepare),
     )
     store = FeatureStore.from_settings(settings, shared_tier(settings))
+    store.local.key_share = settings.cache_key_share  # each API key's share of the local LRU
     images = ImageService(settings, registry or REGISTRY, pool, store=store)
     video = VideoService(images, video_settings or VideoSettings())
     return Services(images=images, everything=EverythingService(images), video=video)

@@ -2,6 +2,8 @@
 in-process SDK; segment-everything and video sessions use its `scope` / `image_for` too.
 
 Request lifecycle, in order:
+  0. every budget decidable from the request and the image header (prompts, mask budget =
+     prompts x header pixels, pixel cap): refused before any pixel is decoded or embedded
   1. resolve the model id, load the model         (registry, runtime pool) -> `Scope`
   2. load pixels, or find the stored image id     (media.decode / store.for_id)
   3. embed once per image, on the embed lane      (store.for_pixels single-flight -> runtime.embed)
@@ -11,11 +13,12 @@ Request lifecycle, in order:
 
 from __future__ import annotations
 
+import functools
 import time
 
 from sam2serve.config import Settings
 from sam2serve.errors import Unavailable
-from sam2serve.image.decoding import click
+from sam2serve.image.decoding import check_mask_budget, click
 from sam2serve.image.prompts import request_batch
 from sam2serve.image.schema import (
     EmbedRequest,
@@ -25,7 +28,7 @@ from sam2serve.image.schema import (
     SegmentRequest,
     SegmentResponse,
 )
-from sam2serve.media.decode import LoadedImage, load_image
+from sam2serve.media.decode import HeaderCheck, LoadedImage, load_image
 from sam2serve.media.fetch import UrlFetcher
 from sam2serve.registry import ModelSpec, resolve_model_id
 from sam2serve.runtime.pool import ModelPool
@@ -53,13 +56,16 @@ class ImageService:
         self.pool = pool
         self.store = store
         self.fetcher = fetcher or UrlFetcher(settings)
-        # embeds and segment-everything run below the clicks' CPU priority
+        # embeds and segment-everything run below the clicks' CPU priority; with API keys,
+        # one key may have at most its share of the queue waiting (lanes are fair per key)
         self.embed_lane = Lane(
             "embed",
             1,
             settings.embed_queue,
             retry_after_s=2.0,
             initializer=worker_init(settings.embed_nice),
+            max_waiting_per_tenant=settings.embed_queue_per_key if settings.api_keys else 0,
+            tenant_setting="SAM2SERVE_EMBED_QUEUE_PER_KEY",
         )
         self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
         # image decodes (a 36 MP PNG takes ~1 s of CPU) also run below the clicks; requests
@@ -108,7 +114,7 @@ class ImageService:
         spec = self.spec_for(request.sam2_version_id)
         if pixels is None:
             assert isinstance(request, EmbedRequest)  # only pixel calls come without an image
-            pixels = await self.load(request.image)
+            pixels = await self.load(request.image, namespace)
         scope = await self.scope(namespace, spec)
         got = await self.store.for_pixels(scope, pixels, request.image_id)
         limit = self.store.max_feature_bytes
@@ -132,8 +138,15 @@ class ImageService:
         started = time.perf_counter()
         batch, keys = request_batch(request)  # bad prompts / mask_input: 400 before image work
         spec = self.spec_for(request.sam2_version_id)
+        budget = self.settings.max_mask_pixels
+
+        def mask_budget(width: int, height: int) -> None:  # 413 before decode or embed
+            check_mask_budget(len(batch), (height, width), budget)
+
         if pixels is None and request.image is not None:
-            pixels = await self.load(request.image)
+            pixels = await self.load(request.image, namespace, check_header=mask_budget)
+        elif pixels is not None:
+            mask_budget(pixels.hw[1], pixels.hw[0])
         scope = await self.scope(namespace, spec)
         if pixels is not None:
             got = await self.store.for_pixels(scope, pixels, request.image_id)
@@ -142,9 +155,8 @@ class ImageService:
             got = await self.store.for_id(scope, request.image_id)
         if request.load_logits_from_cache and batch.mask_input is None and keys:
             batch = batch.with_masks(await self.store.load_logits(scope, got, keys))
-        budget = self.settings.max_mask_pixels
         result, low_res = await self.click_lane.run(
-            click, scope.runtime, got.features, batch, request, budget
+            click, scope.runtime, got.features, batch, request, budget, tenant=namespace
         )
         if request.save_logits_to_cache and keys:
             await self.store.save_logits(scope, got, keys, low_res)
@@ -157,7 +169,8 @@ class ImageService:
     async def scope(self, namespace: str, spec: ModelSpec) -> Scope:
         """`spec`'s model, loaded, for this namespace, with how it embeds (batched or not)."""
         runtime = await self.pool.get(spec)
-        return Scope(namespace, spec, runtime, self.embedders.for_model(spec.model_id, runtime))
+        embed = self.embedders.for_model(spec.model_id, runtime, namespace)
+        return Scope(namespace, spec, runtime, embed)
 
     async def image_for(
         self, scope: Scope, image_id: str | None, pixels: LoadedImage | None
@@ -171,12 +184,17 @@ class ImageService:
         assert image_id is not None  # request validation guarantees one of them
         return await self.store.for_id(scope, image_id)
 
-    async def load(self, image: ImageInput) -> LoadedImage:
-        """A request's image (base64 or URL) decoded to RGB, on the decode lane."""
+    async def load(
+        self, image: ImageInput, namespace: str = "", *, check_header: HeaderCheck | None = None
+    ) -> LoadedImage:
+        """A request's image (base64 or URL) decoded to RGB, on the decode lane (queued under
+        `namespace`). `check_header(width, height)`: the request's own budgets, checked from
+        the file header before any pixel is decoded (the pixel cap always is)."""
         return await load_image(
             image.type,
             image.value,
             settings=self.settings,
             fetcher=self.fetcher,
-            run=self.decode_lane.run,
+            run=functools.partial(self.decode_lane.run, tenant=namespace),
+            check_header=check_header,
         )
