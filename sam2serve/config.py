@@ -82,6 +82,16 @@ class Settings(BaseSettings):
 
     # caches
     cache_bytes: int = Field(1024 * MiB, description="Byte budget of the embedding cache.")
+    cache_key_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Each API key's protected share of the embedding cache (a fraction of it): when "
+            "the cache is full, a key over its share loses its own least recently used "
+            "images first, so one key's flood of embeds cannot evict the others' images."
+        ),
+    )
     logits_cache_entries: int = Field(
         1000, description="How many saved low-res logits sets to keep for refinement."
     )
@@ -128,6 +138,15 @@ class Settings(BaseSettings):
 
     # scheduling
     embed_queue: int = Field(8, description="Embeds waiting beyond this answer 503 at once.")
+    embed_queue_per_key: int = Field(
+        4,
+        ge=1,
+        description=(
+            "With API keys configured, images (embeds, segments with an image, "
+            "segment-everything jobs) one key may have in flight or waiting for the embed "
+            "lane at once; beyond, 429 + Retry-After (other keys are still served)."
+        ),
+    )
     embed_nice: NiceIncrement = Field(
         10,
         description=(

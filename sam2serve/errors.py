@@ -64,6 +64,19 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class TooManyRequests(ServiceError):
+    """429: this API key is over its own share of a resource (queued images, video
+    sessions); other keys are still served. `retry_after`: seconds (the Retry-After header)."""
+
+    status = 429
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
 class Unavailable(ServiceError):
     """503: the server cannot serve this now (weights missing, overloaded, draining)."""
 

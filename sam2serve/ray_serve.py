@@ -30,6 +30,7 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from sam2serve.api.app import create_app
+from sam2serve.api.readiness import load_failure
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError
 from sam2serve.registry import REGISTRY, ModelSpec
@@ -73,15 +74,18 @@ class Sam2Deployment:
             images = self.services.images
             try:
                 await images.pool.get(images.spec_for(None))
-            except ServiceError as exc:  # weights missing: serve, and say so per request
+            except ServiceError as exc:  # weights missing: /readyz and each request say so
                 log.warning("preload failed: %s", exc.message)
+                self.fastapi_app.state.load_failure = load_failure(images, exc)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self.fastapi_app
 
     async def check_health(self) -> None:
-        """Serve's health check = /readyz: unhealthy while draining. A Redis outage keeps
-        the replica healthy (it serves local-only; /readyz's detail says so)."""
+        """Serve's health check is liveness, not /readyz: unhealthy only while draining.
+        Missing weights keep the replica healthy (restarting it cannot bring them; /readyz
+        answers 503 with which file to place where), and so does a Redis outage (it serves
+        local-only; /readyz's detail says so)."""
         if self.fastapi_app.state.draining:
             raise RuntimeError("draining")
         await self.services.images.store.probe()

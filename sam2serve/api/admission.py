@@ -13,6 +13,12 @@ size). Which requests carry an image is known from the route and `Content-Length
 segment bodies, from the parsed JSON before any URL is fetched or image decoded. A request
 that finds no free slot is answered 503 + Retry-After at once: its body is read and
 discarded (never parsed), so the client sees the answer instead of a reset connection.
+
+Fair sharing: with API keys configured, one key may hold at most `per_key` of the slots
+(`SAM2SERVE_EMBED_QUEUE_PER_KEY`), so one key's flood cannot take every slot. The key is
+known before the body is read when it comes in the query string or an `Authorization`
+header (what the SDK and inference-sdk send); a key in the body is charged once the body is
+parsed (still before any image work). Over its share a request gets 429 + Retry-After.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from sam2serve.errors import Unavailable
+from sam2serve.errors import TooManyRequests, Unavailable
 
 if TYPE_CHECKING:
     from sam2serve.image.service import ImageService
@@ -37,11 +43,14 @@ _DRAIN_TIMEOUT_S = 5.0
 class ImageAdmission:
     """A counter of image slots; runs on the event loop thread (no locks)."""
 
-    def __init__(self, slots: int, retry_after_s: float) -> None:
+    def __init__(self, slots: int, retry_after_s: float, per_key: int = 0) -> None:
+        """per_key: slots one namespace may hold at once (0 = no cap of its own)."""
         self.slots = max(1, slots)
         self.retry_after_s = retry_after_s
+        self.per_key = per_key
         self.in_use = 0
         self.refused = 0
+        self.held_by: dict[str, int] = {}  # namespace -> slots it holds
 
     def ticket(self, request: Request, max_body_bytes: int) -> AdmissionTicket:
         return AdmissionTicket(self, request, max_body_bytes)
@@ -56,24 +65,79 @@ class AdmissionTicket:
         self._request = request
         self._max_body_bytes = max_body_bytes
         self.held = False
+        self.namespace: str | None = None  # whose share the slot is charged to
 
-    async def take(self, *, body_read: bool) -> None:
-        """Take a slot or raise 503 (after discarding the unread body when `body_read` is
-        False). Taking twice is a no-op."""
+    async def take(self, *, body_read: bool, namespace: str | None = None) -> None:
+        """Take a slot or raise 503 (429 when `namespace` is over its share), after
+        discarding the unread body when `body_read` is False. Taking twice is a no-op
+        (apart from charging `namespace`)."""
         a = self._admission
         if self.held:
+            if namespace is not None:
+                self.charge(namespace)
             return
         if a.in_use >= a.slots:
             a.refused += 1
             if not body_read:
-                await _discard_body(self._request, self._max_body_bytes)
+                await discard_body(self._request, self._max_body_bytes)
             raise Unavailable(
                 f"server busy: {a.in_use} images are being decoded or embedded (the embed lane "
                 "is full); retry shortly",
                 retry_after=a.retry_after_s,
             )
+        if namespace is not None and self._over_share(namespace):
+            a.refused += 1
+            if not body_read:
+                await discard_body(self._request, self._max_body_bytes)
+            raise self._share_error(namespace)
         a.in_use += 1
         self.held = True
+        if namespace is not None:
+            self.charge(namespace)
+
+    def charge(self, namespace: str) -> None:
+        """Count the held slot against `namespace`'s share (429 and the slot let go when the
+        namespace already holds its share). A no-op without a slot or for the same namespace."""
+        a = self._admission
+        if not self.held or namespace == self.namespace:
+            return
+        self._uncharge()
+        if self._over_share(namespace):
+            a.refused += 1
+            self._let_go()
+            raise self._share_error(namespace)
+        a.held_by[namespace] = a.held_by.get(namespace, 0) + 1
+        self.namespace = namespace
+
+    def _over_share(self, namespace: str) -> bool:
+        a = self._admission
+        return a.per_key > 0 and a.held_by.get(namespace, 0) >= a.per_key
+
+    def _share_error(self, namespace: str) -> TooManyRequests:
+        a = self._admission
+        return TooManyRequests(
+            f"this API key already has {a.held_by.get(namespace, 0)} images being decoded or "
+            f"embedded, its share of the embed queue ({a.per_key}, "
+            "SAM2SERVE_EMBED_QUEUE_PER_KEY); other keys are still served: wait for your "
+            "earlier requests, then retry",
+            retry_after=a.retry_after_s,
+        )
+
+    def _uncharge(self) -> None:
+        a = self._admission
+        if self.namespace is not None:
+            left = a.held_by.get(self.namespace, 0) - 1
+            if left > 0:
+                a.held_by[self.namespace] = left
+            else:
+                a.held_by.pop(self.namespace, None)
+            self.namespace = None
+
+    def _let_go(self) -> None:
+        self._uncharge()
+        if self.held:
+            self.held = False
+            self._admission.in_use -= 1
 
     async def __aenter__(self) -> AdmissionTicket:
         return self
@@ -84,16 +148,17 @@ class AdmissionTicket:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.held:
-            self.held = False
-            self._admission.in_use -= 1
+        self._let_go()
 
 
 def image_admission(service: ImageService) -> ImageAdmission:
-    """As many slots as the service's embed lane holds (times its embed batch size)."""
+    """As many slots as the service's embed lane holds (times its embed batch size); with
+    API keys configured, each key may hold `SAM2SERVE_EMBED_QUEUE_PER_KEY` of them."""
     lane = service.embed_lane
-    batch = max(1, service.settings.embed_batch_size)
-    return ImageAdmission(lane.capacity * batch, lane.retry_after_s)
+    settings = service.settings
+    batch = max(1, settings.embed_batch_size)
+    per_key = settings.embed_queue_per_key * batch if settings.api_keys else 0
+    return ImageAdmission(lane.capacity * batch, lane.retry_after_s, per_key)
 
 
 def declared_length(request: Request) -> int:
@@ -102,7 +167,7 @@ def declared_length(request: Request) -> int:
     return int(value) if value.isdigit() and len(value) < 20 else 0
 
 
-async def _discard_body(request: Request, max_bytes: int) -> None:
+async def discard_body(request: Request, max_bytes: int) -> None:
     """Read and drop the body (up to `max_bytes`), so the 503 reaches the client."""
     if declared_length(request) > max_bytes:
         return  # over the cap anyway: the connection is closed after the answer

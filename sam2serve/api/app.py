@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -23,10 +22,10 @@ from sam2serve.api.guard import RequestGuard
 from sam2serve.api.image_routes import router
 from sam2serve.api.metrics import Metrics
 from sam2serve.api.openapi import install as install_openapi
+from sam2serve.api.readiness import start_preload
 from sam2serve.api.video_routes import router as video_router
 from sam2serve.config import Settings
-from sam2serve.errors import ServiceError, Unavailable
-from sam2serve.runtime.preparing import wait_prepared
+from sam2serve.errors import ServiceError
 from sam2serve.wiring import Services, build_services
 
 log = logging.getLogger("sam2serve")
@@ -41,26 +40,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        preload: asyncio.Task | None = None
         if settings.preload:
-            app.state.preloading = True
-
-            async def _preload() -> None:
-                spec = service.spec_for(None)
-                app.state.preload_detail = f"loading the default model {spec.model_id}"
-                try:
-                    runtime = await service.pool.get(spec)
-                    await wait_prepared(runtime, app.state)
-                except ServiceError as exc:
-                    log.warning("preload failed: %s", exc.message)
-                finally:
-                    app.state.preloading = False
-
-            preload = asyncio.create_task(_preload())
+            start_preload(app)
         yield
         app.state.draining = True
-        if preload is not None:
-            preload.cancel()
+        if app.state.preload_task is not None:
+            app.state.preload_task.cancel()
         await services.aclose()
 
     app = FastAPI(
@@ -75,6 +60,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.replica = settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"
     app.state.draining = False
     app.state.preloading = False
+    app.state.preload_task = None
+    app.state.load_failure = None  # why the default model could not be loaded (readiness)
     app.state.admission = image_admission(service)
     app.include_router(router)
     app.include_router(everything_router)
@@ -100,8 +87,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         headers = {}
-        if isinstance(exc, Unavailable) and exc.retry_after is not None:
-            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        retry_after = getattr(exc, "retry_after", None)  # Unavailable, TooManyRequests
+        if retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(retry_after)))
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -49,3 +49,16 @@ def namespace_for(keys: list[SecretStr], presented: str | None) -> str:
             field="api_key",
         )
     return "key:" + hashlib.sha256(given).hexdigest()[:24]
+
+
+def early_namespace(keys: list[SecretStr], request: Request) -> str | None:
+    """The namespace of a valid key given outside the body (query string or Bearer header),
+    known before the body is read; None when there is none (the key may be in the body) or
+    it is not valid (the full check after parsing answers the 401)."""
+    presented = presented_key(request, None)
+    if presented is None:
+        return None
+    try:
+        return namespace_for(keys, presented)
+    except Unauthorized:
+        return None

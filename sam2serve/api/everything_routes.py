@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_length
 from sam2serve.api.affinity import OPENAPI_PARAMETER, check_image_id_header
+from sam2serve.api.auth import early_namespace
 from sam2serve.api.body import parse_request
 from sam2serve.everything.schema import EverythingRequest, EverythingResponse
 from sam2serve.wire import BinaryResult
@@ -42,13 +43,14 @@ async def segment_everything_route(request: Request) -> Response:
     services: Services = request.app.state.services
     service = services.images
     admission: ImageAdmission = request.app.state.admission
+    early = early_namespace(service.settings.api_keys, request)
     async with admission.ticket(request, service.settings.max_body_bytes) as ticket:
         if declared_length(request) > SMALL_BODY_BYTES:  # it carries an image
-            await ticket.take(body_read=False)
+            await ticket.take(body_read=False, namespace=early)
         body, namespace = await parse_request(request, EverythingRequest, service.settings, {})
         check_image_id_header(request, body.image_id)
         if body.image is not None:
-            await ticket.take(body_read=True)
+            await ticket.take(body_read=True, namespace=namespace)
         result = await services.everything.segment(body, namespace)
     if isinstance(result, BinaryResult):
         return Response(content=result.content, media_type=result.media_type)

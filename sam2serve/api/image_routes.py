@@ -16,8 +16,9 @@ from sam2serve.api.admission import (
     declared_length,
 )
 from sam2serve.api.affinity import OPENAPI_PARAMETER, check_image_id_header
-from sam2serve.api.auth import namespace_for, presented_key
+from sam2serve.api.auth import early_namespace, namespace_for, presented_key
 from sam2serve.api.body import parse_request
+from sam2serve.api.readiness import default_model_problem, start_preload
 from sam2serve.errors import Unauthorized
 from sam2serve.image.schema import (
     EmbedRequest,
@@ -61,10 +62,13 @@ def _body_schema(model: type) -> dict[str, Any]:
 )
 async def embed_image(request: Request) -> EmbedResponse:
     service = _service(request)
+    early = early_namespace(service.settings.api_keys, request)
     async with _admission(request) as ticket:
-        await ticket.take(body_read=False)  # refused before the body is parsed or decoded
+        # refused before the body is parsed or decoded (also when over the key's share)
+        await ticket.take(body_read=False, namespace=early)
         body, namespace = await parse_request(request, EmbedRequest, service.settings, {})
         check_image_id_header(request, body.image_id)
+        ticket.charge(namespace)  # a key given in the body
         return await service.embed(body, namespace)
 
 
@@ -79,13 +83,14 @@ async def segment_image(request: Request) -> Response:
     service = _service(request)
     s = service.settings
     limits = Limits(s.max_prompts, s.max_points_per_prompt, s.max_coordinate)
+    early = early_namespace(s.api_keys, request)
     async with _admission(request) as ticket:
         if declared_length(request) > SMALL_BODY_BYTES:  # it carries an image
-            await ticket.take(body_read=False)
+            await ticket.take(body_read=False, namespace=early)
         body, namespace = await parse_request(request, SegmentRequest, s, {"limits": limits})
         check_image_id_header(request, body.image_id)
         if body.image is not None:
-            await ticket.take(body_read=True)
+            await ticket.take(body_read=True, namespace=namespace)
         result = await service.segment(body, namespace)
     if isinstance(result, BinaryResult):
         return Response(content=result.content, media_type=result.media_type)
@@ -97,16 +102,26 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready to serve (503 while loading or draining)")
+@router.get(
+    "/readyz",
+    summary="Ready to serve (503 while loading or draining, or while the default model's "
+    "weights are missing)",
+)
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     if state.draining:
         return JSONResponse({"status": "draining", "message": "shutting down"}, status_code=503)
+    service = _service(request)
+    problem, changed = default_model_problem(service, state.load_failure)
+    if changed and service.settings.preload and not state.preloading:
+        start_preload(request.app)  # the weights changed since the failure: load again
     if state.preloading:
         detail = getattr(state, "preload_detail", None) or "loading the default model"
         status = "preparing" if detail.startswith("first use") else "loading"
         return JSONResponse({"status": status, "message": detail}, status_code=503)
-    shared = _service(request).store.shared
+    if problem is not None:  # every segment request would get a 503: not ready
+        return JSONResponse(problem, status_code=503)
+    shared = service.store.shared
     if shared is None:
         return JSONResponse({"status": "ready"})
     await shared.probe()  # down: still ready, local-only; the detail says so

@@ -5,7 +5,7 @@ their own bodies, so errors come in our order: size, JSON, key, schema). Those s
 carry their own `$defs`, which do not resolve inside an OpenAPI document; this module
 moves them into `components/schemas`, adds a description to every request field that has
 none and an example per request, documents the JSON error answers (400, 401, 404, 409,
-413, 422, 500, 503) and /metrics as Prometheus text.
+413, 422, 429, 500, 503) and /metrics as Prometheus text.
 """
 
 from __future__ import annotations
@@ -134,6 +134,8 @@ _ERRORS: dict[str, str] = {
     "409": "The video session is busy with another request (a propagation): retry after it.",
     "413": "The body, download or image is over a configured cap.",
     "422": "The JSON does not match the request schema.",
+    "429": "This API key is over its own share (images in flight, video sessions; with a "
+    "Retry-After header, in seconds); other keys are still served.",
     "500": "A server bug; the answer names a request id to find in the server log.",
     "503": "Busy (with a Retry-After header, in seconds), model weights missing, or the "
     "embedding does not fit the cache budget.",
@@ -227,9 +229,9 @@ def _document_errors(path: str, method: str, op: dict[str, Any]) -> None:
     if path.startswith("/sam2/video/sessions"):
         codes = ["400", "401", "404", "409", "422", "500", "503"]
         if method == "post":
-            codes.append("413")
+            codes += ["413", "429"]
     elif method == "post":
-        codes = ["400", "401", "404", "413", "422", "500", "503"]
+        codes = ["400", "401", "404", "413", "422", "429", "500", "503"]
     elif path == "/sam2/video/info":
         codes = ["401", "500"]
     elif path == "/metrics":
@@ -256,5 +258,5 @@ def _document_errors(path: str, method: str, op: dict[str, Any]) -> None:
         codes = ["500"]
     for code in codes:  # a route's own description of a code is kept, the rest filled in
         given = responses.setdefault(code, {})
-        for key, value in _error(_ERRORS[code], retry_after=code == "503").items():
+        for key, value in _error(_ERRORS[code], retry_after=code in ("429", "503")).items():
             given.setdefault(key, value)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.requests import Request as StarletteRequest
 
+from sam2serve.api.admission import discard_body
 from sam2serve.api.auth import namespace_for, presented_key
 from sam2serve.api.body import parse_request
 from sam2serve.errors import BadRequest, ServiceError
@@ -102,6 +103,11 @@ async def create_session(request: Request) -> SessionInfo:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise clip_too_large(cap)
+    try:
+        video.admit(namespace)  # over a session cap: refused before the upload is stored
+    except ServiceError:
+        await discard_body(request, cap)  # so the client reads the answer, not a reset
+        raise
     model = request.query_params.get("sam2_version_id")
     with tempfile.TemporaryDirectory(prefix="sam2-video-up-") as tmp:
         clip = Path(tmp) / "upload"

@@ -20,6 +20,7 @@ from sam2serve.client.errors import (
     Sam2Error,
     Sam2ServerError,
     Sam2TimeoutError,
+    TooManyRequestsError,
     UnauthorizedError,
     UnavailableError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Sam2TimeoutError",
     "SegmentOptions",
     "SegmentResult",
+    "TooManyRequestsError",
     "UnauthorizedError",
     "UnavailableError",
     "VideoFrame",

@@ -22,6 +22,7 @@ __all__ = [
     "Sam2Error",
     "Sam2ServerError",
     "Sam2TimeoutError",
+    "TooManyRequestsError",
     "UnauthorizedError",
     "UnavailableError",
     "error_for_status",
@@ -99,6 +100,11 @@ class UnavailableError(Sam2ServerError):
     """503: weights unavailable, model loading, or the server is busy (see `retry_after`)."""
 
 
+class TooManyRequestsError(Sam2ServerError):
+    """429: this API key is over its own share (queued images, video sessions); other keys
+    are still served. Retry after `retry_after` seconds."""
+
+
 _BY_STATUS: dict[int, type[Sam2ServerError]] = {
     400: BadRequestError,
     401: UnauthorizedError,
@@ -106,6 +112,7 @@ _BY_STATUS: dict[int, type[Sam2ServerError]] = {
     409: ConflictError,
     413: PayloadTooLargeError,
     422: InvalidRequestError,
+    429: TooManyRequestsError,
     503: UnavailableError,
 }
 

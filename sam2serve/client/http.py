@@ -7,9 +7,10 @@ Affinity: embed, segment and segment-everything requests carry the image's id in
 ``X-Sam2serve-Image-Id`` header too (see `sam2serve.client.affinity`), so a load balancer can
 send an image's requests to one replica; ``affinity_header=False`` leaves it out.
 
-Retries: a 503 that carries ``Retry-After`` (server busy / model loading) is retried up to
-`max_retries` times, waiting what the server asks (capped at `max_retry_wait` seconds). A 503
-without it (e.g. weights missing) and every other error raise at once.
+Retries: a 503 or 429 that carries ``Retry-After`` (server busy / model loading / this key
+over its share) is retried up to `max_retries` times, waiting what the server asks (capped at
+`max_retry_wait` seconds). A 503 without it (e.g. weights missing) and every other error
+raise at once.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class _Base:
 
     def _retry_wait(self, response: httpx.Response, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None to stop."""
-        if response.status_code != 503 or attempt >= self.max_retries:
+        if response.status_code not in (429, 503) or attempt >= self.max_retries:
             return None
         wait = parse_retry_after(response.headers.get("retry-after"))
         return None if wait is None else min(wait, self.max_retry_wait)

@@ -86,7 +86,7 @@ async def segment_everything(
     spec = service.spec_for(request.sam2_version_id)
     image = pixels
     if image is None and request.image is not None:
-        image = await service.load(request.image)
+        image = await service.load(request.image, namespace)
     scope = await service.scope(namespace, spec)
     stored = await service.store.features(scope, request.image_id, image)
     features, runtime = stored.features, scope.runtime
@@ -102,28 +102,29 @@ async def segment_everything(
             crop_features = features
         else:
             assert image is not None
-            crop_features = await _step(lane, runtime.embed, crop_pixels(image.rgb, crop))
+            crop_rgb = crop_pixels(image.rgb, crop)
+            crop_features = await _step(lane, namespace, runtime.embed, crop_rgb)
         for points in run.batches(crop):
             check_budget(deadline, None)
-            await _step(lane, run.process_batch, crop, crop_features, points)
+            await _step(lane, namespace, run.process_batch, crop, crop_features, points)
         run.finish_crop(crop)
     check_budget(deadline, None)
-    masks = await _step(lane, run.finish)
+    masks = await _step(lane, namespace, run.finish)
     result = to_response(masks, request.format, request.polygon_holes)
     if isinstance(result, EverythingResponse):
         result.time = time.perf_counter() - started
     return result
 
 
-async def _step(lane: Lane, fn: Callable[..., T], *args: object) -> T:
-    """One job on `lane` whose caller's cancellation stands.
+async def _step(lane: Lane, tenant: str, fn: Callable[..., T], *args: object) -> T:
+    """One job on `lane` (queued under `tenant`) whose caller's cancellation stands.
 
     `Lane.run` lets a running job finish and takes its caller's cancellation back (an
     embedding is worth caching for the next caller); a batch of a segment-everything whose
     caller has gone is worth nothing, so here the caller stops at once: the job is
     cancelled in the lane (dropped if still waiting, else it finishes there, unread).
     """
-    job = asyncio.ensure_future(lane.run(fn, *args))
+    job = asyncio.ensure_future(lane.run(fn, *args, tenant=tenant))
     try:
         return await asyncio.shield(job)
     except asyncio.CancelledError:

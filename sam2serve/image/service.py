@@ -1,7 +1,9 @@
 """Image clicks (`embed_image`, `segment_image`) behind the HTTP routes, the CLI and the
 in-process SDK; segment-everything and video sessions use its model pool, lanes and store.
 
-A segment request, in order (each step's module in brackets):
+A segment request, in order (each step's module in brackets). Every budget decidable from
+the request and the image header (prompts, mask_input, mask budget = prompts x header
+pixels, pixel cap) is refused before any pixel is decoded or embedded.
   1. its prompts as one padded batch, mask_input checked      (prompts)
   2. the model id resolved                                    (registry)
   3. its image decoded, on the decode lane                    (media.decode)
@@ -13,11 +15,12 @@ A segment request, in order (each step's module in brackets):
 
 from __future__ import annotations
 
+import functools
 import time
 
 from sam2serve.config import Settings
 from sam2serve.errors import Unavailable
-from sam2serve.image.decoding import click
+from sam2serve.image.decoding import check_mask_budget, click
 from sam2serve.image.prompts import request_batch
 from sam2serve.image.schema import (
     EmbedRequest,
@@ -27,7 +30,7 @@ from sam2serve.image.schema import (
     SegmentRequest,
     SegmentResponse,
 )
-from sam2serve.media.decode import ImageLoader, LoadedImage
+from sam2serve.media.decode import HeaderCheck, LoadedImage, load_image
 from sam2serve.media.fetch import UrlFetcher
 from sam2serve.registry import Models, ModelSpec
 from sam2serve.runtime.pool import ModelPool
@@ -55,13 +58,16 @@ class ImageService:
         self.pool = pool
         self.store = store
         self.fetcher = fetcher or UrlFetcher(settings)
-        # embeds and segment-everything run below the clicks' CPU priority
+        # embeds and segment-everything run below the clicks' CPU priority; with API keys,
+        # one key may have at most its share of the queue waiting (lanes are fair per key)
         self.embed_lane = Lane(
             "embed",
             1,
             settings.embed_queue,
             retry_after_s=2.0,
             initializer=worker_init(settings.embed_nice),
+            max_waiting_per_tenant=settings.embed_queue_per_key if settings.api_keys else 0,
+            tenant_setting="SAM2SERVE_EMBED_QUEUE_PER_KEY",
         )
         self.click_lane = Lane("click", 1, settings.click_queue, retry_after_s=0.5)
         # image decodes (a 36 MP PNG takes ~1 s of CPU) also run below the clicks; requests
@@ -80,7 +86,6 @@ class ImageService:
             queue=settings.embed_queue,
         )
         self.models = Models(registry, settings.default_model, settings.alias_family)
-        self.images = ImageLoader(settings, self.fetcher, run=self.decode_lane.run)
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()
@@ -109,7 +114,7 @@ class ImageService:
         spec = self.spec_for(request.sam2_version_id)
         if pixels is None:
             assert isinstance(request, EmbedRequest)  # only pixel calls come without an image
-            pixels = await self.load(request.image)
+            pixels = await self.load(request.image, namespace)
         scope = await self.scope(namespace, spec)
         got = await self.store.features(scope, request.image_id, pixels)
         limit = self.store.max_feature_bytes
@@ -133,16 +138,21 @@ class ImageService:
         started = time.perf_counter()
         batch, keys = request_batch(request)  # bad prompts / mask_input: 400 before image work
         spec = self.models.resolve(request.sam2_version_id)
+        budget = self.settings.max_mask_pixels
+
+        def mask_budget(width: int, height: int) -> None:  # 413 before decode or embed
+            check_mask_budget(len(batch), (height, width), budget)
+
         if pixels is None and request.image is not None:
-            pixels = await self.images.load(request.image)
-        runtime = await self.pool.get(spec)
-        scope = Scope(namespace, spec, runtime, self.embedders.for_model(spec.model_id, runtime))
+            pixels = await self.load(request.image, namespace, check_header=mask_budget)
+        elif pixels is not None:
+            mask_budget(pixels.hw[1], pixels.hw[0])
+        scope = await self.scope(namespace, spec)
         got = await self.store.features(scope, request.image_id, pixels)
         if request.load_logits_from_cache and batch.mask_input is None and keys:
             batch = batch.with_masks(await self.store.load_logits(scope, got, keys))
-        budget = self.settings.max_mask_pixels
         result, low_res = await self.click_lane.run(
-            click, scope.runtime, got.features, batch, request, budget
+            click, scope.runtime, got.features, batch, request, budget, tenant=namespace
         )
         if request.save_logits_to_cache and keys:
             await self.store.save_logits(scope, got, keys, low_res)
@@ -155,8 +165,20 @@ class ImageService:
     async def scope(self, namespace: str, spec: ModelSpec) -> Scope:
         """`spec`'s model, loaded, for this namespace, with how it embeds (batched or not)."""
         runtime = await self.pool.get(spec)
-        return Scope(namespace, spec, runtime, self.embedders.for_model(spec.model_id, runtime))
+        embed = self.embedders.for_model(spec.model_id, runtime, namespace)
+        return Scope(namespace, spec, runtime, embed)
 
-    async def load(self, image: ImageInput) -> LoadedImage:
-        """A request's image (base64 or URL) decoded to RGB, on the decode lane."""
-        return await self.images.load(image)
+    async def load(
+        self, image: ImageInput, namespace: str = "", *, check_header: HeaderCheck | None = None
+    ) -> LoadedImage:
+        """A request's image (base64 or URL) decoded to RGB, on the decode lane (queued under
+        `namespace`). `check_header(width, height)`: the request's own budgets, checked from
+        the file header before any pixel is decoded (the pixel cap always is)."""
+        return await load_image(
+            image.type,
+            image.value,
+            settings=self.settings,
+            fetcher=self.fetcher,
+            run=functools.partial(self.decode_lane.run, tenant=namespace),
+            check_header=check_header,
+        )

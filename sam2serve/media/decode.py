@@ -3,7 +3,9 @@
 Everything a client sends passes through here before it reaches a model:
 
 - only JPEG, PNG, WEBP, BMP and TIFF are opened (Pillow's other plugins are never tried);
-- the pixel count is checked from the file header, before any pixels are decoded;
+- the pixel count is checked from the file header, before any pixels are decoded, and so is
+  any budget of the caller's that depends on the image size (`check_header`, e.g. the
+  per-request mask budget: prompts x pixels);
 - the image is fully decoded (a truncated file is an error, never partial pixels);
 - EXIF orientation is applied, and every pixel mode (grayscale, alpha, palette, CMYK, 16-bit,
   1-bit, float) becomes RGB uint8.
@@ -31,7 +33,6 @@ from sam2serve.errors import BadRequest, PayloadTooLarge, ServiceError
 if TYPE_CHECKING:
     from sam2serve.config import Settings
     from sam2serve.media.fetch import UrlFetcher
-    from sam2serve.wire import ImageInput
 
 #: Pillow plugin ids tried when opening client bytes, in this order.
 ACCEPTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
@@ -89,12 +90,21 @@ def _too_many_pixels(width: int, height: int, max_pixels: int) -> PayloadTooLarg
     )
 
 
-def decode_image_bytes(data: bytes, *, max_pixels: int) -> LoadedImage:
+#: `check_header(width, height)`: a caller's budget checked from the file header, before any
+#: pixel is decoded; it raises (a `ServiceError`) to refuse the image
+HeaderCheck = Callable[[int, int], None]
+
+
+def decode_image_bytes(
+    data: bytes, *, max_pixels: int, check_header: HeaderCheck | None = None
+) -> LoadedImage:
     """Decode an encoded image file into RGB uint8 pixels.
 
     Args:
         data: the file's bytes (JPEG, PNG, WEBP, BMP or TIFF).
         max_pixels: cap on width * height, checked from the header before decoding.
+        check_header: called with the header's (width, height) before decoding (before
+            EXIF orientation: the pixel count is what it may rely on).
 
     Returns:
         LoadedImage with rgb (H, W, 3) uint8 after EXIF orientation.
@@ -112,6 +122,8 @@ def decode_image_bytes(data: bytes, *, max_pixels: int) -> LoadedImage:
                 raise _bad_image(f"the header gives an empty size {width}x{height}")
             if width * height > max_pixels:
                 raise _too_many_pixels(width, height, max_pixels)
+            if check_header is not None:
+                check_header(width, height)
             im.load()  # full decode now: a truncated file raises here instead of later
             ImageOps.exif_transpose(im, in_place=True)
             rgb = _to_rgb_array(im)
@@ -172,7 +184,9 @@ def _gray_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint((data - offset) * scale), 0, 255).astype(np.uint8)
 
 
-def decode_base64(value: str, *, max_bytes: int, max_pixels: int) -> LoadedImage:
+def decode_base64(
+    value: str, *, max_bytes: int, max_pixels: int, check_header: HeaderCheck | None = None
+) -> LoadedImage:
     """Decode a base64 image string into RGB pixels.
 
     Accepts an optional `data:image/...;base64,` prefix, whitespace and newlines anywhere,
@@ -182,6 +196,7 @@ def decode_base64(value: str, *, max_bytes: int, max_pixels: int) -> LoadedImage
         value: the base64 text.
         max_bytes: cap on the decoded file size in bytes.
         max_pixels: cap on width * height (see `decode_image_bytes`).
+        check_header: the caller's size check before decoding (see `decode_image_bytes`).
 
     Raises:
         BadRequest (field image.value): empty or malformed base64; (field image) bad image data.
@@ -206,7 +221,7 @@ def decode_base64(value: str, *, max_bytes: int, max_pixels: int) -> LoadedImage
         raise _bad_base64("it contains characters outside the base64 alphabet") from exc
     if len(data) > max_bytes:
         raise _too_many_bytes(len(data), max_bytes)
-    return decode_image_bytes(data, max_pixels=max_pixels)
+    return decode_image_bytes(data, max_pixels=max_pixels, check_header=check_header)
 
 
 def _bad_base64(why: str) -> BadRequest:
@@ -232,6 +247,7 @@ async def load_image(
     settings: Settings,
     fetcher: UrlFetcher,
     run: Callable[..., Awaitable[LoadedImage]] | None = None,
+    check_header: HeaderCheck | None = None,
 ) -> LoadedImage:
     """Load a request's `image` ({"type": kind, "value": value}) as RGB pixels.
 
@@ -240,14 +256,15 @@ async def load_image(
     Any other kind (numpy, numpy_object, pil, pickle, ...) -> BadRequest (field image.type).
     Decoding runs in a worker thread, so the event loop keeps serving while it runs: `run(fn,
     *args)` runs it (e.g. a lane's worker below the clicks' priority; default: anyio's threads).
+    `check_header(width, height)` runs before any pixel is decoded (see `decode_image_bytes`).
     """
     run = run or anyio.to_thread.run_sync
     normalized = kind.strip().lower() if isinstance(kind, str) else ""
     if normalized == "base64":
-        return await run(_decode_base64_call, value, settings)
+        return await run(_decode_base64_call, value, settings, check_header)
     if normalized == "url":
         data = await fetcher.fetch(value)
-        return await run(_decode_bytes_call, data, settings)
+        return await run(_decode_bytes_call, data, settings, check_header)
     if normalized in _PICKLE_KINDS:
         raise BadRequest(
             f"image.type {kind!r} is refused: numpy/PIL payloads arrive pickled, and unpickling "
@@ -261,14 +278,21 @@ async def load_image(
     )
 
 
-def _decode_base64_call(value: str, settings: Settings) -> LoadedImage:
+def _decode_base64_call(
+    value: str, settings: Settings, check_header: HeaderCheck | None
+) -> LoadedImage:
     return decode_base64(
-        value, max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels
+        value,
+        max_bytes=settings.max_body_bytes,
+        max_pixels=settings.max_image_pixels,
+        check_header=check_header,
     )
 
 
-def _decode_bytes_call(data: bytes, settings: Settings) -> LoadedImage:
-    return decode_image_bytes(data, max_pixels=settings.max_image_pixels)
+def _decode_bytes_call(
+    data: bytes, settings: Settings, check_header: HeaderCheck | None
+) -> LoadedImage:
+    return decode_image_bytes(data, max_pixels=settings.max_image_pixels, check_header=check_header)
 
 
 def from_rgb(rgb: np.ndarray, *, max_pixels: int) -> LoadedImage:
@@ -285,24 +309,3 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     """A PIL image's pixels as shown (no EXIF rotation) -> (H, W, 3) uint8 RGB, every mode
     converted as a decoded upload's is (alpha dropped, 16-bit gray scaled)."""
     return _to_rgb_array(im)
-
-
-class ImageLoader:
-    """A server's way of turning a request's `image` into pixels: its caps (`settings`), its
-    URL policy (`fetcher`) and where decoding runs (`run`, e.g. a lane below the clicks)."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        fetcher: UrlFetcher,
-        run: Callable[..., Awaitable[LoadedImage]] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.fetcher = fetcher
-        self.run = run
-
-    async def load(self, image: ImageInput) -> LoadedImage:
-        """See `load_image`."""
-        return await load_image(
-            image.type, image.value, settings=self.settings, fetcher=self.fetcher, run=self.run
-        )

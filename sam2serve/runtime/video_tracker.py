@@ -14,11 +14,19 @@ dict ourselves instead:
 Everything else (prompt handling, consolidation across objects, memory encoding, memory
 attention, forward/backward propagation) is upstream's own code, so the exact path equals
 `SAM2VideoPredictor` by construction. This is the only video module touching SAM2 internals.
+
+Stopping: upstream tracks a frame one object at a time (and consolidates prompts one object
+at a time before the first frame), so one frame of many objects is many model calls. A
+session's state carries a stop flag (`VideoTracker.stop`) that is checked before each of
+those per-object calls: a propagation whose client has gone stops within the frame
+(`Stopped`), not after it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -113,6 +121,36 @@ def _float_memories(model: torch.nn.Module) -> None:
     attention._sam2serve_float_memories = True
 
 
+#: key of a session state's stop flag (a `threading.Event`)
+STOP_KEY = "sam2serve_stop"
+
+
+class Stopped(Exception):
+    """A propagation step was stopped between two objects (`VideoTracker.stop`)."""
+
+
+def _stoppable(model: torch.nn.Module) -> None:
+    """Check the state's stop flag before each per-object model call of upstream's tracking
+    (`_run_single_frame_inference`: one object on one frame) and prompt consolidation
+    (`_run_memory_encoder`). Instance attributes, once per model; states without the flag
+    run as upstream."""
+    if getattr(model, "_sam2serve_stoppable", False):
+        return
+    for name in ("_run_single_frame_inference", "_run_memory_encoder"):
+        original = getattr(model, name)
+
+        @functools.wraps(original)
+        def checked(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            state = kwargs.get("inference_state", args[0] if args else None)
+            flag = state.get(STOP_KEY) if isinstance(state, dict) else None
+            if flag is not None and flag.is_set():
+                raise Stopped("stopped between objects")
+            return _original(*args, **kwargs)
+
+        setattr(model, name, checked)
+    model._sam2serve_stoppable = True
+
+
 class FeatureStore:
     """Byte-bounded LRU of per-frame backbone outputs, read by upstream as a dict.
 
@@ -187,6 +225,7 @@ class VideoTracker:
         self.precision = precision
         self.embed = embed
         _float_memories(model)
+        _stoppable(model)
 
     @property
     def image_size(self) -> int:
@@ -221,7 +260,18 @@ class VideoTracker:
             "output_dict_per_obj": {},
             "temp_output_dict_per_obj": {},
             "frames_tracked_per_obj": {},
+            STOP_KEY: threading.Event(),
         }
+
+    @staticmethod
+    def stop(state: dict[str, Any]) -> None:
+        """Make the step running on `state` (another thread) raise `Stopped` before its next
+        per-object model call; until `resume`, every step on it does."""
+        state[STOP_KEY].set()
+
+    @staticmethod
+    def resume(state: dict[str, Any]) -> None:
+        state[STOP_KEY].clear()
 
     @staticmethod
     def state_bytes(state: dict[str, Any]) -> tuple[int, int]:

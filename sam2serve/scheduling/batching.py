@@ -94,12 +94,16 @@ class Embedders:
     def batcher(self, model_id: str) -> MicroBatcher[Any, Any] | None:
         return self._batchers.get(model_id)
 
-    def for_model(self, model_id: str, runtime: Any) -> Callable[[Any], Awaitable[Any]]:
-        """`embed(pixels) -> features` for this model's runtime (`embed`, maybe `embed_batch`)."""
+    def for_model(
+        self, model_id: str, runtime: Any, tenant: str = ""
+    ) -> Callable[[Any], Awaitable[Any]]:
+        """`embed(pixels) -> features` for this model's runtime (`embed`, maybe `embed_batch`),
+        queued in the lane under `tenant` (an API-key namespace; a micro-batch mixes
+        tenants and is queued untracked)."""
         size = self.batch_size or (4 if runtime.device.type == "cuda" else 1)
         embed_batch = getattr(runtime, "embed_batch", None)
         if size <= 1 or embed_batch is None:
-            return lambda rgb: self.lane.run(runtime.embed, rgb)
+            return lambda rgb: self.lane.run(runtime.embed, rgb, tenant=tenant)
         batcher = self._batchers.get(model_id)
         if batcher is None or batcher.batch_fn != embed_batch:  # model reloaded
             batcher = MicroBatcher(

@@ -5,6 +5,14 @@ client namespace and model. Client-given image ids are aliases bound to the cont
 they were embedded with, so reusing an id for other pixels re-embeds instead of serving
 the old image's masks. Namespaces (one per API key) never see each other's entries.
 
+Fair share between namespaces: each namespace has a protected share of the byte budget
+(`key_share`, a fraction; `SAM2SERVE_CACHE_KEY_SHARE`). The cache stays one LRU while it has
+room; when an entry must be evicted, it is the least recently used entry of the namespace
+storing, if that namespace is over its share, else of the namespaces over their share, and
+only when none is over its share the least recently used entry of all. So one namespace's
+flood of embeds evicts its own images, never another namespace's images that fit in that
+namespace's share; a single namespace (no API keys) sees a plain LRU.
+
 All methods run on the event loop thread; `get_or_compute` awaits the computation, and
 concurrent callers for the same entry share one computation.
 """
@@ -22,10 +30,14 @@ __all__ = ["EmbeddingCache", "EntryKey", "IdKey"]
 
 
 class EmbeddingCache:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, key_share: float = 0.5) -> None:
+        """max_bytes: the byte budget; key_share: each namespace's protected fraction of it."""
         self.max_bytes = max_bytes
+        self.key_share = key_share
         self.bytes_used = 0
-        self._entries: OrderedDict[EntryKey, Features] = OrderedDict()
+        self._entries: OrderedDict[EntryKey, Features] = OrderedDict()  # all, LRU first
+        self._by_namespace: dict[str, OrderedDict[EntryKey, None]] = {}  # each, LRU first
+        self._bytes_of: dict[str, int] = {}  # namespace -> bytes it holds
         self._ids: dict[IdKey, EntryKey] = {}
         self._ids_of: dict[EntryKey, set[IdKey]] = {}
         self._inflight: dict[EntryKey, asyncio.Task[Features]] = {}
@@ -37,12 +49,21 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def share_bytes(self) -> int:
+        """Bytes of each namespace's protected share."""
+        return int(self.max_bytes * self.key_share)
+
+    def bytes_of(self, namespace: str) -> int:
+        """Bytes `namespace`'s entries hold."""
+        return self._bytes_of.get(namespace, 0)
+
     def lookup(self, key: IdKey) -> tuple[EntryKey, Features] | None:
         """The features an image id is bound to, marking them recently used; None if absent."""
         entry = self._ids.get(key)
         if entry is None or entry not in self._entries:
             return None
-        self._entries.move_to_end(entry)
+        self._touch(entry)
         return entry, self._entries[entry]
 
     async def get_or_compute(
@@ -63,7 +84,7 @@ class EmbeddingCache:
         id_key = IdKey(entry.namespace, entry.model_id, image_id)
         cached = self._entries.get(entry)
         if cached is not None:
-            self._entries.move_to_end(entry)
+            self._touch(entry)
             self.hits += 1
             self._bind(id_key, entry)
             return cached, True
@@ -132,20 +153,56 @@ class EmbeddingCache:
         self._ids[id_key] = entry
         self._ids_of.setdefault(entry, set()).add(id_key)
 
+    def _touch(self, entry: EntryKey) -> None:
+        """Mark `entry` most recently used (in the whole cache and in its namespace)."""
+        self._entries.move_to_end(entry)
+        self._by_namespace[entry.namespace].move_to_end(entry)
+
     def _store(self, entry: EntryKey, features: Features) -> None:
         size = features.nbytes
         if size > self.max_bytes:
             self._forget_ids(entry)  # cannot keep it: later clicks must re-send the image
             return
         if entry in self._entries:
-            self.bytes_used -= self._entries.pop(entry).nbytes
+            self._remove(entry)
         while self._entries and self.bytes_used + size > self.max_bytes:
-            old_key, old = self._entries.popitem(last=False)
-            self.bytes_used -= old.nbytes
+            victim = self._victim(entry.namespace, size)
+            self._remove(victim)
             self.evictions += 1
-            self._forget_ids(old_key)
+            self._forget_ids(victim)
         self._entries[entry] = features
+        self._by_namespace.setdefault(entry.namespace, OrderedDict())[entry] = None
+        self._bytes_of[entry.namespace] = self.bytes_of(entry.namespace) + size
         self.bytes_used += size
+
+    def _victim(self, namespace: str, incoming: int) -> EntryKey:
+        """The entry to evict so that `incoming` bytes of `namespace` fit (see the module
+        docstring): the namespace's own LRU entry when it would be over its share, else the
+        LRU entry of the namespaces over their share, else the LRU entry of all."""
+        share = self.share_bytes
+        own = self._by_namespace.get(namespace)
+        if own and self.bytes_of(namespace) + incoming > share:
+            return next(iter(own))
+        over = [ns for ns, held in self._bytes_of.items() if held > share and ns != namespace]
+        if over:
+            heads = {next(iter(self._by_namespace[ns])) for ns in over}
+            for key in self._entries:  # the least recently used of those heads
+                if key in heads:
+                    return key
+        return next(iter(self._entries))
+
+    def _remove(self, entry: EntryKey) -> None:
+        features = self._entries.pop(entry)
+        self.bytes_used -= features.nbytes
+        ns = entry.namespace
+        mine = self._by_namespace[ns]
+        del mine[entry]
+        left = self._bytes_of[ns] - features.nbytes
+        if mine:
+            self._bytes_of[ns] = left
+        else:
+            del self._by_namespace[ns]
+            del self._bytes_of[ns]
 
     def _forget_ids(self, entry: EntryKey) -> None:
         for id_key in self._ids_of.pop(entry, set()):

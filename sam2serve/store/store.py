@@ -35,7 +35,9 @@ __all__ = ["FeatureStore", "Scope", "StoredImage"]
 class FeatureStore:
     """Features by image content and by image id, and saved logits, per `Scope`.
 
-    `cache_bytes` is the whole local budget; the saved logits take `logits_bytes` of it.
+    `cache_bytes` is the whole local budget; the saved logits take `logits_bytes` of it;
+    `key_share`: the fraction of the features budget each namespace (API key) keeps for
+    itself when others flood the cache.
     `sharing`: how other replicas are consulted (default: none, `LocalOnly`).
     """
 
@@ -45,9 +47,10 @@ class FeatureStore:
         *,
         logits_bytes: int,
         logits_entries: int,
+        key_share: float = 0.5,
         sharing: Sharing | None = None,
     ) -> None:
-        self.local = EmbeddingCache(cache_bytes - logits_bytes)
+        self.local = EmbeddingCache(cache_bytes - logits_bytes, key_share)
         self.logits = LogitsCache(logits_entries, logits_bytes)
         self.sharing: Sharing = sharing or LocalOnly()
 
@@ -58,6 +61,7 @@ class FeatureStore:
             settings.cache_bytes,
             logits_bytes=settings.logits_budget_bytes,
             logits_entries=settings.logits_cache_entries,
+            key_share=settings.cache_key_share,
             sharing=sharing,
         )
 

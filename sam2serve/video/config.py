@@ -19,6 +19,17 @@ class VideoSettings(BaseSettings):
     max_frames: int = Field(600, description="Frames per clip; longer clips get 413.")
     max_pixels: int = Field(1920 * 1080, description="Pixels per frame; larger get 413.")
     max_sessions: int = Field(4, description="Open sessions; beyond this, 503 + Retry-After.")
+    max_sessions_per_key: int = Field(
+        2,
+        ge=1,
+        description=(
+            "With API keys configured, open sessions one key may hold; beyond, 429 + "
+            "Retry-After (other keys can still open theirs)."
+        ),
+    )
+    max_objects: int = Field(
+        16, ge=1, description="Objects tracked per session; a prompt for one more gets 413."
+    )
     ttl_s: float = Field(600.0, description="Idle seconds before a session is closed.")
     memory_bytes: int = Field(
         2048 * MiB, description="Budget of all sessions' features + memories; beyond, 503."

@@ -3,8 +3,9 @@
 Each frame is resized to the model's S x S input exactly as upstream's frame loader does
 (PIL `resize((S, S))` of the RGB frame) and appended to `frames.u8`; the session then reads
 frames through a read-only memmap, so RAM holds no float frames at all (3 MiB of page cache
-per 1024 px frame, reclaimable). Caps: frame count and pixels per frame -> 413 naming the cap;
-a file that is not a video, a truncated one, an unknown codec or no frames -> 400/415.
+per 1024 px frame, reclaimable). Caps: frame count and pixels per frame -> 413 naming the cap,
+checked from the container header before any frame is decoded (`probe_video`) and again while
+decoding; a file that is not a video, a truncated one, an unknown codec or no frames -> 400/415.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -61,6 +63,67 @@ def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).convert("RGB").resize((size, size)), dtype=np.uint8)
 
 
+def too_many_pixels(width: int, height: int, max_pixels: int) -> PayloadTooLarge:
+    """413 for frames over SAM2SERVE_VIDEO_MAX_PIXELS."""
+    return PayloadTooLarge(
+        f"frames are {width}x{height} = {width * height} pixels, over the cap of {max_pixels} "
+        "(SAM2SERVE_VIDEO_MAX_PIXELS); downscale the video",
+        field="video",
+    )
+
+
+def too_many_frames(max_frames: int, declared: int | None = None) -> PayloadTooLarge:
+    """413 for a clip over SAM2SERVE_VIDEO_MAX_FRAMES (`declared`: the header's count)."""
+    count = f"{declared} frames" if declared is not None else f"more than {max_frames} frames"
+    return PayloadTooLarge(
+        f"the video has {count}, over the cap of {max_frames} (SAM2SERVE_VIDEO_MAX_FRAMES); "
+        "cut it into shorter clips",
+        field="video",
+    )
+
+
+def probe_video(path: Path, *, max_frames: int, max_pixels: int) -> None:
+    """Refuse (413) a clip whose frame size or frame count, as its container header states
+    them, is over the caps, before any frame is decoded. The count is the header's when it
+    has one, else duration x frame rate (refused only beyond one frame of rounding). A file
+    PyAV cannot open is left to `decode_video`, which says what is wrong with it."""
+    import av
+
+    try:
+        container = av.open(str(path), mode="r")
+    except Exception:  # not a video, truncated, ...: decode_video answers the 400/415
+        return
+    with container:
+        if not container.streams.video:
+            return
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        width, height = (context.width, context.height) if context is not None else (0, 0)
+        if width * height > max_pixels:
+            raise too_many_pixels(width, height, max_pixels)
+        declared = int(stream.frames or 0)
+        if declared > max_frames:
+            raise too_many_frames(max_frames, declared)
+        if declared == 0:
+            estimate = _estimated_frames(stream, container)
+            if estimate > max_frames + 1:
+                raise too_many_frames(max_frames, round(estimate))
+
+
+def _estimated_frames(stream: Any, container: Any) -> float:
+    """duration x average frame rate from the header (0 when either is unknown)."""
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        return 0.0
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000  # av.time_base: microseconds
+    else:
+        return 0.0
+    return seconds * float(rate)
+
+
 def write_frames(
     frames: Iterable[np.ndarray], out_dir: Path, size: int, *, max_frames: int, max_pixels: int
 ) -> tuple[FrameFile, int, int]:
@@ -75,11 +138,7 @@ def write_frames(
         for rgb in frames:
             h, w = int(rgb.shape[0]), int(rgb.shape[1])
             if h * w > max_pixels:
-                raise PayloadTooLarge(
-                    f"frames are {w}x{h} = {w * h} pixels, over the cap of {max_pixels} "
-                    "(SAM2SERVE_VIDEO_MAX_PIXELS); downscale the video",
-                    field="video",
-                )
+                raise too_many_pixels(w, h, max_pixels)
             if wh is None:
                 wh = (w, h)
             elif wh != (w, h):
@@ -90,11 +149,7 @@ def write_frames(
                 )
             count += 1
             if count > max_frames:
-                raise PayloadTooLarge(
-                    f"the video has more than {max_frames} frames (SAM2SERVE_VIDEO_MAX_FRAMES); "
-                    "cut it into shorter clips",
-                    field="video",
-                )
+                raise too_many_frames(max_frames)
             out.write(_resize(rgb, size).tobytes())
     if count == 0 or wh is None:
         raise BadRequest("the video has no frames: send a clip with at least one", field="video")

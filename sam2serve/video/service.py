@@ -4,6 +4,12 @@ Flow: route/SDK -> `VideoService` -> frames (decode once to disk) -> `VideoTrack
 (runtime, Meta's video predictor methods on per-session state) -> masks -> `FrameResult`.
 All model work runs on the video lane (its own single worker thread with a bounded queue),
 so image clicks never wait behind a propagation step.
+
+Refused before work: a new session is admitted (count caps, per key and in all, and the
+memory budget) before its upload is decoded, a clip's frame size and count are read from the
+container header before any frame is decoded, and a prompt for one object more than
+`SAM2SERVE_VIDEO_MAX_OBJECTS` is refused before any model call. A propagation whose client
+goes away stops between two objects of the frame in progress (`VideoTracker.stop`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 
 from sam2serve.errors import BadRequest, Conflict, NotInCache, PayloadTooLarge
@@ -28,7 +35,13 @@ from sam2serve.runtime.weights import ensure_checkpoint
 from sam2serve.scheduling.lanes import Lane
 from sam2serve.scheduling.priority import worker_init
 from sam2serve.video.config import VideoSettings
-from sam2serve.video.frames import VideoInfo, decode_video, write_frames
+from sam2serve.video.frames import (
+    VideoInfo,
+    decode_video,
+    probe_video,
+    too_many_pixels,
+    write_frames,
+)
 from sam2serve.video.schema import (
     CreateSessionRequest,
     FrameResult,
@@ -57,7 +70,8 @@ class VideoService:
         self.images = images
         self.settings = settings or VideoSettings()
         s = self.settings
-        self.store = SessionStore(s.max_sessions, s.ttl_s, s.memory_bytes)
+        per_key = s.max_sessions_per_key if images.settings.api_keys else 0
+        self.store = SessionStore(s.max_sessions, s.ttl_s, s.memory_bytes, per_key)
         # below the click lane's CPU priority: a propagation must not slow clicks down
         self.lane = Lane(
             "video", 1, s.queue, retry_after_s=2.0, initializer=worker_init(s.nice, s.threads)
@@ -95,8 +109,20 @@ class VideoService:
                 self._trackers[spec.model_id] = found
             return found
 
+    def admit(self, namespace: str) -> None:
+        """Raise now (429 / 503 + Retry-After) when `namespace` could not open a session, so
+        an upload is refused before it is read."""
+        self.store.admit(namespace)
+
     async def create_from_file(self, path: Path, namespace: str, model: str | None) -> SessionInfo:
-        """`path`: an uploaded clip; it is decoded into the session's own directory."""
+        """`path`: an uploaded clip; it is decoded into the session's own directory, after
+        its header's frame size and count are checked."""
+        with self.store.reserve(namespace):  # counted from here: no overshooting the caps
+            return await self._from_file(path, namespace, model)
+
+    async def _from_file(self, path: Path, namespace: str, model: str | None) -> SessionInfo:
+        s = self.settings
+        await asyncio.to_thread(probe_video, path, max_frames=s.max_frames, max_pixels=s.max_pixels)
         return await self._create(
             namespace,
             model,
@@ -110,6 +136,11 @@ class VideoService:
         )
 
     async def create(self, request: CreateSessionRequest, namespace: str) -> SessionInfo:
+        """A session from a clip URL or a list of frames (JSON)."""
+        with self.store.reserve(namespace):  # before the clip is fetched or any frame decoded
+            return await self._from_request(request, namespace)
+
+    async def _from_request(self, request: CreateSessionRequest, namespace: str) -> SessionInfo:
         if request.url is not None:
             cap = ByteCap(self.settings.max_upload_bytes, UPLOAD_CAP_SETTING, CLIP_ADVICE)
             data = await self.images.fetcher.fetch(request.url, cap=cap, field="url")
@@ -117,7 +148,7 @@ class VideoService:
                 clip = Path(tmp) / "clip"
                 clip.write_bytes(data)
                 del data
-                return await self.create_from_file(clip, namespace, request.sam2_version_id)
+                return await self._from_file(clip, namespace, request.sam2_version_id)
         assert request.frames is not None
         if len(request.frames) > self.settings.max_frames:
             raise BadRequest(
@@ -125,10 +156,20 @@ class VideoService:
                 f"{self.settings.max_frames} (SAM2SERVE_VIDEO_MAX_FRAMES)",
                 field="frames",
             )
+        max_pixels = self.settings.max_pixels
+
+        def check_header(width: int, height: int) -> None:
+            if width * height > max_pixels:
+                raise too_many_pixels(width, height, max_pixels)
+
         rgbs = []
         for item in request.frames:
             loaded = await load_image(
-                item.type, item.value, settings=self.images.settings, fetcher=self.images.fetcher
+                item.type,
+                item.value,
+                settings=self.images.settings,
+                fetcher=self.images.fetcher,
+                check_header=check_header,
             )
             rgbs.append(loaded.rgb)
         fps = 0.0
@@ -146,13 +187,15 @@ class VideoService:
         return await self._create(namespace, request.sam2_version_id, write)
 
     async def _create(self, namespace: str, model: str | None, produce: Any) -> SessionInfo:
-        self.store.admit()
+        """Decode the clip (`produce`) on the video lane and add the session; the caller holds
+        its reservation (`SessionStore.reserve`)."""
         spec = self.images.spec_for(model)
         tracker = await self.tracker(spec)
         workdir = tempfile.TemporaryDirectory(prefix="sam2-video-")
         try:
-            frames, info = await self.lane.run(produce, Path(workdir.name), tracker.image_size)
-            self.store.admit()  # the cap may have filled while decoding
+            frames, info = await self.lane.run(
+                produce, Path(workdir.name), tracker.image_size, tenant=namespace
+            )
         except BaseException:
             workdir.cleanup()
             raise
@@ -186,8 +229,10 @@ class VideoService:
             box = np.array(request.box.corners(), dtype=np.float32)
         if request.mask is not None:
             mask = _rle_mask(request.mask, session.info)
+        self._check_objects(session, request.object_id)
         async with _exclusive(session):
             fm = await self._guarded(
+                session,
                 lambda: session.tracker.add_prompt(
                     session.state,
                     request.frame_index,
@@ -196,7 +241,7 @@ class VideoService:
                     labels=labels,
                     box=box,
                     mask=mask,
-                )
+                ),
             )
             session.record(fm)
         return frame_result(fm.frame_index, fm.object_ids, fm.logits > 0, fm.scores, request.format)
@@ -228,7 +273,7 @@ class VideoService:
                 )
                 try:
                     while True:
-                        fm = await self._guarded(next, steps, None)
+                        fm = await self._guarded(session, next, steps, None, stoppable=True)
                         if fm is None:
                             break
                         session.record(fm)
@@ -239,15 +284,36 @@ class VideoService:
                 finally:
                     steps.close()  # no step is running here: `_guarded` waited for it
 
-    async def _guarded(self, fn: Any, *args: Any) -> Any:
+    def _check_objects(self, session: Session, object_id: int) -> None:
+        """413 before any model call when `object_id` would be one object more than the cap."""
+        ids = session.tracker.object_ids(session.state)
+        cap = self.settings.max_objects
+        if object_id not in ids and len(ids) >= cap:
+            raise PayloadTooLarge(
+                f"this session already tracks {len(ids)} objects, the cap per session is {cap} "
+                "(SAM2SERVE_VIDEO_MAX_OBJECTS): prompt an existing object_id, remove one "
+                "(DELETE .../objects/{object_id}), or open another session",
+                field="object_id",
+            )
+
+    async def _guarded(self, session: Session, fn: Any, *args: Any, stoppable: bool = False) -> Any:
         """Run a session step on the video lane. If the caller is cancelled (client gone),
         wait for the step in flight before letting go of the session, so a step never runs
-        while another request holds the session."""
-        task = asyncio.ensure_future(self.lane.run(fn, *args))
+        while another request holds the session; a `stoppable` step (propagation) is told
+        to stop first, so it ends before its next per-object model call."""
+        task = asyncio.ensure_future(self.lane.run(fn, *args, tenant=session.namespace))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            await asyncio.wait([task])
+            if stoppable:
+                session.tracker.stop(session.state)
+            # a streaming response is cancelled through an anyio cancel scope, which cancels
+            # every later await too: shielded, so the step really ends before we let go
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([task])
+            session.tracker.resume(session.state)
+            if not task.cancelled():
+                task.exception()  # retrieved (e.g. `Stopped`): nobody else will read it
             raise
 
     def frame(
@@ -270,13 +336,13 @@ class VideoService:
                 field="object_id",
             )
         async with _exclusive(session):
-            await self._guarded(session.tracker.remove_object, session.state, object_id)
+            await self._guarded(session, session.tracker.remove_object, session.state, object_id)
             session.forget_results()
 
     async def reset(self, namespace: str, session_id: str) -> None:
         session = self.store.get(namespace, session_id)
         async with _exclusive(session):
-            await self._guarded(session.tracker.reset, session.state)
+            await self._guarded(session, session.tracker.reset, session.state)
             session.forget_results()
 
 

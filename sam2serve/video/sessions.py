@@ -1,4 +1,5 @@
-"""Open video sessions: per API-key namespace, idle TTL, count cap, memory budget.
+"""Open video sessions: per API-key namespace, idle TTL, count caps (all keys, and per key),
+memory budget.
 
 A session owns a temporary directory (the decoded frame file), the tracker state (upstream
 layout: per-object prompts, outputs and memories, plus the per-frame feature cache) and the
@@ -13,12 +14,14 @@ import secrets
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from sam2serve.errors import Conflict, NotInCache, Unavailable
+from sam2serve.errors import Conflict, NotInCache, TooManyRequests, Unavailable
 from sam2serve.runtime.video_tracker import FrameMasks, VideoTracker
 from sam2serve.video.frames import FrameFile, VideoInfo
 
@@ -81,15 +84,26 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, max_sessions: int, ttl_s: float, memory_bytes: int) -> None:
+    def __init__(
+        self, max_sessions: int, ttl_s: float, memory_bytes: int, max_per_key: int = 0
+    ) -> None:
+        """max_per_key: sessions one namespace may hold (open or being created; 0 = no cap
+        of its own)."""
         self.max_sessions = max_sessions
+        self.max_per_key = max_per_key
         self.ttl_s = ttl_s
         self.memory_bytes = memory_bytes
         self._sessions: dict[str, Session] = {}
+        self._pending: dict[str, int] = {}  # namespace -> sessions being created
         self._expired: OrderedDict[str, None] = OrderedDict()  # recent ids, for a clear 404
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def held_by(self, namespace: str) -> int:
+        """Sessions `namespace` has open or being created."""
+        mine = sum(1 for s in self._sessions.values() if s.namespace == namespace)
+        return mine + self._pending.get(namespace, 0)
 
     def sweep(self) -> None:
         now = time.monotonic()
@@ -97,16 +111,25 @@ class SessionStore:
             if not s.lock.locked() and now - s.last_used > self.ttl_s:
                 self._close(sid, expired=True)
 
-    def admit(self) -> None:
-        """Raise 503 + Retry-After when a new session would exceed the count or memory cap."""
+    def admit(self, namespace: str) -> None:
+        """Raise 429 + Retry-After when `namespace` holds its share of sessions, 503 +
+        Retry-After when a new session would exceed the count or memory cap."""
         self.sweep()
-        if len(self._sessions) >= self.max_sessions:
-            oldest = min((s.last_used for s in self._sessions.values()), default=time.monotonic())
-            wait = max(1.0, self.ttl_s - (time.monotonic() - oldest))
+        mine = self.held_by(namespace)
+        if self.max_per_key > 0 and mine >= self.max_per_key:
+            own = [s.last_used for s in self._sessions.values() if s.namespace == namespace]
+            raise TooManyRequests(
+                f"this API key has {mine} video sessions open or opening, its share is "
+                f"{self.max_per_key} (SAM2SERVE_VIDEO_MAX_SESSIONS_PER_KEY): DELETE finished "
+                "sessions or retry later",
+                retry_after=self._wait(own),
+            )
+        opened = len(self._sessions) + sum(self._pending.values())
+        if opened >= self.max_sessions:
             raise Unavailable(
-                f"{len(self._sessions)} video sessions are open, the cap is {self.max_sessions} "
+                f"{opened} video sessions are open or opening, the cap is {self.max_sessions} "
                 "(SAM2SERVE_VIDEO_MAX_SESSIONS): DELETE finished sessions or retry later",
-                retry_after=wait,
+                retry_after=self._wait([s.last_used for s in self._sessions.values()]),
             )
         if self.bytes_used >= self.memory_bytes:
             raise Unavailable(
@@ -114,6 +137,26 @@ class SessionStore:
                 "(SAM2SERVE_VIDEO_MEMORY_BYTES): DELETE finished sessions or retry later",
                 retry_after=30.0,
             )
+
+    def _wait(self, last_used: list[float]) -> float:
+        """Seconds until the least recently used of these sessions expires (at least 1)."""
+        oldest = min(last_used, default=time.monotonic())
+        return max(1.0, self.ttl_s - (time.monotonic() - oldest))
+
+    @contextmanager
+    def reserve(self, namespace: str) -> Iterator[None]:
+        """Admit a new session for `namespace` (or raise, see `admit`) and count it while it
+        is created, so concurrent creations cannot overshoot the caps; `add` it inside."""
+        self.admit(namespace)
+        self._pending[namespace] = self._pending.get(namespace, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._pending[namespace] - 1
+            if left:
+                self._pending[namespace] = left
+            else:
+                del self._pending[namespace]
 
     def add(self, session: Session) -> None:
         self._sessions[session.session_id] = session
@@ -166,6 +209,7 @@ class SessionStore:
         return {
             "open": len(self._sessions),
             "max_sessions": self.max_sessions,
+            "max_sessions_per_key": self.max_per_key,
             "ttl_s": self.ttl_s,
             "bytes": self.bytes_used,
             "max_bytes": self.memory_bytes,

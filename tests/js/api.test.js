@@ -46,6 +46,8 @@ const FAILURES = [
   ["503 with Retry-After", 503, '{"message": "busy"}', { "Retry-After": "2" }, "",
    "busy (retry after 2 s)"],
   ["503 without Retry-After", 503, '{"message": "weights missing"}', {}, "", "weights missing"],
+  ["429 with Retry-After", 429, '{"message": "over this key\'s share"}', { "Retry-After": "2" }, "",
+   "over this key's share (retry after 2 s)"],
   ["plain text body", 502, "Bad gateway from the proxy\n", {}, "", "Bad gateway from the proxy"],
   ["empty body", 500, "", {}, "", "Status Text"],
 ];

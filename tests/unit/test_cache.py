@@ -190,3 +190,79 @@ def test_last_caller_gone_drops_work_not_started() -> None:
 
 async def _ready(value: Features) -> Features:
     return value
+
+
+def _held(cache: EmbeddingCache, ns: str, names: str) -> str:
+    return "".join(n for n in names if cache.lookup(IdKey(ns, "m", n)))
+
+
+@pytest.mark.parametrize(
+    ("share", "b_kept", "a_kept"),
+    [
+        # each entry 100 bytes, budget 1000: B keeps its 3 (within its 50 % share) while A
+        # floods 20 images through the other 700 bytes, evicting only its own
+        (0.5, "abc", "nopqrst"),
+        # B is over a 20 % share, but so is A: the one storing pays with its own images
+        (0.2, "abc", "nopqrst"),
+    ],
+)
+def test_a_flood_of_one_namespace_evicts_its_own_images(
+    share: float, b_kept: str, a_kept: str
+) -> None:
+    cache = EmbeddingCache(1000, key_share=share)
+    flood = "abcdefghijklmnopqrst"
+
+    async def run() -> None:
+        for name in "abc":
+            await put(cache, name, 25, ns="B")
+        for name in flood:
+            await put(cache, name, 25, ns="A")
+
+    asyncio.run(run())
+    assert _held(cache, "B", "abc") == b_kept
+    assert _held(cache, "A", flood) == a_kept
+    assert cache.bytes_used == 1000 == cache.bytes_of("A") + cache.bytes_of("B")
+
+
+def test_a_namespace_over_its_share_is_evicted_first_when_another_stores() -> None:
+    cache = EmbeddingCache(1000, key_share=0.5)
+
+    async def run() -> None:
+        for name in "abcdefgh":  # A alone: the whole cache is its to use (8 of 10)
+            await put(cache, name, 25, ns="A")
+        for name in "xyz":  # B stores 3: A (over its share) loses its oldest, not B
+            await put(cache, name, 25, ns="B")
+
+    asyncio.run(run())
+    assert _held(cache, "A", "abcdefgh") == "bcdefgh"
+    assert _held(cache, "B", "xyz") == "xyz"
+
+
+def test_one_namespace_is_a_plain_lru() -> None:
+    cache = EmbeddingCache(300, key_share=0.2)
+
+    async def run() -> None:
+        for name in "abc":
+            await put(cache, name, 25)
+        assert cache.lookup(IdKey("public", "m", "a"))  # a is now the most recent
+        await put(cache, "d", 25)
+
+    asyncio.run(run())
+    assert _held(cache, "public", "abcd") == "acd"
+    assert cache.bytes_of("public") == cache.bytes_used == 300
+
+
+def test_a_namespace_within_its_share_takes_room_from_those_over_theirs() -> None:
+    cache = EmbeddingCache(1000, key_share=0.2)
+
+    async def run() -> None:
+        for name in "abc":  # B: 300 bytes, over its 200-byte share
+            await put(cache, name, 25, ns="B")
+        for name in "defghij":  # A: 700 bytes, over its share
+            await put(cache, name, 25, ns="A")
+        await put(cache, "z", 25, ns="C")  # C is within its share: the oldest over-share goes
+
+    asyncio.run(run())
+    assert _held(cache, "B", "abc") == "bc"
+    assert _held(cache, "A", "defghij") == "defghij"
+    assert _held(cache, "C", "z") == "z"

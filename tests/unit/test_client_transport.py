@@ -23,6 +23,7 @@ from sam2serve.client import (
     Sam2ConnectionError,
     Sam2ServerError,
     Sam2TimeoutError,
+    TooManyRequestsError,
     UnauthorizedError,
     UnavailableError,
 )
@@ -184,7 +185,7 @@ ERROR_CASES = [
     (409, ConflictError, {"message": "conflict"}),
     (413, PayloadTooLargeError, {"message": "request body is over 16 bytes"}),
     (422, InvalidRequestError, {"message": "prompts: bad"}),
-    (429, BadRequestError, {"message": "slow down"}),
+    (429, TooManyRequestsError, {"message": "slow down"}),
     (500, Sam2ServerError, {"message": "internal server error"}),
     (503, UnavailableError, {"message": "weights for x are not available"}),
     (404, NotFoundError, {"detail": "Not Found"}),  # a FastAPI-default server
@@ -215,14 +216,16 @@ def test_non_json_error_body(kind: str) -> None:
     assert info.value.status == 502 and info.value.body is None
 
 
-def _busy(retry_after: str | None) -> httpx.Response:
+def _busy(retry_after: str | None, status: int = 503) -> httpx.Response:
     headers = {"Retry-After": retry_after} if retry_after is not None else {}
-    return httpx.Response(503, json={"message": "server busy"}, headers=headers)
+    return httpx.Response(status, json={"message": "server busy"}, headers=headers)
 
 
 @KINDS
-def test_503_with_retry_after_is_retried_then_succeeds(kind: str) -> None:
-    rec = Recorder(_busy("1"), _busy("2"), httpx.Response(200, json={"image_id": "a", "time": 0}))
+@pytest.mark.parametrize("status", [503, 429])  # busy, or this key over its share
+def test_503_with_retry_after_is_retried_then_succeeds(kind: str, status: int) -> None:
+    ok = httpx.Response(200, json={"image_id": "a", "time": 0})
+    rec = Recorder(_busy("1", status), _busy("2", status), ok)
     result, sleeps = run(kind, rec, "embed_image", RGB)
     assert result.image_id == "a"
     assert len(rec.requests) == 3 and sleeps == [1.0, 2.0]

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -78,7 +79,8 @@ def test_video_service_lane_runs_below_the_click_priority(monkeypatch) -> None: 
     monkeypatch.setenv("SAM2SERVE_VIDEO_THREADS", "1")
     settings = VideoSettings()
     assert (settings.nice, settings.threads) == (7, 1)
-    service = VideoService(images=None, settings=settings)  # type: ignore[arg-type]
+    images = SimpleNamespace(settings=SimpleNamespace(api_keys=[]))  # only its lane is used
+    service = VideoService(images=images, settings=settings)  # type: ignore[arg-type]
     base = nice_of_this_thread()
     try:
         seen = asyncio.run(

@@ -8,7 +8,7 @@ export class ApiError extends Error {
 
 /**
  * The message for a failed answer: the server's JSON `message` when there is one, else the
- * start of the body, plus a hint for 401 (the API key field) and 503 (Retry-After).
+ * start of the body, plus a hint for 401 (the API key field) and 503 / 429 (Retry-After).
  */
 export function errorMessage(status, text, data, { hasKey = false, retryAfter = null, statusText = "" } = {}) {
   let message = data && typeof data.message === "string" ? data.message
@@ -16,7 +16,7 @@ export function errorMessage(status, text, data, { hasKey = false, retryAfter = 
   if (status === 401) {
     message += hasKey ? " (check the API key field)" : " (enter it in the API key field)";
   }
-  if (status === 503 && retryAfter) message += ` (retry after ${retryAfter} s)`;
+  if ((status === 503 || status === 429) && retryAfter) message += ` (retry after ${retryAfter} s)`;
   return message;
 }
 
