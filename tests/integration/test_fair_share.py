@@ -73,7 +73,9 @@ def test_another_keys_embed_waits_only_for_the_one_in_progress(
     assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1  # type: ignore[attr-defined]
     assert "SAM2SERVE_EMBED_QUEUE_PER_KEY" in over.json()["message"]  # type: ignore[attr-defined]
     assert [r.status_code for r in result["answers"]] == [200] * 4  # type: ignore[attr-defined]
-    assert result["order"] == [41, 50, 42, 43]  # B right after the embed in progress
+    order = result["order"]
+    assert order[:2] == [41, 50]  # B right after the embed in progress
+    assert sorted(order[2:]) == [42, 43]  # A's two waiting ones (decoded in parallel: any order)
 
 
 async def _until(condition, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def]
