@@ -135,6 +135,79 @@ def post(client: httpx.Client, path: str, body: dict) -> dict:
     return response.json()
 
 
+def embed_body(image: str, image_id: str | None = None) -> dict:
+    body: dict[str, Any] = {"image": {"type": "base64", "value": image}}
+    if image_id:
+        body["image_id"] = image_id
+    return body
+
+
+def measure_embeds(client: httpx.Client, images: Iterator[str], count: int = 6) -> dict[str, float]:
+    """Server-side embed time (the response's `time`) and round trip, medians of `count`
+    distinct images after one warm-up."""
+    post(client, "/sam2/embed_image", embed_body(next(images)))
+    server_times, rtts = [], []
+    for _ in range(count):
+        t = time.perf_counter()
+        server_times.append(post(client, "/sam2/embed_image", embed_body(next(images)))["time"])
+        rtts.append(time.perf_counter() - t)
+    return {
+        "embed_server_s": statistics.median(server_times),
+        "embed_rtt_s": statistics.median(rtts),
+    }
+
+
+def measure_first_click(
+    client: httpx.Client, images: Iterator[str], hw: tuple[int, int], count: int = 5
+) -> dict[str, float]:
+    """The first click on a freshly embedded image vs later (warm) clicks on it: `count`
+    distinct images, each embedded, clicked once (first), then 3 times (warm, median);
+    medians over the images."""
+    h, w = hw
+    firsts, warms = [], []
+    for i in range(count):
+        image_id = f"first-click-{i}"
+        post(client, "/sam2/embed_image", embed_body(next(images), image_id))
+        click = segment_body(
+            image_id, [{"points": [{"x": 0.5 * w, "y": 0.4 * h, "positive": True}]}]
+        )
+        t = time.perf_counter()
+        post(client, "/sam2/segment_image", click)
+        firsts.append(time.perf_counter() - t)
+        warms.append(
+            median_time(lambda click=click: post(client, "/sam2/segment_image", click), 3, 0)
+        )
+    first, warm = statistics.median(firsts), statistics.median(warms)
+    return {"first_click_s": first, "warm_click_s": warm, "first_over_warm": first / warm}
+
+
+def measure_fidelity(
+    client: httpx.Client, imgs: dict[str, np.ndarray], ref: dict[str, Any]
+) -> dict[str, Any]:
+    """Final-mask IoU over HTTP against the reference's masks: each prompt alone, best mask."""
+    ious: list[float] = []
+    for i, (name, im) in enumerate(imgs.items()):
+        post(client, "/sam2/embed_image", embed_body(b64_png(im), name))
+        got = []
+        for coords, labels in seeded_prompts(*im.shape[:2], seed=i):
+            body = segment_body(name, [http_prompt(coords, labels)])
+            rle = post(client, "/sam2/segment_image", body)["predictions"][0]["masks"]
+            got.append(rle_to_mask(rle).astype(bool))
+        ious += compare(ref["masks"][name], got)
+    return {
+        "mean": float(np.mean(ious)),
+        "min": float(np.min(ious)),
+        "ious": [round(v, 4) for v in ious],
+    }
+
+
+def runtime_info(client: httpx.Client) -> dict[str, Any]:
+    """/info's `runtimes` (which runtime and precision, and the measured choice)."""
+    response = client.get("/info")
+    response.raise_for_status()
+    return response.json().get("runtimes", {})
+
+
 def measure_server(
     base: str, pid: int, imgs: dict[str, np.ndarray], ref: dict[str, Any], pool: list[str]
 ) -> dict[str, Any]:
@@ -144,28 +217,20 @@ def measure_server(
     images = iter(pool)
 
     def embed(c: httpx.Client, image_id: str | None = None) -> dict:
-        body: dict[str, Any] = {"image": {"type": "base64", "value": next(images)}}
-        if image_id:
-            body["image_id"] = image_id
-        return post(c, "/sam2/embed_image", body)
+        return post(c, "/sam2/embed_image", embed_body(next(images), image_id))
 
+    out["runtimes"] = runtime_info(client)
     # embed: server-side time and round trip, distinct photos (first one is a warm-up)
-    embed(client)
-    server_times, rtts = [], []
-    for _ in range(6):
-        t = time.perf_counter()
-        server_times.append(embed(client)["time"])
-        rtts.append(time.perf_counter() - t)
-    out["embed_server_s"], out["embed_rtt_s"] = (
-        statistics.median(server_times),
-        statistics.median(rtts),
-    )
+    out.update(measure_embeds(client, images))
 
     # RSS growth per cached image: 10 more distinct images
     before = vmrss_mib(pid)
     for _ in range(10):
         embed(client)
     out["rss_per_image_mib"] = (vmrss_mib(pid) - before) / 10
+
+    # first click on a freshly embedded image vs warm clicks (the decoder's per-image work)
+    out.update(measure_first_click(client, images, imgs["astronaut"].shape[:2]))
 
     # cached click and 5 prompts on the astronaut
     rgb = imgs["astronaut"]
@@ -235,24 +300,7 @@ def measure_server(
     out["embeds_under_load"] = embeds[0]
 
     # fidelity over HTTP: each prompt alone, best mask, rle
-    ious: list[float] = []
-    for i, (name, im) in enumerate(imgs.items()):
-        post(
-            client,
-            "/sam2/embed_image",
-            {"image": {"type": "base64", "value": encoded[name]}, "image_id": name},
-        )
-        got = []
-        for coords, labels in seeded_prompts(*im.shape[:2], seed=i):
-            body = segment_body(name, [http_prompt(coords, labels)])
-            rle = post(client, "/sam2/segment_image", body)["predictions"][0]["masks"]
-            got.append(rle_to_mask(rle).astype(bool))
-        ious += compare(ref["masks"][name], got)
-    out["fidelity"] = {
-        "mean": float(np.mean(ious)),
-        "min": float(np.min(ious)),
-        "ious": [round(v, 4) for v in ious],
-    }
+    out["fidelity"] = measure_fidelity(client, imgs, ref)
     out["final_rss_mib"] = vmrss_mib(pid)
     client.close()
     return out

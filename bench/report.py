@@ -55,6 +55,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     server, ref = results["server"], results["reference"]
     rows = []
     for key, label, ref_key, rule, target in ROWS:
+        if key == "embed_server_s" and native_bf16(results):  # issue 17: by CPU kind
+            rule, target = "le:0.25", "<= 0.25x (native bf16/VNNI CPU)"
         value = server[key]
         reference = ref.get(ref_key) if ref_key else None
         kind, _, bound = rule.partition(":")
@@ -75,6 +77,18 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": ok,
             }
         )
+    if "first_click_s" in server:
+        ratio = server["first_over_warm"]
+        rows.append(
+            {
+                "figure": "first click after an embed vs a warm click (1 point, rle), median",
+                "value": _fmt("first_click_s", server["first_click_s"]),
+                "reference": _fmt("warm_click_s", server["warm_click_s"]) + " (warm)",
+                "ratio": f"{ratio:.2f}x",
+                "target": "<= 1.2x",
+                "met": ratio <= 1.2,
+            }
+        )
     fid = server["fidelity"]
     rows.append(
         {
@@ -87,6 +101,53 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
     return rows
+
+
+def native_bf16(results: dict[str, Any]) -> bool:
+    flags = results["machine"].get("cpu_flags", [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def runtimes_table(results: dict[str, Any]) -> str:
+    """One row per pinned runtime measured in the same run (bench/run.py --runtimes)."""
+    measured = results.get("runtimes") or {}
+    if not measured:
+        return ""
+    set_image = results["reference"]["set_image_s"]
+    limit = 0.25 if native_bf16(results) else 0.45
+    lines = [
+        "| runtime (pinned) | precision | embed, server-side | vs set_image | target | "
+        "first click / warm click | first/warm | fidelity mean / min IoU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in measured.items():
+        precision = ", ".join(str(v.get("precision")) for v in r["runtimes"].values()) or "-"
+        ratio = r["embed_server_s"] / set_image
+        fid = r["fidelity"]
+        lines.append(
+            f"| `{name}` | {precision} | {_fmt('embed_server_s', r['embed_server_s'])} | "
+            f"{ratio:.2f}x | <= {limit}x: {'yes' if ratio <= limit else 'NO'} | "
+            f"{r['first_click_s'] * 1000:.1f} / {r['warm_click_s'] * 1000:.1f} ms | "
+            f"{r['first_over_warm']:.2f}x | {fid['mean']:.4f} / {fid['min']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def choice_line(results: dict[str, Any]) -> str:
+    """What `auto` chose, and the candidates' timings, from the server's /info."""
+    for model_id, info in (results["server"].get("runtimes") or {}).items():
+        found = info.get("choice")
+        if found:
+            timings = ", ".join(
+                f"{name} {c['embed_s']:.3f} s (IoU {c['mean_iou']:.4f} / {c['min_iou']:.4f}"
+                f"{'' if c['meets_tolerance'] else ', outside the tolerance'})"
+                for name, c in found["candidates"].items()
+            )
+            return (
+                f"- `auto` on {model_id}: {info['runtime']} {info['precision']}, the encoder "
+                f"chosen by measurement at preparation ({found['measured_at']}): {timings}\n"
+            )
+    return ""
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -102,8 +163,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def extras(results: dict[str, Any]) -> str:
     s, ref = results["server"], results["reference"]
+    m = results["machine"]
     lines = [
         f"- runtime: `{results['runtime']}` (server started with `{results['server_cmd']}`)",
+        f"- CPU: {m['cpu']}, {m['cores']} cores, kind: {m.get('cpu_kind', '-')}; lscpu flags: "
+        f"{', '.join(m.get('cpu_flags', [])) or '-'}; load average at start "
+        f"{_loads(m.get('load_average'))}, at end {_loads(m.get('load_average_end'))}",
         f"- reference (in-process `SAM2ImagePredictor`, fp32 eager): set_image "
         f"{ref['set_image_s']:.2f} s, predict 1 point {ref['predict_1pt_s'] * 1000:.1f} ms, "
         f"5 x predict {ref['predict_5x_s'] * 1000:.0f} ms",
@@ -115,7 +180,11 @@ def extras(results: dict[str, Any]) -> str:
         f"- idle RSS after load {s['idle_rss_mib']:.0f} MiB; RSS after all embeds "
         f"{s['final_rss_mib']:.0f} MiB",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + choice_line(results)
+
+
+def _loads(values: list[float] | None) -> str:
+    return "-" if not values else " / ".join(f"{v:.2f}" for v in values)
 
 
 def _opt(value: float | None) -> str:
@@ -155,7 +224,8 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return (
         "Produced by `python -m bench.run` (one run: Meta's reference `SAM2ImagePredictor` "
         "in-process, then a real uvicorn server on 127.0.0.1, on the same seeded random "
-        "SAM 2.1 hiera_tiny weights and the same photos). Targets are issue 4's. Random "
+        "SAM 2.1 hiera_tiny weights and the same photos). Targets are issue 4's (the embed's "
+        "and the first click's: issue 17's, by CPU kind). Random "
         "weights make the masks noisier than trained ones; fidelity is the IoU of the final "
         "masks against the reference on 20 seeded prompts x 3 photos (skimage astronaut, "
         "coffee, chelsea).\n\n"
@@ -166,6 +236,12 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         + table(rows)
         + "\n"
         + extras(results)
+        + (
+            "\nPinned runtimes, same run (warm servers, `SAM2SERVE_RUNTIME=<runtime>`):\n\n"
+            + runtimes_table(results)
+            if results.get("runtimes")
+            else ""
+        )
         + "\nRaw numbers: `bench/results/"
         + f"{results['date']}.json`.\n\n"
         "GPU: not measured here (no accelerator was lent to this run).\n"

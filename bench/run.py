@@ -6,8 +6,12 @@
    empty runtime cache, then a warm start, then over HTTP: server-side embed time, cached
    click and 5-prompt round trips, 4-client click throughput, click p95 while 2 clients
    embed, RSS growth per cached image (VmRSS of the server), fidelity (mask IoU).
-3. Table with ratios and targets on stdout; JSON in bench/results/<date>.json; the numbers in
-   docs/benchmarks.md (date, machine, commit). Every loop is bounded in count and time.
+3. Per fast runtime (`--runtimes`, default openvino-f32, openvino-bf16 where the CPU has
+   native bf16, openvino-int8), a warm server pinned to it: server-side embed, first vs warm
+   click on a freshly embedded image, fidelity; the ratios to the reference's set_image.
+4. Table with ratios and targets on stdout; JSON in bench/results/<date>.json; the numbers in
+   docs/benchmarks.md (date, machine and its CPU flags, commit). Every loop is bounded in
+   count and time.
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ from bench.load import (
     b64_png,
     five_boxes,
     free_port,
+    measure_embeds,
+    measure_fidelity,
+    measure_first_click,
     measure_server,
     median_time,
+    runtime_info,
     server,
     server_env,
 )
@@ -132,6 +140,19 @@ def describe(cmd: list[str]) -> str:
     return " ".join(words)
 
 
+#: lscpu flags that decide which encoder precision runs fast (bf16, int8 dot products)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def cpu_kind(flags: list[str]) -> str:
+    """The CPU kinds docs/benchmarks.md keeps a table for."""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return "native bf16 (AVX512-BF16/AMX)" + (
+            " + VNNI" if {"avx512_vnni", "amx_int8"} & set(flags) else ""
+        )
+    return "no native bf16" + (" (VNNI)" if {"avx512_vnni", "avx_vnni"} & set(flags) else "")
+
+
 def machine() -> dict[str, Any]:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next(
@@ -145,8 +166,13 @@ def machine() -> dict[str, Any]:
     except ImportError:
         ov_version = "-"
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    line = next((ln for ln in lscpu.splitlines() if ln.startswith("Flags")), ":")
+    flags = [f for f in CPU_FLAGS if f in line.split(":", 1)[1].split()]
     return {
         "cpu": model,
+        "cpu_flags": flags,
+        "cpu_kind": cpu_kind(flags),
+        "load_average": os.getloadavg(),
         "cores": os.cpu_count(),
         "memory_gib": mem,
         "python": platform.python_version(),
@@ -165,12 +191,35 @@ def commit() -> str:
     )
 
 
+def pinned_runtimes(asked: list[str] | None, flags: list[str]) -> list[str]:
+    if asked is not None:
+        return asked
+    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    return ["openvino-f32", *(["openvino-bf16"] if native_bf16 else []), "openvino-int8"]
+
+
+def measure_runtime(
+    base: str, imgs: dict[str, np.ndarray], ref: dict[str, Any], pool: list[str]
+) -> dict[str, Any]:
+    """Embed, first vs warm click and fidelity of one (pinned) runtime's server."""
+    import httpx
+
+    images = iter(pool)
+    with httpx.Client(base_url=base, timeout=120) as client:
+        out: dict[str, Any] = {"runtimes": runtime_info(client)}
+        out.update(measure_embeds(client, images))
+        out.update(measure_first_click(client, images, imgs["astronaut"].shape[:2]))
+        out["fidelity"] = measure_fidelity(client, imgs, ref)
+    out["embed_vs_set_image"] = out["embed_server_s"] / ref["set_image_s"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--runtime",
         default="auto",
-        choices=["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"],
+        choices=["auto", "torch", "openvino", "openvino-bf16", "openvino-f32", "openvino-int8"],
         help="the server's SAM2SERVE_RUNTIME (auto = the shipped default)",
     )
     parser.add_argument(
@@ -178,6 +227,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--keep-cache", action="store_true", help="skip the first start with an empty runtime cache"
+    )
+    parser.add_argument(
+        "--runtimes",
+        nargs="*",
+        default=None,
+        help="pinned fast runtimes also measured (embed, first click, fidelity); "
+        "default: openvino-f32, openvino-bf16 (native bf16 only), openvino-int8; none: skip",
     )
     args = parser.parse_args()
     weights, cache = args.work_dir / "weights", args.work_dir / "runtime-cache"
@@ -189,7 +245,7 @@ def main() -> None:
     imgs = photos()
     print("reference (in-process SAM2ImagePredictor)...", flush=True)
     ref = run_reference(checkpoint, imgs)
-    pool = distinct_images(list(imgs.values()), 80)
+    pool = distinct_images(list(imgs.values()), 120)
     port = free_port()
     cmd = server_command(port, weights)
     env = server_env(weights, cache, SPEC.model_id, args.runtime)
@@ -214,9 +270,20 @@ def main() -> None:
     measured.update(cold_start_s=cold, warm_start_s=warm)
     results["reference"] = {k: v for k, v in ref.items() if k != "masks"}
     results["server"] = measured
+    results["runtimes"] = {}
+    for runtime in pinned_runtimes(args.runtimes, results["machine"]["cpu_flags"]):
+        print(f"pinned runtime {runtime}...", flush=True)
+        env = server_env(weights, cache, SPEC.model_id, runtime)
+        with server(cmd, env, port, log) as (_, ready_s):
+            results["runtimes"][runtime] = {
+                "ready_s": ready_s,
+                **measure_runtime(f"http://127.0.0.1:{port}", imgs, ref, pool),
+            }
+    results["machine"]["load_average_end"] = os.getloadavg()
     json_path, doc = report.write(results)
     print(report.table(results["rows"]))
     print(report.extras(results))
+    print(report.runtimes_table(results))
     print(f"wrote {json_path.relative_to(ROOT)}" + (f" and {doc.relative_to(ROOT)}" if doc else ""))
 
 

@@ -18,7 +18,7 @@ MiB = 1024 * 1024
 NiceIncrement = Annotated[int, Field(ge=0, le=19)]
 
 #: The model runtimes a server can use (see `sam2serve.runtime.factory`).
-RuntimeName = Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32"]
+RuntimeName = Literal["auto", "torch", "openvino", "openvino-bf16", "openvino-f32", "openvino-int8"]
 
 
 def default_weights_dir() -> Path:
@@ -52,8 +52,9 @@ class Settings(BaseSettings):
     runtime: RuntimeName = Field(
         "auto",
         description=(
-            "auto: OpenVINO (bf16 where the CPU has it, else f32) on CPU, torch on CUDA; "
-            "torch: Meta's fp32 model code, exact"
+            "auto: OpenVINO on CPU with the encoder measured fastest within the fast path's "
+            "tolerance (f32, bf16 where the CPU has it, int8), torch on CUDA; "
+            "torch: Meta's fp32 model code, exact; openvino-bf16 / -f32 / -int8 pin one"
         ),
     )
     runtime_cache_dir: Path = Field(

@@ -85,7 +85,10 @@ def serve(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     runtime: Annotated[
         str | None,
-        typer.Option(help="auto | torch (exact fp32) | openvino | openvino-bf16 | openvino-f32"),
+        typer.Option(
+            help="auto (measured choice) | torch (exact fp32) | openvino | openvino-bf16 | "
+            "openvino-f32 | openvino-int8"
+        ),
     ] = None,
     preload: Annotated[
         bool | None,
@@ -316,12 +319,18 @@ def download(
         else:
             typer.echo(f"{spec.model_id}: saved {path}")
     if build_runtime and settings.runtime != "torch" and not failed:
-        from sam2serve.runtime.openvino_export import BackendUnavailable, build_for_weights_dir
+        from sam2serve.runtime.openvino_export import BackendUnavailable
+        from sam2serve.runtime.openvino_runtime import prepare_for_weights_dir
 
+        precision = settings.runtime.removeprefix("openvino-")
         for spec in specs:
             try:
-                built = build_for_weights_dir(
-                    spec, settings.weights_dir, settings.runtime_cache_dir, allow_download=False
+                built = prepare_for_weights_dir(
+                    spec,
+                    settings.weights_dir,
+                    settings.runtime_cache_dir,
+                    "auto" if precision == "openvino" else precision,  # type: ignore[arg-type]
+                    allow_download=False,
                 )
             except (BackendUnavailable, ServiceError) as exc:
                 typer.echo(f"error: {spec.model_id}: runtime not built: {exc}", err=True)

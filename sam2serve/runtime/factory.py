@@ -19,10 +19,13 @@ def runtime_factory(settings: Settings, *, background: bool = False) -> RuntimeF
     """The factory for `settings.runtime`:
 
     - "torch": Meta's fp32 model code on `settings.device`, exact;
-    - "auto" / "openvino": OpenVINO, bf16 where the CPU has native bf16, else f32; the torch
-      runtime off CPU or where OpenVINO cannot run;
-    - "openvino-bf16" / "openvino-f32": OpenVINO at that precision (still falling back to
-      the torch runtime where impossible).
+    - "auto" / "openvino": OpenVINO with the image encoder chosen by measurement on this
+      machine, once per runtime cache (f32; bf16 where the CPU has native bf16; int8), the
+      fastest within the fast path's tolerance (`runtime.choice`); the torch runtime off CPU
+      or where OpenVINO cannot run;
+    - "openvino-bf16" / "openvino-f32" / "openvino-int8": OpenVINO at that precision, pinned
+      (int8: the quantized encoder, the rest bf16 where native, else f32; still falling back
+      to the torch runtime where impossible).
 
     background (fast runtimes): a model whose graphs are not exported yet serves on the exact
     torch runtime at once while the export and compile run on a background thread
@@ -38,7 +41,7 @@ def runtime_factory(settings: Settings, *, background: bool = False) -> RuntimeF
     precision = name.removeprefix("openvino-") if name.startswith("openvino-") else "auto"
     return make_factory(
         settings.runtime_cache_dir,
-        precision,  # type: ignore[arg-type]  # "bf16" | "f32" | "auto", from RuntimeName
+        precision,  # type: ignore[arg-type]  # "bf16" | "f32" | "int8" | "auto", from RuntimeName
         settings.embed_threads,
         settings.decode_threads,
         background=background,

@@ -24,7 +24,9 @@ from sam2serve.runtime.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["bf16", "f32"]
+Precision = Literal["bf16", "f32"]  # what OpenVINO computes in (INFERENCE_PRECISION_HINT)
+#: what a runtime may be asked for: a precision, an int8 encoder, or a measured choice
+Requested = Literal["auto", "bf16", "f32", "int8"]
 FORMAT_VERSION = 2  # bump when the exported graphs change (2: decoder token_bias input)
 GRAPHS = ("encoder", "prep", "decoder")
 
@@ -43,11 +45,12 @@ def _openvino() -> Any:
     return openvino
 
 
-def probe(precision: Precision | Literal["auto"] = "auto") -> Precision:
-    """Cheap check that OpenVINO's CPU plugin works here; returns the precision to use.
+def probe(precision: Requested = "auto") -> Precision:
+    """Cheap check that OpenVINO's CPU plugin works here; returns the precision to compute in.
 
-    "auto" gives bf16 where the CPU computes bf16 natively, else f32. Raises
-    BackendUnavailable when the backend is missing, or bf16 was asked for without support.
+    "auto" and "int8" (an int8 encoder; the rest of the graphs) give bf16 where the CPU
+    computes bf16 natively, else f32. Raises BackendUnavailable when the backend is missing,
+    or bf16 was asked for without support.
     """
     ov = _openvino()
     try:
@@ -55,7 +58,7 @@ def probe(precision: Precision | Literal["auto"] = "auto") -> Precision:
     except Exception as exc:
         raise BackendUnavailable(f"OpenVINO CPU plugin unusable: {exc}") from exc
     has_bf16 = "BF16" in caps
-    if precision == "auto":
+    if precision in ("auto", "int8"):
         return "bf16" if has_bf16 else "f32"
     if precision == "bf16" and not has_bf16:
         raise BackendUnavailable("this CPU has no native bf16 (AVX512-BF16/AMX); use f32")
@@ -174,14 +177,3 @@ def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
         target,
         time.perf_counter() - started,
     )
-
-
-def build_for_weights_dir(
-    spec: ModelSpec, weights_dir: Path, cache_dir: Path, *, allow_download: bool
-) -> Path:
-    """For the CLI: make sure the checkpoint is there (downloading if allowed), then export
-    its graphs into `cache_dir` unless already present. Returns the graphs' directory."""
-    from sam2serve.runtime.weights import ensure_checkpoint
-
-    checkpoint = ensure_checkpoint(spec, weights_dir, allow_download=allow_download)
-    return build_cache(spec, checkpoint, cache_dir)

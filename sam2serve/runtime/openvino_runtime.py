@@ -1,34 +1,41 @@
 """The fast CPU runtime: SAM2's image encoder and mask decoder compiled by OpenVINO.
 
 * embed: the image encoder (+ the decoder's high-res projections and no-memory embedding,
-  exactly what `TorchRuntime.embed` computes) as one OpenVINO graph, bf16 on CPUs that have
-  native bf16 (AVX512-BF16 / AMX), f32 otherwise. Features are stored as bfloat16
-  (8 MiB per 1024 px image instead of 16 MiB).
+  exactly what `TorchRuntime.embed` computes) as one OpenVINO graph: f32, bf16 (on CPUs
+  with native bf16: AVX512-BF16 / AMX) or int8 (NNCF, `runtime.quantize`), the fastest that
+  keeps the stated mask tolerance on this machine (`runtime.choice`, measured once per
+  runtime cache) unless one is pinned. Features are stored as bfloat16 where the CPU computes
+  bf16 (8 MiB per 1024 px image instead of 16 MiB). The embed also runs the decoder's
+  per-image preparation (`DecoderPrep`), so the first click on a new image costs what a
+  later one does.
 * decode: `FastMaskDecoder` (one batched call for all prompts, prompt-independent work
-  done once per image and memoised for the last few images) compiled by OpenVINO; the
-  prompt encoder, upscaling and mask-input refinement stay in torch (the latter through the
-  torch runtime, exact).
+  done once per image and memoised: the last few embedded images, the last few clicked
+  ones) compiled by OpenVINO; the prompt encoder, upscaling and mask-input refinement stay
+  in torch (the latter through the torch runtime, exact).
 
 Exported graphs are cached on disk under `cache_dir/<model_id>-<sha256[:16]>-ov<version>-v<N>`
-(built once, lazily on first load or ahead of time with `build_cache`); OpenVINO's compiled
-blobs live beside them. Fidelity vs the torch runtime and Meta's predictor is asserted in
+(built once, lazily on first load or ahead of time with `build_cache`); the int8 encoder
+(`encoder-int8-<recipe>.xml`), the measured choice (`choice-<bf16|f32>.json`) and OpenVINO's
+compiled blobs live beside them. Fidelity vs the torch runtime and Meta's predictor is asserted in
 tests (mask IoU).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from filelock import FileLock
 
 from sam2serve.registry import ModelSpec
+from sam2serve.runtime import choice as encoder_choice
 from sam2serve.runtime.base import Decoded, Features, PromptBatch, Runtime
 from sam2serve.runtime.fast_decoder import token_bias
 from sam2serve.runtime.memory import pin_mmap_threshold
@@ -36,18 +43,30 @@ from sam2serve.runtime.openvino_export import (
     GRAPHS,
     BackendUnavailable,
     Precision,
+    Requested,
     _openvino,
     build_cache,
+    cache_key_dir,
     is_exported,
     probe,
 )
 from sam2serve.runtime.pool import RuntimeFactory, torch_runtime_factory
 from sam2serve.runtime.preparing import PreparingRuntime
+from sam2serve.runtime.quantize import (
+    CHECK,
+    build_int8_encoder,
+    is_quantized,
+    load_image,
+    nncf_version,
+    recipe_id,
+)
 from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 
 log = logging.getLogger(__name__)
 
-PREP_MEMO = 4  # images whose per-image decoder work is kept (~18 MiB each in bf16)
+# images whose per-image decoder work is kept (14 MiB each at 1024 px in bf16, 28 in f32):
+PREP_MEMO = 4  # the last clicked ones
+PREP_FRESH = 2  # the last embedded ones not clicked yet (their first click finds it ready)
 # The CPU plugin keeps compiled state per input shape of the decoder graph (~8.5 MiB per
 # shape, up to its 5000-entry default cache: memory grew without bound with the prompt
 # shapes users send), and working buffers sized by the largest shape seen. The decoder
@@ -92,6 +111,61 @@ class _Compiled:
         self.lock = threading.Lock()
 
 
+def _bf16_io(ov: Any, graph: Any, name: str) -> Any:
+    """Features and per-image decoder inputs cross graph borders as bf16 (no f32 copy)."""
+    ppp = ov.preprocess.PrePostProcessor(graph)
+    if name in ("prep", "decoder"):
+        for i in range(3 if name == "prep" else 6):
+            ppp.input(i).tensor().set_element_type(ov.Type.bf16)
+    if name in ("encoder", "prep"):
+        for i in range(len(graph.outputs)):
+            ppp.output(i).tensor().set_element_type(ov.Type.bf16)
+    return ppp.build()
+
+
+def compile_graph(
+    core: Any,
+    path: Path,
+    name: str,
+    precision: Precision,
+    threads: int = 0,
+    decode_cache_capacity: int | None = None,
+) -> _Compiled:
+    """Compile graph `name` ("encoder" | "prep" | "decoder") read from `path`, computing in
+    `precision`, as the runtime runs it (the measured choice times exactly this)."""
+    ov = _openvino()
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if name == "decoder" and decode_cache_capacity is not None:
+        config["CPU_RUNTIME_CACHE_CAPACITY"] = decode_cache_capacity
+    if name != "encoder":
+        # OpenVINO's fused attention kernels are slow for the decoder's few-token
+        # attentions (plain matmuls win); the encoder's attention likes them
+        config["SNIPPETS_MODE"] = "DISABLE"
+    graph = core.read_model(path)
+    if precision == "bf16":
+        graph = _bf16_io(ov, graph, name)
+    return _Compiled(core.compile_model(graph, "CPU", config))
+
+
+def _core(graphs_dir: Path, precision: Precision) -> Any:
+    """An OpenVINO core whose compiled blobs are cached beside the graphs."""
+    core = _openvino().Core()
+    core.set_property({"CACHE_DIR": str(graphs_dir / f"compiled-{precision}")})
+    return core
+
+
+def _encode(ov: Any, enc: _Compiled, x: np.ndarray) -> list[torch.Tensor]:
+    """(1, 3, S, S) float32 -> image_embed, feat_s0, feat_s1 (torch copies)."""
+    with enc.lock:
+        enc.request.infer([x])
+        return [_to_torch(ov, enc.request.get_output_tensor(i)) for i in range(3)]
+
+
 class OpenVinoRuntime:
     """Runtime protocol (see runtime.base) on OpenVINO; CPU only."""
 
@@ -104,75 +178,73 @@ class OpenVinoRuntime:
         embed_threads: int = 0,
         decode_threads: int = 0,
         *,
+        int8_encoder: Path | None = None,
+        choice: dict[str, Any] | None = None,
         decode_cache_capacity: int | None = DECODE_CACHE_CAPACITY,
         bucket_shapes: bool = True,
     ) -> None:
-        """embed_threads / decode_threads: OpenVINO threads of the encoder / of the
-        decoder graphs (0 = one per core). decode_cache_capacity: per-shape entries the CPU
-        plugin keeps for the decoder (None = OpenVINO's default); bucket_shapes: run the
-        decoder at padded shapes only (see DECODE_CHUNK); off, every prompt shape is its own."""
-        self._ov = ov = _openvino()
+        """precision: what every graph computes in. int8_encoder: an int8 encoder graph
+        (`runtime.quantize`) to run instead of the float one; the other graphs and the
+        quantized graph's float parts still compute in `precision`. choice: the measured
+        choice's record, for /info. embed_threads / decode_threads: OpenVINO threads of the
+        encoder / of the decoder graphs (0 = one per core). decode_cache_capacity: per-shape
+        entries the CPU plugin keeps for the decoder (None = OpenVINO's default);
+        bucket_shapes: run the decoder at padded shapes only (see DECODE_CHUNK); off, every
+        prompt shape is its own."""
+        self._ov = _openvino()
         self.model_id = model_id
         self.device = torch.device("cpu")
-        self.precision = precision
+        self.inference: Precision = precision
+        #: the producer's precision (Redis values name it; other runtimes refuse them):
+        #: "bf16" / "f32", or "int8-bf16" / "int8-f32" for the int8 encoder
+        self.precision = precision if int8_encoder is None else f"int8-{precision}"
+        self.encoder_precision = precision if int8_encoder is None else "int8"
+        self.choice = choice
         # the torch runtime gives transforms, upscale and the exact mask-input path
         self._torch = TorchRuntime(model_id, model, self.device)
         model.image_encoder = torch.nn.Identity()  # weights live in the compiled encoder
         self._storage = torch.bfloat16 if precision == "bf16" else torch.float32
-        core = ov.Core()
-        core.set_property({"CACHE_DIR": str(graphs_dir / f"compiled-{precision}")})
+        core = _core(graphs_dir, precision)
         graphs = {}
         for name in GRAPHS:
-            config: dict[str, Any] = {
-                "INFERENCE_PRECISION_HINT": precision,
-                "PERFORMANCE_HINT": "LATENCY",
-            }
+            path = graphs_dir / f"{name}.xml"
+            if name == "encoder" and int8_encoder is not None:
+                path = int8_encoder
             threads = embed_threads if name == "encoder" else decode_threads
-            if threads > 0:
-                config["INFERENCE_NUM_THREADS"] = threads
-            if name == "decoder" and decode_cache_capacity is not None:
-                config["CPU_RUNTIME_CACHE_CAPACITY"] = decode_cache_capacity
-            if name != "encoder":
-                # OpenVINO's fused attention kernels are slow for the decoder's few-token
-                # attentions (plain matmuls win); the encoder's attention likes them
-                config["SNIPPETS_MODE"] = "DISABLE"
-            graph = core.read_model(graphs_dir / f"{name}.xml")
-            if precision == "bf16":
-                graph = self._bf16_io(graph, name)
-            graphs[name] = _Compiled(core.compile_model(graph, "CPU", config))
+            graphs[name] = compile_graph(
+                core, path, name, precision, threads, decode_cache_capacity
+            )
         self._encoder, self._prep, self._decoder = (graphs[n] for n in GRAPHS)
+        # per-image decoder inputs: `_fresh` holds the last embedded images' until their
+        # first click moves them to `_memo` (the last clicked), so embeds never push an
+        # image that is being clicked out of the memo
         self._memo: OrderedDict[int, tuple[weakref.ref, list[Any]]] = OrderedDict()
+        self._fresh: OrderedDict[int, tuple[weakref.ref, list[Any]]] = OrderedDict()
         self._memo_lock = threading.Lock()
         self.bucket_shapes = bucket_shapes
-
-    def _bf16_io(self, graph: Any, name: str) -> Any:
-        """Features and per-image decoder inputs cross graph borders as bf16 (no f32 copy)."""
-        ppp = self._ov.preprocess.PrePostProcessor(graph)
-        if name in ("prep", "decoder"):
-            for i in range(3 if name == "prep" else 6):
-                ppp.input(i).tensor().set_element_type(self._ov.Type.bf16)
-        if name in ("encoder", "prep"):
-            for i in range(len(graph.outputs)):
-                ppp.output(i).tensor().set_element_type(self._ov.Type.bf16)
-        return ppp.build()
 
     @property
     def low_res_size(self) -> int:
         return self._torch.low_res_size
 
-    def embed(self, rgb: np.ndarray) -> Features:
-        """rgb: (H, W, 3) uint8 -> Features stored as bf16 (bf16 precision) or f32."""
+    def encode(self, rgb: np.ndarray) -> Features:
+        """rgb: (H, W, 3) uint8 -> Features stored as bf16 (bf16 precision) or f32; the
+        encoder only (video frames: their masks come from the video model's decoder)."""
         x = self._torch.transforms(rgb)[None].numpy()
-        enc = self._encoder
-        with enc.lock:
-            enc.request.infer([x])
-            outs = [_to_torch(self._ov, enc.request.get_output_tensor(i)) for i in range(3)]
-        outs = [t.to(self._storage) for t in outs]
+        outs = [t.to(self._storage) for t in _encode(self._ov, self._encoder, x)]
         return Features(
             image_embed=outs[0],
             high_res=(outs[1], outs[2]),
             orig_hw=(int(rgb.shape[0]), int(rgb.shape[1])),
         )
+
+    def embed(self, rgb: np.ndarray) -> Features:
+        """`encode`, then the decoder's per-image preparation for the image's first click."""
+        features = self.encode(rgb)
+        prepared = self._run_prep(features)
+        with self._memo_lock:
+            _remember(self._fresh, features, prepared, PREP_FRESH)
+        return features
 
     def _prepared(self, features: Features) -> list[Any]:
         """The image's prompt-independent decoder inputs, memoised per Features object."""
@@ -182,22 +254,29 @@ class OpenVinoRuntime:
             if hit is not None and hit[0]() is features.image_embed:
                 self._memo.move_to_end(key)
                 return hit[1]
+            fresh = self._fresh.pop(key, None)
+            if fresh is not None and fresh[0]() is features.image_embed:
+                _remember(self._memo, features, fresh[1], PREP_MEMO)
+                return fresh[1]
+        # not embedded here (fetched from the shared tier, embedded before a switch from
+        # the exact path) or pushed out of the memo: prepared now, once
+        prepared = self._run_prep(features)
+        with self._memo_lock:
+            _remember(self._memo, features, prepared, PREP_MEMO)
+        return prepared
+
+    def _run_prep(self, features: Features) -> list[Any]:
         inputs = [features.image_embed, *features.high_res]
         prep = self._prep
         with prep.lock:
-            if self.precision == "bf16":
+            if self.inference == "bf16":
                 for i, t in enumerate(inputs):
                     prep.request.set_input_tensor(i, _bf16_tensor(self._ov, t))
                 prep.request.infer()
             else:
                 prep.request.infer([t.float().numpy() for t in inputs])
             # copies: the request reuses its output buffers on the next call
-            prepared = [self._copy(prep.request.get_output_tensor(i)) for i in range(6)]
-        with self._memo_lock:
-            self._memo[key] = (weakref.ref(features.image_embed), prepared)
-            while len(self._memo) > PREP_MEMO:
-                self._memo.popitem(last=False)
-        return prepared
+            return [self._copy(prep.request.get_output_tensor(i)) for i in range(6)]
 
     def _copy(self, t: Any) -> Any:
         copy = self._ov.Tensor(t.element_type, t.shape)
@@ -269,6 +348,19 @@ class OpenVinoRuntime:
         return self._torch.upscale(low_res, orig_hw)
 
 
+def _remember(
+    memo: OrderedDict[int, tuple[weakref.ref, list[Any]]],
+    features: Features,
+    prepared: list[Any],
+    capacity: int,
+) -> None:
+    """Keep `prepared` for `features` (by identity) in an LRU of `capacity` images."""
+    memo[id(features.image_embed)] = (weakref.ref(features.image_embed), prepared)
+    memo.move_to_end(id(features.image_embed))
+    while len(memo) > capacity:
+        memo.popitem(last=False)
+
+
 def _as_float(features: Features) -> Features:
     return Features(
         image_embed=features.image_embed.float(),
@@ -281,37 +373,164 @@ def load_runtime(
     spec: ModelSpec,
     checkpoint: Path,
     cache_dir: Path,
-    precision: Precision | Literal["auto"] = "auto",
+    precision: Requested = "auto",
     embed_threads: int = 0,
     decode_threads: int = 0,
     **options: Any,
 ) -> OpenVinoRuntime:
-    """Probe, export once (cached on disk), compile. Raises BackendUnavailable. `options`:
-    OpenVinoRuntime's keyword-only ones (decode_cache_capacity, bucket_shapes)."""
-    chosen = probe(precision)
+    """Probe, export once (cached on disk), quantize the encoder once ("auto", "int8"),
+    choose the encoder by measurement once ("auto"), compile. Raises BackendUnavailable
+    ("int8" without NNCF too). `options`: OpenVinoRuntime's keyword-only ones
+    (decode_cache_capacity, bucket_shapes)."""
+    inference = probe(precision)
     pin_mmap_threshold()
     graphs_dir = build_cache(spec, checkpoint, cache_dir)
     model = build_model(spec, checkpoint, torch.device("cpu"))
+    exact = TorchRuntime(spec.model_id, model, torch.device("cpu"))
+    int8: Path | None = None
+    record: dict[str, Any] | None = None
+    if precision in ("auto", "int8"):
+        try:
+            int8 = build_int8_encoder(graphs_dir, lambda rgb: exact.transforms(rgb)[None].numpy())
+        except BackendUnavailable as exc:
+            if precision == "int8":
+                raise
+            log.warning("int8 encoder unavailable, choosing among the float ones: %s", exc)
+    if precision == "auto":
+        record = _choose(graphs_dir, exact, inference, int8, embed_threads)
+        chosen = record["chosen"]
+        if chosen != "int8":
+            int8 = None
+            inference = chosen
     # one compile per cache dir at a time: the first writes OpenVINO's compiled blobs, the
     # others then load them instead of compiling (or reading half-written ones)
-    with FileLock(graphs_dir / f"compile-{chosen}.lock"):
+    with FileLock(graphs_dir / f"compile-{inference}.lock"):
         return OpenVinoRuntime(
-            spec.model_id, model, graphs_dir, chosen, embed_threads, decode_threads, **options
+            spec.model_id,
+            model,
+            graphs_dir,
+            inference,
+            embed_threads,
+            decode_threads,
+            int8_encoder=int8,
+            choice=record,
+            **options,
         )
+
+
+def _choice_key(inference: Precision, int8: bool, embed_threads: int) -> dict[str, Any]:
+    """What a recorded choice was measured over: candidates, int8 recipe, encoder threads."""
+    candidates = ["f32", *(["bf16"] if inference == "bf16" else []), *(["int8"] if int8 else [])]
+    return {
+        "candidates": candidates,
+        "int8_recipe": recipe_id() if int8 else None,
+        "embed_threads": embed_threads,
+    }
+
+
+def _choose(
+    graphs_dir: Path, exact: TorchRuntime, inference: Precision, int8: Path | None, threads: int
+) -> dict[str, Any]:
+    """The measured choice for this kind of CPU, from the runtime cache or measured now."""
+    ov = _openvino()
+    key = _choice_key(inference, int8 is not None, threads)
+
+    def candidate(name: str) -> Any:
+        def make() -> encoder_choice.EncodeFn:
+            hint: Precision = inference if name == "int8" else name  # type: ignore[assignment]
+            path = int8 if name == "int8" and int8 is not None else graphs_dir / "encoder.xml"
+            with FileLock(graphs_dir / f"compile-{hint}.lock"):
+                enc = compile_graph(_core(graphs_dir, hint), path, "encoder", hint, threads)
+            return lambda x: _encode(ov, enc, x)
+
+        return make
+
+    def run() -> dict[str, Any]:
+        rgb = load_image(CHECK)
+        x = exact.transforms(rgb)[None].numpy()
+        record = encoder_choice.measure(
+            {name: candidate(name) for name in key["candidates"]},
+            x,
+            (int(rgb.shape[0]), int(rgb.shape[1])),
+            lambda features, batch: exact.decode(features, batch, True),
+        )
+        return {**record, "cpu": _cpu()}
+
+    return encoder_choice.load_or_measure(
+        encoder_choice.choice_path(graphs_dir, inference), key, run
+    )
+
+
+def _cpu() -> dict[str, Any]:
+    """The CPU the choice was measured on (OpenVINO's name and capabilities)."""
+    core = _openvino().Core()
+    found: dict[str, Any] = {}
+    for field, prop in (
+        ("name", "FULL_DEVICE_NAME"),
+        ("capabilities", "OPTIMIZATION_CAPABILITIES"),
+    ):
+        try:
+            found[field] = core.get_property("CPU", prop)
+        except Exception:  # an older plugin without the property: leave it out
+            continue
+    found["cores"] = os.cpu_count()
+    return found
+
+
+def is_prepared(
+    spec: ModelSpec,
+    checkpoint: Path,
+    cache_dir: Path,
+    precision: Requested = "auto",
+    embed_threads: int = 0,
+) -> bool:
+    """Whether `load_runtime(..., precision)` finds everything it needs on disk (graphs,
+    int8 encoder, measured choice): a load then compiles or reads compiled blobs only."""
+    if not is_exported(spec, checkpoint, cache_dir):
+        return False
+    graphs_dir = cache_key_dir(spec, checkpoint, cache_dir)
+    quantized = is_quantized(graphs_dir)
+    if precision in ("auto", "int8") and nncf_version() is not None and not quantized:
+        return False
+    if precision != "auto":
+        return True
+    inference = probe(precision)
+    path = encoder_choice.choice_path(graphs_dir, inference)
+    key = _choice_key(inference, quantized, embed_threads)
+    return encoder_choice.read_choice(path, key) is not None
+
+
+def prepare_for_weights_dir(
+    spec: ModelSpec,
+    weights_dir: Path,
+    cache_dir: Path,
+    precision: Requested = "auto",
+    *,
+    allow_download: bool,
+) -> Path:
+    """For the CLI: make sure the checkpoint is there (downloading if allowed), then do the
+    one-time preparation (export, int8 encoder, measured choice) unless already done.
+    Returns the graphs' directory."""
+    from sam2serve.runtime.weights import ensure_checkpoint
+
+    checkpoint = ensure_checkpoint(spec, weights_dir, allow_download=allow_download)
+    load_runtime(spec, checkpoint, cache_dir, precision)
+    return cache_key_dir(spec, checkpoint, cache_dir)
 
 
 def make_factory(
     cache_dir: Path,
-    precision: Precision | Literal["auto"] = "auto",
+    precision: Requested = "auto",
     embed_threads: int = 0,
     decode_threads: int = 0,
     *,
     background: bool = False,
 ) -> RuntimeFactory:
     """A ModelPool factory: OpenVINO on CPU where it works, else the torch
-    runtime (logged once per load with the reason). background: when the model's graphs are
-    not exported yet, serve on torch at once and export + compile on a background thread
-    (`PreparingRuntime`) instead of making the first request wait."""
+    runtime (logged once per load with the reason). background: when the model's one-time
+    preparation (export, int8 encoder, measured choice) is not done yet, serve on torch at
+    once and prepare + compile on a background thread (`PreparingRuntime`) instead of
+    making the first request wait."""
 
     def load(spec: ModelSpec, checkpoint: Path) -> Runtime:
         return load_runtime(spec, checkpoint, cache_dir, precision, embed_threads, decode_threads)
@@ -319,8 +538,11 @@ def make_factory(
     def factory(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Runtime:
         if device.type == "cpu":
             try:
-                if background and not is_exported(spec, checkpoint, cache_dir):
+                prepared = is_prepared(spec, checkpoint, cache_dir, precision, embed_threads)
+                if background and not prepared:
                     probe(precision)  # unavailable backends fall back here, not later
+                    if precision == "int8" and nncf_version() is None:
+                        raise BackendUnavailable("nncf is not installed: no int8 encoder")
                     exact = torch_runtime_factory(spec, checkpoint, device)
                     return PreparingRuntime(exact, lambda: load(spec, checkpoint), spec.model_id)
                 return load(spec, checkpoint)

@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,6 +24,20 @@ RuntimeFactory = Callable[[ModelSpec, Path, torch.device], Runtime]
 
 def torch_runtime_factory(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Runtime:
     return TorchRuntime(spec.model_id, build_model(spec, checkpoint, device), device)
+
+
+def describe_choice(record: dict[str, Any]) -> dict[str, Any]:
+    """A measured encoder choice (`runtime.choice`) as /info shows it."""
+    return {
+        "encoder": record["chosen"],
+        "by": "measurement on this machine (runtime cache)",
+        "measured_at": record.get("measured_at"),
+        "tolerance": record.get("tolerance"),
+        "candidates": {
+            name: {k: c.get(k) for k in ("embed_s", "mean_iou", "min_iou", "meets_tolerance")}
+            for name, c in record["candidates"].items()
+        },
+    }
 
 
 def pick_device(name: str) -> torch.device:
@@ -54,15 +69,20 @@ class ModelPool:
     def loaded(self) -> list[str]:
         return list(self._loaded)
 
-    def describe(self) -> dict[str, dict[str, str]]:
-        """Which runtime (and precision) serves each loaded model, for /info."""
-        return {
-            model_id: {
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Which runtime (and precision) serves each loaded model, for /info; with the
+        measured encoder choice and its timings where the runtime was chosen so."""
+        out: dict[str, dict[str, Any]] = {}
+        for model_id, runtime in self._loaded.items():
+            entry: dict[str, Any] = {
                 "runtime": type(runtime).__name__,
                 "precision": str(getattr(runtime, "precision", "fp32")),
             }
-            for model_id, runtime in self._loaded.items()
-        }
+            choice = getattr(runtime, "choice", None)
+            if choice is not None:
+                entry["choice"] = describe_choice(choice)
+            out[model_id] = entry
+        return out
 
     def load_sync(self, spec: ModelSpec) -> Runtime:
         """Blocking load (weights download if needed, build, strict state-dict check)."""

@@ -75,6 +75,11 @@ class PreparingRuntime:
     def embed(self, rgb: np.ndarray) -> Features:
         return self._active.embed(rgb)
 
+    def encode(self, rgb: np.ndarray) -> Features:
+        """The encoder only (video frames), where the active runtime separates it."""
+        runtime = self._active
+        return getattr(runtime, "encode", runtime.embed)(rgb)
+
     def decode(self, features: Features, prompts: PromptBatch, multimask: bool) -> Decoded:
         runtime = self._active
         if features.image_embed.dtype != torch.float32 and not hasattr(runtime, "precision"):

@@ -105,7 +105,8 @@ class VideoService:
                 found = await asyncio.to_thread(load)
                 if self.settings.precision == "fast":
                     runtime = await pool.get(spec)  # the image runtime's (fast) encoder
-                    found.embed = runtime.embed
+                    # the encoder only: no click-decoder preparation per frame
+                    found.embed = getattr(runtime, "encode", runtime.embed)
                 self._trackers[spec.model_id] = found
             return found
 

@@ -122,8 +122,9 @@ def test_public_bind_without_keys_is_refused(
 def test_download_build_runtime_prepares_the_fast_runtime(
     real_weights_dir: Path, runtime_cache_dir: Path
 ) -> None:
-    """`sam2serve download ID --build-runtime` exports the fast runtime's graphs once, into
-    a folder keyed by model id and checkpoint hash; a second run reuses them."""
+    """`sam2serve download ID --build-runtime` prepares the fast runtime once (graphs, int8
+    encoder, measured choice), into a folder keyed by model id and checkpoint hash; a second
+    run reuses them."""
     cmd = [SAM2SERVE, "download", "sam2.1_hiera_tiny", "--build-runtime"]
     env = {
         "PATH": "/usr/bin:/bin",
@@ -132,7 +133,7 @@ def test_download_build_runtime_prepares_the_fast_runtime(
         # this checkout's code, not whatever the venv has installed
         **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
     }
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert first.returncode == 0, first.stderr
     assert "already present" in first.stdout and "fast runtime ready in" in first.stdout
     built = [  # the key folder (its export lock file lies beside it)
@@ -141,6 +142,7 @@ def test_download_build_runtime_prepares_the_fast_runtime(
         if p.is_dir() and p.name.startswith("sam2.1_hiera_tiny-")
     ]
     assert len(built) == 1
+    assert list(built[0].glob("encoder-int8-*.xml")) and list(built[0].glob("choice-*.json"))
     stamp = {p: p.stat().st_mtime for p in built[0].iterdir()}
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr

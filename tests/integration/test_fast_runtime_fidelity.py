@@ -2,7 +2,9 @@
 SAM 2.1 hiera_tiny architecture with seeded random weights and three real photos.
 
 Metric: IoU of the final mask (best of 3 by predicted IoU, upscaled, > 0) for
-20 seeded prompts per photo. The default bf16 path must keep mean >= 0.98 and min >= 0.95;
+20 seeded prompts per photo. The bf16 path and the int8 encoder (NNCF, calibrated on the
+bundled images, the rest of the graphs bf16 where native, else f32) must keep mean >= 0.98
+and min >= 0.95 (the fast path's stated tolerance: `auto` picks among these by measurement);
 the f32 path is float-exact in practice and held to mean >= 0.999, min >= 0.99.
 """
 
@@ -24,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.openvino]
 
 SPEC = REGISTRY["sam2.1_hiera_tiny"]
 # precision -> (min mean IoU, min IoU of any prompt)
-TOLERANCES = {"bf16": (0.98, 0.95), "f32": (0.999, 0.99)}
+TOLERANCES = {"bf16": (0.98, 0.95), "int8": (0.98, 0.95), "f32": (0.999, 0.99)}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,9 @@ def test_masks_match_the_reference_predictor(
 
     if precision == "bf16" and ovr.probe("auto") != "bf16":
         pytest.skip("CPU without native bf16")
-    cache_dir = tmp_path_factory.getbasetemp() / "ov-cache-real"  # shared by both params
+    if precision == "int8":
+        pytest.importorskip("nncf")
+    cache_dir = tmp_path_factory.getbasetemp() / "ov-cache-real"  # shared by the params
     runtime = ovr.load_runtime(SPEC, checkpoint, cache_dir, precision)  # type: ignore[arg-type]
     ious = []
     for rgb, prompts, want in cases:

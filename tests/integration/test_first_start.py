@@ -22,7 +22,7 @@ from tests.conftest import encode_image, photos, tiny_settings
 pytest.importorskip("openvino")
 
 
-@pytest.mark.slow  # a real cold export of the test model (~40 s on this CPU)
+@pytest.mark.slow  # a real cold preparation of the test model (export, int8, choice: ~1 min)
 def test_cold_start_serves_exact_then_fast(
     tiny_weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -75,4 +75,14 @@ def test_cold_start_serves_exact_then_fast(
         after = client.post("/sam2/segment_image", json=body)
         assert after.status_code == 200, after.text
         assert len(after.json()["predictions"]) == 1
-        assert client.get("/info").json()["models"]  # describe() works on the wrapper
+        info = client.get("/info").json()
+        assert info["models"]  # describe() works on the wrapper
+        # the encoder was chosen by measurement during the preparation, and /info says so
+        chosen = info["runtimes"][TEST_MODEL_ID]
+        assert chosen["runtime"] == "PreparingRuntime"
+        assert chosen["precision"] == runtime.active.precision
+        assert chosen["choice"]["encoder"] == runtime.active.encoder_precision
+        assert set(chosen["choice"]["candidates"]) >= {"f32", chosen["choice"]["encoder"]}
+        assert ovr.is_prepared(
+            services.images.spec_for(None), tiny_weights_dir / "test_tiny.pt", tmp_path
+        )

@@ -2,13 +2,17 @@
 
 Structural checks: the rearranged decoder equals upstream's `predict_masks`; the f32
 OpenVINO runtime equals the torch runtime; bf16 keeps shapes and dtypes; the
-exported graphs are built once per (model, weights, version) and reused; the factory falls
-back to torch when OpenVINO is missing or cannot do bf16. Fidelity on the real hiera_tiny
+exported graphs are built once per (model, weights, version) and reused; the int8 encoder
+once per recipe, with its own precision (Redis values name it); "auto" measures its choice
+once and records it; the first click after an embed finds the decoder prepared; the factory
+falls back to torch when OpenVINO is missing or cannot do bf16. Fidelity on the real hiera_tiny
 architecture is in tests/integration/test_fast_runtime_fidelity.py.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -18,9 +22,10 @@ import pytest
 import torch
 from torch.nn import functional
 
+from sam2serve.runtime import choice, quantize
 from sam2serve.runtime import openvino_export as ovx
 from sam2serve.runtime import openvino_runtime as ovr
-from sam2serve.runtime.base import PromptBatch
+from sam2serve.runtime.base import Features, PromptBatch
 from sam2serve.runtime.fast_decoder import DecoderPrep, FastMaskDecoder, token_bias
 from sam2serve.runtime.torch_runtime import TorchRuntime, build_model
 from sam2serve.testing import tiny_test_spec
@@ -282,3 +287,170 @@ def test_factory_uses_torch_off_cpu(
     monkeypatch.setattr(ovr, "torch_runtime_factory", fake_torch_factory)
     assert ovr.make_factory(tmp_path)(SPEC, checkpoint, torch.device("cuda")) == "torch"
     assert seen == [torch.device("cuda")]
+
+
+# -- int8 encoder, measured choice, first click ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_runtime(checkpoint: Path, cache_dir: Path) -> ovr.OpenVinoRuntime:
+    pytest.importorskip("nncf")
+    return ovr.load_runtime(SPEC, checkpoint, cache_dir, "int8")
+
+
+def test_int8_encoder_is_built_once_per_recipe(
+    int8_runtime: ovr.OpenVinoRuntime,
+    checkpoint: Path,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    graphs = ovx.cache_key_dir(SPEC, checkpoint, cache_dir)
+    path = graphs / quantize.int8_encoder_name()
+    assert path.is_file() and path.with_suffix(".bin").is_file()
+    assert quantize.recipe_id() in path.name
+    stamp = path.stat().st_mtime_ns
+
+    def never(*args: object) -> None:
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(quantize, "_quantize", never)
+    assert quantize.build_int8_encoder(graphs, lambda rgb: rgb) == path  # reused
+    assert path.stat().st_mtime_ns == stamp
+    # a changed recipe (or NNCF version, or calibration image) is another graph
+    monkeypatch.setitem(quantize.RECIPE, "fast_bias_correction", False)
+    assert quantize.int8_encoder_name() != path.name
+    assert not quantize.is_quantized(graphs)
+
+
+def test_int8_runtime_reports_its_own_precision(
+    int8_runtime: ovr.OpenVinoRuntime, reference: TorchRuntime, image: np.ndarray
+) -> None:
+    inference = ovr.probe()
+    assert int8_runtime.precision == f"int8-{inference}"
+    assert int8_runtime.encoder_precision == "int8"
+    features = int8_runtime.embed(image)
+    storage = torch.bfloat16 if inference == "bf16" else torch.float32
+    assert features.image_embed.dtype == storage
+    want = reference.embed(image).image_embed.flatten()
+    got = features.image_embed.float().flatten()
+    assert torch.corrcoef(torch.stack([want, got]))[0, 1] > 0.95  # int8, not noise
+    decoded = int8_runtime.decode(features, _batch(PROMPT_SETS["mixed batch"]), True)
+    assert decoded.low_res.shape[:2] == (3, 3) and torch.isfinite(decoded.low_res).all()
+
+
+def test_shared_tier_values_name_the_encoder_precision(
+    int8_runtime: ovr.OpenVinoRuntime,
+    f32_runtime: ovr.OpenVinoRuntime,
+    tiny_weights_dir: Path,
+    image: np.ndarray,
+) -> None:
+    """Replicas on another encoder refuse each other's Redis values (no mixed features)."""
+    import asyncio
+
+    pytest.importorskip("redis")
+    from sam2serve.store import codec
+    from sam2serve.store.redis_tier import SharedTier
+
+    tier = SharedTier("redis://127.0.0.1:1/0", tiny_weights_dir)  # never connected here
+    ids = {rt.precision: asyncio.run(tier.identity(SPEC, rt)) for rt in (int8_runtime, f32_runtime)}
+    assert len({i.producer for i in ids.values()}) == 2
+    value = codec.encode_features(ids["f32"], "hash", f32_runtime.embed(image))
+    with pytest.raises(codec.CodecError, match="producer"):
+        codec.decode_features(value, ids[int8_runtime.precision], "hash")
+
+
+def test_first_click_after_an_embed_finds_the_decoder_prepared(
+    f32_runtime: ovr.OpenVinoRuntime, image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    preps: list[int] = []
+    real = f32_runtime._run_prep
+
+    def spy(features):  # type: ignore[no-untyped-def]
+        preps.append(id(features.image_embed))
+        return real(features)
+
+    monkeypatch.setattr(f32_runtime, "_run_prep", spy)
+    batch = _batch(PROMPT_SETS["one point"])
+    clicked = f32_runtime.embed(image)
+    assert len(preps) == 1  # done by the embed
+    f32_runtime.decode(clicked, batch, True)
+    assert len(preps) == 1  # the first click reuses it
+    # embeds of other images never push an image being clicked out of the memo
+    others = [f32_runtime.embed(image) for _ in range(ovr.PREP_FRESH + ovr.PREP_MEMO)]
+    f32_runtime.decode(clicked, batch, True)
+    assert len(preps) == 1 + len(others)
+    # the last PREP_FRESH embedded images are ready for their first click; older ones not
+    for features in others[-ovr.PREP_FRESH :]:
+        f32_runtime.decode(features, batch, True)
+    assert len(preps) == 1 + len(others)
+    f32_runtime.decode(others[0], batch, True)
+    assert len(preps) == 2 + len(others)
+    # features that were not embedded here (fetched from the shared tier): prepared once
+    fetched = Features(
+        image_embed=clicked.image_embed.clone(),
+        high_res=tuple(t.clone() for t in clicked.high_res),
+        orig_hw=clicked.orig_hw,
+    )
+    first = f32_runtime.decode(fetched, batch, True)
+    again = f32_runtime.decode(fetched, batch, True)
+    assert len(preps) == 3 + len(others)
+    torch.testing.assert_close(first.low_res, again.low_res)
+    torch.testing.assert_close(first.low_res, f32_runtime.decode(clicked, batch, True).low_res)
+
+
+def test_auto_measures_the_choice_once_and_records_it(
+    int8_runtime: ovr.OpenVinoRuntime,
+    checkpoint: Path,
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `auto` the candidates are timed and checked once per runtime cache; later loads
+    reuse the record (in the runtime cache, in /info's `runtimes`)."""
+    cache = tmp_path / "cache"
+    assert not ovr.is_prepared(SPEC, checkpoint, cache)
+    # the graphs and the int8 encoder as exported and quantized already (not the choice)
+    shutil.copytree(
+        ovx.cache_key_dir(SPEC, checkpoint, cache_dir),
+        ovx.cache_key_dir(SPEC, checkpoint, cache),
+        ignore=shutil.ignore_patterns("choice-*", "compiled-*", "*.lock"),
+    )
+    assert not ovr.is_prepared(SPEC, checkpoint, cache)
+    runtime = ovr.load_runtime(SPEC, checkpoint, cache, "auto")
+    assert ovr.is_prepared(SPEC, checkpoint, cache)
+    inference = ovr.probe()
+    graphs = ovx.cache_key_dir(SPEC, checkpoint, cache)
+    record = json.loads(choice.choice_path(graphs, inference).read_text())
+    expected = {"f32", "int8", *(["bf16"] if inference == "bf16" else [])}
+    assert set(record["candidates"]) == expected
+    assert record["candidates"]["f32"]["mean_iou"] == 1.0
+    assert runtime.choice == record and runtime.encoder_precision == record["chosen"]
+    assert record["candidates"][record["chosen"]]["meets_tolerance"]
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(choice, "measure", never)
+    again = ovr.load_runtime(SPEC, checkpoint, cache, "auto")
+    assert again.precision == runtime.precision and again.choice == record
+    # pinned runtimes neither measure nor read the choice
+    assert ovr.load_runtime(SPEC, checkpoint, cache, "f32").choice is None
+
+
+def test_the_choice_shows_in_info(tmp_path: Path) -> None:
+    from sam2serve.runtime.pool import ModelPool
+
+    pool = ModelPool(tmp_path, torch.device("cpu"))
+    record = {
+        "chosen": "f32",
+        "measured_at": "2026-11-27T00:00:00+00:00",
+        "tolerance": choice.TOLERANCE,
+        "candidates": {"f32": {"embed_s": 0.5, "mean_iou": 1.0, "min_iou": 1.0}},
+    }
+    runtime = ovr.OpenVinoRuntime.__new__(ovr.OpenVinoRuntime)  # only what describe reads
+    runtime.precision, runtime.choice = "f32", record
+    pool._loaded[SPEC.model_id] = runtime
+    described = pool.describe()[SPEC.model_id]
+    assert described["precision"] == "f32"
+    assert described["choice"]["encoder"] == "f32"
+    assert described["choice"]["candidates"]["f32"]["embed_s"] == 0.5
