@@ -349,10 +349,20 @@ def test_shared_tier_values_name_the_encoder_precision(
 
     pytest.importorskip("redis")
     from sam2serve.store import codec
+    from sam2serve.store.keys import Scope
     from sam2serve.store.redis_tier import SharedTier
+    from sam2serve.store.sharing import RedisSharing
 
-    tier = SharedTier("redis://127.0.0.1:1/0", tiny_weights_dir)  # never connected here
-    ids = {rt.precision: asyncio.run(tier.identity(SPEC, rt)) for rt in (int8_runtime, f32_runtime)}
+    tier = SharedTier("redis://127.0.0.1:1/0")  # never connected here
+    sharing = RedisSharing(tier, tiny_weights_dir)
+
+    async def no_embed(rgb: np.ndarray):  # type: ignore[no-untyped-def]
+        raise AssertionError("identity never embeds")
+
+    ids = {
+        rt.precision: asyncio.run(sharing.identity(Scope("ns", SPEC, rt, no_embed)))
+        for rt in (int8_runtime, f32_runtime)
+    }
     assert len({i.producer for i in ids.values()}) == 2
     value = codec.encode_features(ids["f32"], "hash", f32_runtime.embed(image))
     with pytest.raises(codec.CodecError, match="producer"):
