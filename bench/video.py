@@ -14,7 +14,9 @@ prints the CPU's bf16/int8 flags and the machine's load average around each run.
     PYTHONPATH=$PWD python bench/video.py --frames 8 --precision fp32 bf16 fast [--device cpu]
 
 `fast` is `SAM2SERVE_VIDEO_PRECISION=fast`: the image runtime's OpenVINO encoder, memory
-attention and memory encoder as OpenVINO graphs (`--runtime auto|openvino-bf16|openvino-f32`).
+attention and memory encoder as OpenVINO graphs (`--runtime auto|openvino-bf16|openvino-f32`);
+`fast-f32` / `fast-bf16` force that OpenVINO precision (f32 is what a CPU without native bf16
+gets; on a CPU with it, that row shows the f32 graphs, not such a CPU's speed).
 `--model test_tiny` uses the small 256 px test architecture (quick smoke run).
 """
 
@@ -197,19 +199,25 @@ def mask_iou(ours: Masks, ref: Masks) -> dict[str, float]:
     }
 
 
-def _tracker(spec, ckpt, device, precision: str, tmp: Path, runtime: str) -> VideoTracker:  # type: ignore[no-untyped-def]
-    """fp32 (exact) | bf16 (autocast) | fast (`SAM2SERVE_VIDEO_PRECISION=fast`): each on
-    its own model (the fast path swaps modules)."""
+#: `fast` runners other than the --runtime one: the fast path with OpenVINO forced to a precision
+FAST_RUNTIMES = {"fast-bf16": "openvino-bf16", "fast-f32": "openvino-f32"}
+
+
+def _tracker(spec, ckpt, device, precision: str, cache: Path, runtime: str) -> VideoTracker:  # type: ignore[no-untyped-def]
+    """fp32 (exact) | bf16 (autocast) | fast (`SAM2SERVE_VIDEO_PRECISION=fast`, image runtime
+    `runtime`) | fast-bf16 | fast-f32: each on its own model (the fast path swaps modules)."""
     model = build_video_model(spec, ckpt, device)
-    if precision != "fast":
+    if not precision.startswith("fast"):
         return VideoTracker(spec.model_id, model, device, precision)
     from sam2serve.runtime.openvino_runtime import load_runtime
 
-    settings = Settings(runtime=runtime, runtime_cache_dir=tmp / "ov-cache")
+    runtime = FAST_RUNTIMES.get(precision, runtime)
+
+    settings = Settings(runtime=runtime, runtime_cache_dir=cache)
     key = (spec.model_id, runtime)
     if key not in _RUNTIMES:
         forced = runtime.removeprefix("openvino-") if runtime.startswith("openvino-") else "auto"
-        _RUNTIMES[key] = load_runtime(spec, ckpt, tmp / "ov-cache", forced)  # type: ignore[arg-type]
+        _RUNTIMES[key] = load_runtime(spec, ckpt, cache, forced)  # type: ignore[arg-type]
     parts = video_parts(settings, spec, ckpt, device)
     return VideoTracker(
         spec.model_id, model, device, "fp32", embed=_RUNTIMES[key].embed, parts=parts
@@ -232,9 +240,17 @@ def main() -> None:
     parser.add_argument("--model", default="sam2.1_hiera_tiny")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16", "fast"])
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32", "bf16", "fast"],
+        help="fp32 | bf16 | fast | fast-bf16 | fast-f32",
+    )
     parser.add_argument("--runtime", default="auto", help="image runtime of `fast`")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="runtime cache (exports kept across runs)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
 
@@ -249,7 +265,8 @@ def main() -> None:
         Image.fromarray(rgb).save(folder / f"{i}.jpg", format="PNG")
 
     model = build_video_model(spec, ckpt, device)
-    trackers = {p: _tracker(spec, ckpt, device, p, tmp, args.runtime) for p in args.precision}
+    cache = args.cache_dir or tmp / "ov-cache"
+    trackers = {p: _tracker(spec, ckpt, device, p, cache, args.runtime) for p in args.precision}
     if device.type == "cuda":  # kernels, cuDNN autotuning and allocator warm-up, untimed
         bench_reference(model, folder, 1, device)
     rows = []

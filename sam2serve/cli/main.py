@@ -284,7 +284,10 @@ def download(
     build_runtime: Annotated[
         bool,
         typer.Option(
-            help="Also export the fast CPU runtime's graphs now (else done on first load)"
+            help=(
+                "Also export the fast CPU runtime's graphs now (else done on first load); with "
+                "SAM2SERVE_VIDEO_PRECISION=fast, the video graphs too"
+            )
         ),
     ] = False,
 ) -> None:
@@ -317,6 +320,7 @@ def download(
             typer.echo(f"{spec.model_id}: saved {path}")
     if build_runtime and settings.runtime != "torch" and not failed:
         from sam2serve.runtime.openvino_export import BackendUnavailable, build_for_weights_dir
+        from sam2serve.video.config import VideoSettings
 
         for spec in specs:
             try:
@@ -328,6 +332,12 @@ def download(
                 failed = True
             else:
                 typer.echo(f"{spec.model_id}: fast runtime ready in {built}")
+            if not failed and VideoSettings().precision == "fast":
+                from sam2serve.runtime.openvino_video import build_video_cache
+
+                checkpoint = checkpoint_path(spec, settings.weights_dir)
+                built = build_video_cache(spec, checkpoint, settings.runtime_cache_dir)
+                typer.echo(f"{spec.model_id}: fast video graphs ready in {built}")
     if failed:
         raise typer.Exit(1)
 

@@ -212,7 +212,10 @@ def test_fast_path_vs_meta_video_predictor(
     """The stated tolerance of `SAM2SERVE_VIDEO_PRECISION=fast`: on the bench clip and
     prompts (bench/video.py: 8 frames, one point per object on frame 0), real hiera_tiny
     architecture, mean mask IoU over frames and objects >= 0.98 against Meta's
-    `SAM2VideoPredictor` (measured figures: docs/benchmarks.md)."""
+    `SAM2VideoPredictor` (measured figures: docs/benchmarks.md). Seeded random weights give
+    weak logits (|logit| ~0.1 around the mask edge) and masks that do not depend on the
+    prompt, so the logits themselves are held to the reference as well (relative L2 error
+    per frame <= 3%; measured <= 0.9% with bf16)."""
     spec = REGISTRY["sam2.1_hiera_tiny"]
     ckpt = real_weights_dir / spec.filename
     clip = write_mp4(tmp_path / "clip.mp4", synthetic_frames(BENCH_FRAMES))
@@ -228,7 +231,7 @@ def test_fast_path_vs_meta_video_predictor(
         for obj, pts in enumerate(points):
             reference.add_new_points_or_box(state, 0, obj + 1, points=pts, labels=np.array([1]))
         expected = {
-            ("fwd", idx): (logits[:, 0] > 0).cpu().numpy()
+            ("fwd", idx): logits[:, 0].float().cpu().numpy()
             for idx, _, logits in reference.propagate_in_video(state)
         }
     del reference, state
@@ -242,10 +245,15 @@ def test_fast_path_vs_meta_video_predictor(
     for obj, pts in enumerate(points):
         tracker.add_prompt(ours_state, 0, obj + 1, points=pts, labels=np.array([1]))
     got = {
-        ("fwd", fm.frame_index): fm.logits > 0
+        ("fwd", fm.frame_index): fm.logits
         for fm in tracker.propagate(ours_state, None, None, False)
     }
 
     assert len(expected) == BENCH_FRAMES
-    mean, ious = _mean_iou(got, expected)
+    mean, ious = _mean_iou(
+        {k: v > 0 for k, v in got.items()}, {k: v > 0 for k, v in expected.items()}
+    )
     assert mean >= 0.98, ious
+    for key, ref_logits in expected.items():
+        error = np.linalg.norm(got[key] - ref_logits) / np.linalg.norm(ref_logits)
+        assert error <= 0.03, (key, error)
