@@ -287,7 +287,10 @@ def download(
     build_runtime: Annotated[
         bool,
         typer.Option(
-            help="Also export the fast CPU runtime's graphs now (else done on first load)"
+            help=(
+                "Also export the fast CPU runtime's graphs now (else done on first load); with "
+                "SAM2SERVE_VIDEO_PRECISION=fast, the video graphs too"
+            )
         ),
     ] = False,
 ) -> None:
@@ -321,6 +324,7 @@ def download(
     if build_runtime and settings.runtime != "torch" and not failed:
         from sam2serve.runtime.openvino_export import BackendUnavailable
         from sam2serve.runtime.openvino_runtime import prepare_for_weights_dir
+        from sam2serve.video.config import VideoSettings
 
         precision = settings.runtime.removeprefix("openvino-")
         for spec in specs:
@@ -337,6 +341,12 @@ def download(
                 failed = True
             else:
                 typer.echo(f"{spec.model_id}: fast runtime ready in {built}")
+            if not failed and VideoSettings().precision == "fast":
+                from sam2serve.runtime.openvino_video import build_video_cache
+
+                checkpoint = checkpoint_path(spec, settings.weights_dir)
+                built = build_video_cache(spec, checkpoint, settings.runtime_cache_dir)
+                typer.echo(f"{spec.model_id}: fast video graphs ready in {built}")
     if failed:
         raise typer.Exit(1)
 

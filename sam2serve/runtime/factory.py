@@ -1,15 +1,24 @@
 """Runtime selection: the `Settings.runtime` value -> the `ModelPool` factory that builds it.
 
 The names come from `config.RuntimeName`, the settings type itself; nothing here repeats them.
-The fast runtime's module (and OpenVINO) is imported only when a fast runtime is chosen.
+The fast runtime's module (and OpenVINO) is imported only when a fast runtime is chosen. The
+video tracker's fast parts (`video_parts`) follow the same choice.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import get_args
 
+import torch
+
 from sam2serve.config import RuntimeName, Settings
+from sam2serve.registry import ModelSpec
 from sam2serve.runtime.pool import RuntimeFactory, torch_runtime_factory
+from sam2serve.runtime.video_tracker import ModelParts
+
+log = logging.getLogger(__name__)
 
 #: Every accepted `Settings.runtime` value, in the settings type's order.
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
@@ -46,3 +55,26 @@ def runtime_factory(settings: Settings, *, background: bool = False) -> RuntimeF
         settings.decode_threads,
         background=background,
     )
+
+
+def video_parts(
+    settings: Settings, spec: ModelSpec, checkpoint: Path, device: torch.device, threads: int = 0
+) -> ModelParts | None:
+    """The fast video path's compiled memory attention + memory encoder for
+    `settings.runtime` (OpenVINO at the image runtime's precision: bf16 where the CPU has it
+    natively, else f32; exported once into `settings.runtime_cache_dir`), or None where the
+    tracker keeps upstream's torch modules: the torch runtime, a non-CPU device, OpenVINO
+    unavailable (logged with the reason). threads: OpenVINO threads (0 = one per core)."""
+    if settings.runtime == "torch" or device.type != "cpu":
+        return None
+    from sam2serve.runtime.openvino_video import BackendUnavailable, load_video_graphs
+
+    name = settings.runtime
+    precision = (
+        name.removeprefix("openvino-") if name in ("openvino-bf16", "openvino-f32") else "auto"
+    )
+    try:
+        return load_video_graphs(spec, checkpoint, settings.runtime_cache_dir, precision, threads)
+    except BackendUnavailable as exc:
+        log.warning("fast video graphs unavailable, memory attention stays on torch: %s", exc)
+        return None

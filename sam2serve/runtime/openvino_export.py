@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,12 +66,20 @@ def probe(precision: Requested = "auto") -> Precision:
     return precision
 
 
-def cache_key_dir(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
-    """Where the exported graphs for (model, exact weights, OpenVINO version) live."""
+def cache_key_dir(
+    spec: ModelSpec,
+    checkpoint: Path,
+    cache_dir: Path,
+    kind: str = "",
+    version: int = FORMAT_VERSION,
+) -> Path:
+    """Where the exported graphs for (model, exact weights, OpenVINO version) live; `kind`
+    names another set of graphs of the same model (e.g. "video"), `version` its format."""
     ov = _openvino()
-    version = ov.__version__.split("-")[0]
+    ov_version = ov.__version__.split("-")[0]
     sha = file_sha256(checkpoint)[:16]
-    return Path(cache_dir) / f"{spec.model_id}-{sha}-ov{version}-v{FORMAT_VERSION}"
+    tag = f"-{kind}" if kind else ""
+    return Path(cache_dir) / f"{spec.model_id}-{sha}-ov{ov_version}{tag}-v{version}"
 
 
 class _EncoderGraph(torch.nn.Module):
@@ -96,24 +105,37 @@ def is_exported(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> bool:
 
 def build_cache(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> Path:
     """Export the three graphs for `checkpoint` once; reuse them when present. Returns the
-    key directory. Processes sharing `cache_dir` export once: a file lock beside the key
-    directory makes the others wait and reuse the result, and a finished export appears
-    by atomic rename (a crashed exporter leaves no half-written graphs)."""
+    key directory. Processes sharing `cache_dir` export once (see `build_once`)."""
     target = cache_key_dir(spec, checkpoint, cache_dir)
+    return build_once(target, lambda: _image_graphs(spec, checkpoint), spec, checkpoint)
+
+
+def build_once(
+    target: Path,
+    convert: Callable[[], dict[str, Any]],
+    spec: ModelSpec,
+    checkpoint: Path,
+    version: int = FORMAT_VERSION,
+) -> Path:
+    """Save `convert()`'s OpenVINO graphs ({name: ov.Model}, saved as `name.xml`) into
+    `target` unless it holds them already; returns `target`. Processes sharing the cache
+    export once: a file lock beside `target` makes the others wait and reuse the result,
+    and a finished export appears by atomic rename (a crashed exporter leaves no
+    half-written graphs)."""
     if (target / "meta.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{target}.lock"):
         if (target / "meta.json").is_file():  # another process exported while we waited
             return target
-        _export(spec, checkpoint, target)
+        started = time.perf_counter()
+        _save(target, convert(), spec, checkpoint, version, started)
     return target
 
 
-def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
-    """Convert the graphs and move them into `target` (one rename)."""
+def _image_graphs(spec: ModelSpec, checkpoint: Path) -> dict[str, Any]:
+    """The image path's graphs: encoder, per-image decoder preparation, decoder."""
     ov = _openvino()
-    started = time.perf_counter()
     model = build_model(spec, checkpoint, torch.device("cpu"))
     size = int(model.image_size)
     prep = DecoderPrep(model).eval()
@@ -124,7 +146,7 @@ def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
         prepped = prep(*feats)
         sparse = torch.zeros(2, 4, prepped[0].shape[-1])
         bias = token_bias(2, 4, 3)
-        graphs = {
+        return {
             "encoder": ov.convert_model(
                 _EncoderGraph(model).eval(),
                 example_input=(pixels,),
@@ -151,6 +173,18 @@ def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
                 ],
             ),
         }
+
+
+def _save(
+    target: Path,
+    graphs: dict[str, Any],
+    spec: ModelSpec,
+    checkpoint: Path,
+    version: int,
+    started: float,
+) -> None:
+    """Write the graphs beside `target` and move them into it (one rename)."""
+    ov = _openvino()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     tmp.chmod(0o755)
     try:
@@ -160,7 +194,8 @@ def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
             "model_id": spec.model_id,
             "checkpoint": checkpoint.name,
             "openvino": ov.__version__,
-            "format": FORMAT_VERSION,
+            "format": version,
+            "graphs": sorted(graphs),
             "export_seconds": round(time.perf_counter() - started, 1),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -172,8 +207,9 @@ def _export(spec: ModelSpec, checkpoint: Path, target: Path) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info(
-        "exported %s OpenVINO graphs to %s in %.1fs",
+        "exported %s OpenVINO graphs (%s) to %s in %.1fs",
         spec.model_id,
+        ", ".join(graphs),
         target,
         time.perf_counter() - started,
     )

@@ -13,7 +13,10 @@ dict ourselves instead:
 
 Everything else (prompt handling, consolidation across objects, memory encoding, memory
 attention, forward/backward propagation) is upstream's own code, so the exact path equals
-`SAM2VideoPredictor` by construction. This is the only video module touching SAM2 internals.
+`SAM2VideoPredictor` by construction. The fast path swaps modules, not code: the image
+encoder for an image runtime's `embed`, and memory attention + memory encoder for compiled
+graphs (`ModelParts`, e.g. `openvino_video.VideoGraphs`). This and `openvino_video` are the
+only video modules touching SAM2 internals.
 
 Stopping: upstream tracks a frame one object at a time (and consolidates prompts one object
 at a time before the first frame), so one frame of many objects is many model calls. A
@@ -40,6 +43,18 @@ from sam2serve.runtime.base import Features
 
 IMG_MEAN = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
 IMG_STD = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
+
+
+class ModelParts(Protocol):
+    """Replacements for some of a video model's modules (same calls, other backend)."""
+
+    def install(self, model: torch.nn.Module) -> None:
+        """Put the replacements into `model` (once, before it tracks anything)."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """{module name: what runs it}, for /info."""
+        ...
 
 
 class FrameReader(Protocol):
@@ -156,8 +171,10 @@ class FeatureStore:
 
     Values are `(image_placeholder, backbone_out)` as upstream's `_get_image_feature` expects;
     the image itself is never used downstream, so a (1, 3, 1, 1) placeholder stands in.
-    `encode(index)` returns `backbone_fpn` (list of (1, C, h, w)); position encodings depend
-    only on shapes, so they are computed once and shared by every frame.
+    `encode(index)` returns what is kept per frame (e.g. bf16 features of the fast runtime,
+    half the bytes of float32) and `finish` turns it into `backbone_fpn` (list of
+    (1, C, h, w)) on every read; position encodings depend only on shapes, so they are
+    computed once and shared by every frame.
     """
 
     def __init__(
@@ -165,9 +182,11 @@ class FeatureStore:
         encode: Callable[[int], list[torch.Tensor]],
         pos_enc: Callable[[list[torch.Tensor]], list[torch.Tensor]],
         max_bytes: int,
+        finish: Callable[[list[torch.Tensor]], list[torch.Tensor]] = list,
     ) -> None:
         self._encode = encode
         self._pos_enc = pos_enc
+        self._finish = finish
         self.max_bytes = max_bytes
         self.bytes_used = 0
         self.hits = 0
@@ -192,9 +211,10 @@ class FeatureStore:
                 while self.bytes_used > self.max_bytes:
                     _, (_, evicted) = self._entries.popitem(last=False)
                     self.bytes_used -= evicted
+        fpn = self._finish(fpn)
         if self._pos is None:
             self._pos = self._pos_enc(fpn)
-        return self._placeholder, {"backbone_fpn": list(fpn), "vision_pos_enc": list(self._pos)}
+        return self._placeholder, {"backbone_fpn": fpn, "vision_pos_enc": list(self._pos)}
 
     def clear(self) -> None:
         self._entries.clear()
@@ -209,6 +229,8 @@ class VideoTracker:
     `embed`, when given, replaces the image encoder: an image runtime's `embed` (e.g. the
     OpenVINO bf16 encoder), fed the S x S frame; its features are turned back into the
     backbone outputs the tracker needs (the no-memory embedding it adds is subtracted).
+    `parts`, when given, replace other modules of `model` (installed here: the tracker then
+    owns `model`), e.g. memory attention and the memory encoder as OpenVINO graphs.
     """
 
     def __init__(
@@ -218,14 +240,30 @@ class VideoTracker:
         device: torch.device,
         precision: str = "fp32",
         embed: Callable[[np.ndarray], Features] | None = None,
+        parts: ModelParts | None = None,
     ) -> None:
         self.model_id = model_id
         self.model = model
         self.device = device
         self.precision = precision
         self.embed = embed
+        self.parts = parts
+        if parts is not None:
+            parts.install(model)
         _float_memories(model)
         _stoppable(model)
+
+    def describe(self) -> dict[str, str]:
+        """What runs each part of a propagated frame, for /info."""
+        torch_name = f"torch-{self.precision}"
+        described = {
+            "image_encoder": "image runtime" if self.embed is not None else torch_name,
+            "memory_attention": torch_name,
+            "memory_encoder": torch_name,
+        }
+        if self.parts is not None:
+            described.update(self.parts.describe())
+        return described
 
     @property
     def image_size(self) -> int:
@@ -239,7 +277,10 @@ class VideoTracker:
         """A fresh per-session `inference_state` (upstream's layout, no frames loaded)."""
         device = self.device
         store = FeatureStore(
-            lambda i: self._encode(frames, i), self._position_encoding, feature_bytes
+            lambda i: self._encode(frames, i),
+            self._position_encoding,
+            feature_bytes,
+            self._from_runtime if self.embed is not None else list,
         )
         return {
             "images": None,  # never read: `cached_features` answers every lookup
@@ -307,12 +348,18 @@ class VideoTracker:
         return [f.float() for f in out["backbone_fpn"]]
 
     def _encode_with_runtime(self, rgb: np.ndarray) -> list[torch.Tensor]:
+        """The runtime's features as it stores them (bf16 for OpenVINO bf16): cached so."""
         assert self.embed is not None
         features = self.embed(rgb)
-        lowest = features.image_embed.float().to(self.device)
+        return [*features.high_res, features.image_embed]
+
+    @torch.inference_mode()
+    def _from_runtime(self, kept: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Kept runtime features -> backbone_fpn: float32, no-memory embedding subtracted."""
+        *high_res, embed = (f.float().to(self.device) for f in kept)
         if self.model.directly_add_no_mem_embed:
-            lowest = lowest - self.model.no_mem_embed.reshape(1, -1, 1, 1)
-        return [*(f.float().to(self.device) for f in features.high_res), lowest]
+            embed = embed - self.model.no_mem_embed.reshape(1, -1, 1, 1)
+        return [*high_res, embed]
 
     @torch.inference_mode()
     def _position_encoding(self, fpn: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -46,12 +46,18 @@ class VideoSettings(BaseSettings):
         ),
     )
     threads: int = Field(
-        0, ge=0, description="Torch intra-op threads of the video worker; 0 = torch's default."
+        0,
+        ge=0,
+        description=(
+            "Torch intra-op threads of the video worker, and OpenVINO threads of the fast "
+            "path's memory graphs; 0 = the default (all cores)."
+        ),
     )
     precision: Literal["fp32", "bf16", "fast"] = Field(
         "fp32",
         description=(
             "fp32: Meta's exact path; bf16: every step under bfloat16 autocast; fast: the image "
-            "runtime's encoder (OpenVINO bf16 on CPU), the rest fp32"
+            "runtime's encoder, memory attention and the memory encoder on the fast runtime "
+            "(OpenVINO: bf16 where the CPU has it natively, else f32), the mask decoder fp32"
         ),
     )

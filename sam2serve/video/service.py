@@ -30,6 +30,7 @@ from sam2serve.media import postprocess
 from sam2serve.media.decode import load_image
 from sam2serve.media.fetch import ByteCap
 from sam2serve.registry import ModelSpec
+from sam2serve.runtime.factory import video_parts
 from sam2serve.runtime.video_tracker import FrameMasks, VideoTracker, build_video_model
 from sam2serve.runtime.weights import ensure_checkpoint
 from sam2serve.scheduling.lanes import Lane
@@ -84,7 +85,11 @@ class VideoService:
         self.lane.shutdown()
 
     def describe(self) -> dict[str, Any]:
-        return {**self.store.describe(), "precision": self.settings.precision}
+        return {
+            **self.store.describe(),
+            "precision": self.settings.precision,
+            "parts": {model_id: t.describe() for model_id, t in self._trackers.items()},
+        }
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -94,16 +99,26 @@ class VideoService:
             if found is None:
                 pool = self.images.pool
 
+                fast = self.settings.precision == "fast"
+
                 def load() -> VideoTracker:
                     ckpt = ensure_checkpoint(
                         spec, pool.weights_dir, allow_download=pool.allow_download
                     )
                     model = build_video_model(spec, ckpt, pool.device)
                     precision = "bf16" if self.settings.precision == "bf16" else "fp32"
-                    return VideoTracker(spec.model_id, model, pool.device, precision)
+                    # fast: memory attention + memory encoder compiled (exported once)
+                    parts = (
+                        video_parts(
+                            self.images.settings, spec, ckpt, pool.device, self.settings.threads
+                        )
+                        if fast
+                        else None
+                    )
+                    return VideoTracker(spec.model_id, model, pool.device, precision, parts=parts)
 
                 found = await asyncio.to_thread(load)
-                if self.settings.precision == "fast":
+                if fast:
                     runtime = await pool.get(spec)  # the image runtime's (fast) encoder
                     # the encoder only: no click-decoder preparation per frame
                     found.embed = getattr(runtime, "encode", runtime.embed)

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+#: point prompts (x, y) px of the default 320 x 240 clip on frame 0, one per object: on the
+#: disc, on the square, on the background. bench/video.py and the fidelity tests use them.
+OBJECT_POINTS: tuple[tuple[float, float], ...] = ((60.0, 120.0), (250.0, 50.0), (160.0, 200.0))
+#: a second positive point for object 1 on the clip's middle frame (a correction)
+CORRECTION_POINT: tuple[float, float] = (90.0, 125.0)
+
 
 def synthetic_frames(num_frames: int, width: int = 320, height: int = 240) -> list[np.ndarray]:
     """`num_frames` (H, W, 3) uint8 frames: a disc moving right, a square moving down."""

@@ -282,3 +282,25 @@ def test_openapi_documents_the_video_routes(client) -> None:  # type: ignore[no-
     r = client.get(f"{BASE}/{sid}/frames/not-a-number")
     assert r.status_code == 422 and r.json()["field"] == "frame_index", r.text
     assert client.delete(f"{BASE}/{sid}").status_code == 204
+
+
+@pytest.mark.openvino
+def test_fast_precision_tracks_on_the_compiled_graphs(  # type: ignore[no-untyped-def]
+    make_client, clip_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`SAM2SERVE_VIDEO_PRECISION=fast` on the OpenVINO runtime: memory attention and the
+    memory encoder run as compiled graphs (said in /sam2/video/info), frames stream as usual."""
+    monkeypatch.setenv("SAM2SERVE_VIDEO_PRECISION", "fast")
+    client = make_client(runtime="auto")
+    sid = _open(client, clip_bytes).json()["session_id"]
+    prompt = {"frame_index": 0, "object_id": 1, "points": [{"x": 60, "y": 120}], "format": "rle"}
+    assert client.post(f"{BASE}/{sid}/prompts", json=prompt).status_code == 200
+    with client.stream("POST", f"{BASE}/{sid}/propagate", json={"format": "rle"}) as s:
+        lines = [json.loads(line) for line in s.iter_lines() if line]
+    assert [line["frame_index"] for line in lines] == list(range(FRAMES)), lines[:1]
+    info = client.get("/sam2/video/info").json()
+    parts = info["parts"]["test_tiny"]
+    assert info["precision"] == "fast"
+    assert parts["image_encoder"] == "image runtime"
+    assert parts["memory_attention"] == parts["memory_encoder"]
+    assert parts["memory_attention"] in ("openvino-bf16", "openvino-f32")

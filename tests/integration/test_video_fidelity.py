@@ -1,4 +1,5 @@
-"""Exact path == Meta's SAM2VideoPredictor: same weights, same frames, same prompts.
+"""Exact path == Meta's SAM2VideoPredictor: same weights, same frames, same prompts; the
+fast path (`SAM2SERVE_VIDEO_PRECISION=fast`) within its stated tolerance of it.
 
 The reference gets the frames through its own loader (`init_state` on a JPEG-folder layout
 whose files hold the lossless decoded frames), our tracker through the session frame file;
@@ -16,11 +17,18 @@ import pytest
 import torch
 from PIL import Image
 
-from sam2serve.registry import REGISTRY
+from sam2serve.config import Settings
+from sam2serve.registry import REGISTRY, ModelSpec
+from sam2serve.runtime.factory import video_parts
 from sam2serve.runtime.video_tracker import VideoTracker, build_video_model
 from sam2serve.testing import tiny_test_spec
 from sam2serve.video.frames import _decoded, decode_video
-from sam2serve.video.synthetic import synthetic_frames, write_mp4
+from sam2serve.video.synthetic import (
+    CORRECTION_POINT,
+    OBJECT_POINTS,
+    synthetic_frames,
+    write_mp4,
+)
 
 pytestmark = [pytest.mark.video]
 
@@ -123,30 +131,129 @@ def test_exact_path_equals_meta_video_predictor(
             assert _iou(got[obj], expected[obj]) >= 0.999, (key, obj)
 
 
-@pytest.mark.slow
-def test_fast_path_tolerance(tiny_weights_dir: Path, tmp_path: Path) -> None:
-    """The fast path (OpenVINO encoder, the rest fp32) stays close to the exact path: mean
-    mask IoU >= 0.9 over the scenario's frames and objects (measured: see docs/benchmarks.md)."""
+def test_repropagation_reuses_frame_features(tiny_weights_dir: Path, tmp_path: Path) -> None:
+    """A correction, then the whole clip again: no frame is encoded a second time (the
+    session keeps every frame's features within its budget; the reference re-encodes them),
+    and the re-propagation's masks equal the reference's (the exact test above)."""
+    spec = tiny_test_spec()
+    model = build_video_model(spec, tiny_weights_dir / spec.filename, torch.device("cpu"))
+    tracker = VideoTracker(spec.model_id, model, torch.device("cpu"))
+    clip = write_mp4(tmp_path / "clip.mp4", synthetic_frames(4))
+    reader, info = decode_video(clip, tmp_path, tracker.image_size, max_frames=10, max_pixels=10**7)
+    state = tracker.new_state(reader, info.height, info.width, feature_bytes=64 << 20)
+    tracker.add_prompt(state, 0, 1, points=np.array([OBJECT_POINTS[0]]), labels=np.array([1]))
+    assert len(list(tracker.propagate(state, None, None, False))) == 4
+    store = state["cached_features"]
+    assert store.misses == 4
+    tracker.add_prompt(state, 2, 1, points=np.array([CORRECTION_POINT]), labels=np.array([1]))
+    assert len(list(tracker.propagate(state, None, None, False))) == 4
+    assert store.misses == 4 and store.hits > 4
+
+
+def _fast_tracker(spec: ModelSpec, checkpoint: Path, cache_dir: Path) -> VideoTracker:
+    """`SAM2SERVE_VIDEO_PRECISION=fast` as the service builds it: the image runtime's
+    OpenVINO encoder, memory attention + memory encoder compiled (bf16 where native)."""
     from sam2serve.runtime.openvino_runtime import load_runtime
 
+    cpu = torch.device("cpu")
+    settings = Settings(runtime="auto", runtime_cache_dir=cache_dir)
+    parts = video_parts(settings, spec, checkpoint, cpu)
+    assert parts is not None, "OpenVINO is installed: the fast path must compile its graphs"
+    embed = load_runtime(spec, checkpoint, cache_dir).embed
+    model = build_video_model(spec, checkpoint, cpu)
+    return VideoTracker(spec.model_id, model, cpu, "fp32", embed=embed, parts=parts)
+
+
+def _mean_iou(got: dict, expected: dict) -> tuple[float, list[float]]:
+    """Mean mask IoU over every (step, frame) and object; the reference must track
+    something on at least half of them (else agreement is vacuous)."""
+    assert list(got) == list(expected)
+    ious = [
+        _iou(got[key][obj], expected[key][obj])
+        for key in expected
+        for obj in range(expected[key].shape[0])
+    ]
+    tracked = [
+        bool(expected[key][obj].any()) for key in expected for obj in range(len(expected[key]))
+    ]
+    assert sum(tracked) >= 0.5 * len(tracked), "the reference tracks nothing: the check is vacuous"
+    return float(np.mean(ious)), ious
+
+
+@pytest.mark.openvino
+def test_fast_path_tolerance(
+    tiny_weights_dir: Path, tmp_path: Path, runtime_cache_dir: Path
+) -> None:
+    """Tiny architecture, the whole scenario (prompts, forward, a box mid-clip, backward):
+    the fast path stays close to the exact path (mean IoU >= 0.9; the stated tolerance on
+    the real architecture is the test below)."""
     spec = tiny_test_spec()
     ckpt = tiny_weights_dir / spec.filename
     clip = write_mp4(tmp_path / "clip.mp4", synthetic_frames(6))
     model = build_video_model(spec, ckpt, torch.device("cpu"))
     exact = _ours(VideoTracker(spec.model_id, model, torch.device("cpu")), clip, tmp_path)
-    runtime = load_runtime(spec, ckpt, tmp_path / "ov-cache")
-    fast_tracker = VideoTracker(
-        spec.model_id, model, torch.device("cpu"), "fp32", embed=runtime.embed
-    )
+    fast_tracker = _fast_tracker(spec, ckpt, runtime_cache_dir)
     (tmp_path / "fast").mkdir()
     fast = _ours(fast_tracker, clip, tmp_path / "fast")
+    mean, ious = _mean_iou(fast, exact)
+    assert mean >= 0.9, ious
 
-    assert list(fast) == list(exact)
-    ious = [
-        _iou(fast[key][obj], exact[key][obj])
-        for key in exact
-        for obj in range(exact[key].shape[0])
-        if exact[key][obj].any() or fast[key][obj].any()
-    ]
-    assert len(ious) >= len(exact) // 2, "the exact path tracks nothing: the check is vacuous"
-    assert float(np.mean(ious)) >= 0.9, ious
+
+#: frames of bench/video.py's clip (its default)
+BENCH_FRAMES = 8
+
+
+@pytest.mark.openvino
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("objects", [1, 3])
+def test_fast_path_vs_meta_video_predictor(
+    objects: int, real_weights_dir: Path, runtime_cache_dir: Path, tmp_path: Path
+) -> None:
+    """The stated tolerance of `SAM2SERVE_VIDEO_PRECISION=fast`: on the bench clip and
+    prompts (bench/video.py: 8 frames, one point per object on frame 0), real hiera_tiny
+    architecture, mean mask IoU over frames and objects >= 0.98 against Meta's
+    `SAM2VideoPredictor` (measured figures: docs/benchmarks.md). Seeded random weights give
+    weak logits (|logit| ~0.1 around the mask edge) and masks that do not depend on the
+    prompt, so the logits themselves are held to the reference as well (relative L2 error
+    per frame <= 3%; measured <= 0.9% with bf16)."""
+    spec = REGISTRY["sam2.1_hiera_tiny"]
+    ckpt = real_weights_dir / spec.filename
+    clip = write_mp4(tmp_path / "clip.mp4", synthetic_frames(BENCH_FRAMES))
+    points = [np.array([OBJECT_POINTS[obj]]) for obj in range(objects)]
+
+    folder = tmp_path / "ref-frames"
+    folder.mkdir()
+    for i, rgb in enumerate(_decoded(clip)):
+        Image.fromarray(rgb).save(folder / f"{i}.jpg", format="PNG")
+    reference = build_video_model(spec, ckpt, torch.device("cpu"))
+    with torch.inference_mode():
+        state = reference.init_state(str(folder))
+        for obj, pts in enumerate(points):
+            reference.add_new_points_or_box(state, 0, obj + 1, points=pts, labels=np.array([1]))
+        expected = {
+            ("fwd", idx): logits[:, 0].float().cpu().numpy()
+            for idx, _, logits in reference.propagate_in_video(state)
+        }
+    del reference, state
+
+    tracker = _fast_tracker(spec, ckpt, runtime_cache_dir)
+    (tmp_path / "fast").mkdir()
+    reader, info = decode_video(
+        clip, tmp_path / "fast", tracker.image_size, max_frames=100, max_pixels=10**7
+    )
+    ours_state = tracker.new_state(reader, info.height, info.width, feature_bytes=256 << 20)
+    for obj, pts in enumerate(points):
+        tracker.add_prompt(ours_state, 0, obj + 1, points=pts, labels=np.array([1]))
+    got = {
+        ("fwd", fm.frame_index): fm.logits
+        for fm in tracker.propagate(ours_state, None, None, False)
+    }
+
+    assert len(expected) == BENCH_FRAMES
+    mean, ious = _mean_iou(
+        {k: v > 0 for k, v in got.items()}, {k: v > 0 for k, v in expected.items()}
+    )
+    assert mean >= 0.98, ious
+    for key, ref_logits in expected.items():
+        error = np.linalg.norm(got[key] - ref_logits) / np.linalg.norm(ref_logits)
+        assert error <= 0.03, (key, error)
