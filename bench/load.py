@@ -85,12 +85,12 @@ def vmrss_mib(pid: int) -> float:
 
 @contextmanager
 def server(
-    cmd: list[str], env: dict[str, str], port: int, log: Path
+    cmd: list[str], env: dict[str, str], port: int, log: Path, cwd: Path = ROOT
 ) -> Iterator[tuple[int, float]]:
-    """Start, wait for /readyz (bounded), yield (pid, seconds to ready), stop."""
+    """Start in `cwd`, wait for /readyz (bounded), yield (pid, seconds to ready), stop."""
     started = time.perf_counter()
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         try:
             wait_until_ready(f"http://127.0.0.1:{port}", proc, 900, poll_s=0.25)
