@@ -116,7 +116,7 @@ def test_per_prompt_cap_notes_and_never_computes_left_out_masks() -> None:
 def test_mask_budget_over_the_whole_request() -> None:
     kept, sel, asked = _select(None, max_masks=3)
     assert kept == [[0, 1], [0]]  # 0.9, 0.85, 0.8 are the best three
-    assert "SAM2SERVE_MAX_MASK_PIXELS" in sel.notes[0] and "SAM2SERVE_MAX_MASK_PIXELS" in sel.notes[1]
+    assert all("SAM2SERVE_MAX_MASK_PIXELS" in (note or "") for note in sel.notes)
     assert len(asked) == 3
 
 
@@ -186,7 +186,8 @@ def _request(**body):  # type: ignore[no-untyped-def]
 
 
 def test_roboflow_defaults() -> None:
-    r = _request(prompts=[{"type": "text", "text": "car"}, {"text": "bus", "output_prob_thresh": 0.2}])
+    prompts = [{"type": "text", "text": "car"}, {"text": "bus", "output_prob_thresh": 0.2}]
+    r = _request(prompts=prompts)
     assert (r.format, r.output_prob_thresh, r.nms_iou_threshold) == ("polygon", 0.5, None)
     assert r.threshold_of(0) == 0.5 and r.threshold_of(1) == 0.2
     assert _request(prompts=[{"text": "x"}], output_prob_thresh=None).threshold_of(0) == 0.5
