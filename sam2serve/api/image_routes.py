@@ -144,6 +144,7 @@ async def info(request: Request) -> dict[str, Any]:
     body = _info(service)
     body["replica"] = request.app.state.replica  # as in every answer's X-Sam2serve-Replica
     body["video"] = request.app.state.services.video.describe()
+    body["sam3"] = request.app.state.services.sam3.describe()
     if not _has_valid_key(request, service):
         for private in _PRIVATE_INFO:
             body.pop(private, None)
@@ -204,6 +205,7 @@ def _info(service: ImageService) -> dict[str, Any]:
             "hits": cache.hits,
             "misses": cache.misses,
             "evictions": cache.evictions,
+            "per_model": cache.images_fit(),
         },
         "auth": bool(service.settings.api_keys),
         "shared_tier": service.store.shared.status()

@@ -23,6 +23,7 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ _DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
     "float32": (torch.float32, np.dtype("<f4")),
     "float16": (torch.float16, np.dtype("<f2")),
     "bfloat16": (torch.bfloat16, np.dtype("<i2")),  # numpy has no bf16: carried as int16 bits
+    "uint8": (torch.uint8, np.dtype("u1")),  # opaque bytes: a SAM 3 features value
 }
 _NAMES = {torch_dtype: name for name, (torch_dtype, _) in _DTYPES.items()}
 
@@ -160,15 +162,28 @@ def _order(spec: dict) -> list[int]:
     return order
 
 
-def encode_features(identity: Identity, content_hash: str, features: Features) -> bytes:
+def encode_features(identity: Identity, content_hash: str, features: Any) -> bytes:
+    """A features value of either family: SAM 2's `Features` as tensors; SAM 3's
+    `Sam3Features` as its own versioned bytes (`to_bytes`), family "sam3" in the header."""
+    if not isinstance(features, Features):
+        to_bytes = getattr(features, "to_bytes", None)
+        if to_bytes is None:
+            raise CodecError(f"cannot store features of type {type(features).__name__}")
+        blob = torch.frombuffer(bytearray(to_bytes()), dtype=torch.uint8)
+        hw = list(features.orig_hw)
+        return encode("features", identity, content_hash, [blob], orig_hw=hw, family="sam3")
     tensors = [features.image_embed, *features.high_res]
     return encode("features", identity, content_hash, tensors, orig_hw=list(features.orig_hw))
 
 
 def decode_features(
     value: bytes, identity: Identity, content_hash: str, device: torch.device | None = None
-) -> Features:
+) -> Any:
+    """`Features` (SAM 2) or `Sam3Features` (header family "sam3"), as the value says; the
+    identity check (model, checkpoint, producing runtime) keeps the families apart."""
     tensors, header = decode(value, "features", identity, content_hash, device)
+    if header.get("family", "sam2") == "sam3":
+        return _sam3_features(tensors, device)
     try:
         h, w = (int(v) for v in header["orig_hw"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -176,6 +191,21 @@ def decode_features(
     if len(tensors) < 1:
         raise CodecError("features value holds no tensors")
     return Features(image_embed=tensors[0], high_res=tuple(tensors[1:]), orig_hw=(h, w))
+
+
+def _sam3_features(tensors: list[torch.Tensor], device: torch.device | None) -> Any:
+    from sam2serve.runtime.sam3_types import Sam3Features
+
+    if len(tensors) != 1 or tensors[0].dtype != torch.uint8:
+        raise CodecError("a SAM 3 features value holds one byte tensor")
+    try:
+        found = Sam3Features.from_bytes(memoryview(tensors[0].cpu().numpy()))
+    except ValueError as exc:
+        raise CodecError(f"unreadable SAM 3 features: {exc}") from exc
+    if device is None or device.type == "cpu":
+        return found
+    inst = None if found.inst is None else tuple(t.to(device) for t in found.inst)
+    return Sam3Features(tuple(t.to(device) for t in found.fpn), inst, found.orig_hw)
 
 
 def prompt_keys_to_text(keys: Sequence[PromptKey]) -> str:
