@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sam2serve.config import Settings
 from sam2serve.everything.service import EverythingService
 from sam2serve.image.service import ImageService
-from sam2serve.registry import REGISTRY, ModelSpec
+from sam2serve.registry import ModelSpec, all_specs
 from sam2serve.runtime.factory import runtime_factory
 from sam2serve.runtime.pool import ModelPool, pick_device
 from sam2serve.sam3.config import Sam3Settings
@@ -62,8 +62,9 @@ def build_services(
     background_prepare: bool = False,
 ) -> Services:
     """Every service on `settings` (device, runtime, pool size, store, Redis tier) over
-    `registry` (default: the built-in models; tests add a tiny architecture). Call it on the
-    event loop that will run the services (their locks and queues belong to it).
+    `registry` (default: the built-in models of both families, SAM 2 and SAM 3; tests add
+    tiny architectures). Call it on the event loop that will run the services (their locks
+    and queues belong to it).
 
     background_prepare: a model whose fast runtime is not exported yet serves on the exact
     torch path at once while the export runs in the background (servers); without it the
@@ -78,7 +79,7 @@ def build_services(
         factory=runtime_factory(settings, background=background_prepare),
     )
     store = FeatureStore.from_settings(settings, redis_sharing(settings))
-    images = ImageService(settings, registry or REGISTRY, pool, store=store)
+    images = ImageService(settings, registry or all_specs(), pool, store=store)
     video = VideoService(images, video_settings or VideoSettings())
     return Services(
         images=images,

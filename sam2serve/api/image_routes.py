@@ -188,6 +188,7 @@ def _info(service: ImageService) -> dict[str, Any]:
         "models": [
             {
                 "id": spec.model_id,
+                "family": spec.family,
                 "size_mb": spec.size_mb,
                 "present": checkpoint_path(spec, service.pool.weights_dir).is_file(),
                 "loaded": spec.model_id in service.pool.loaded,

@@ -15,15 +15,17 @@ from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_l
 from sam2serve.api.affinity import OPENAPI_PARAMETER, check_image_id_header
 from sam2serve.api.auth import early_namespace
 from sam2serve.api.body import parse_request
+from sam2serve.image.schema import SegmentResponse
 from sam2serve.sam3.schema import (
     ConceptSegmentRequest,
     ConceptSegmentResponse,
     Sam3EmbedRequest,
     Sam3EmbedResponse,
+    VisualSegmentRequest,
     examples,
 )
 from sam2serve.sam3.service import Sam3Service
-from sam2serve.wire import Limits
+from sam2serve.wire import BinaryResult, Limits
 from sam2serve.wiring import Services
 
 router = APIRouter()
@@ -85,6 +87,30 @@ async def sam3_concept_segment(request: Request) -> Response:
     services = _services(request)
     result = await _with_image(request, services, ConceptSegmentRequest, _concept)
     return JSONResponse(result.model_dump(mode="json"))
+
+
+@router.post(
+    "/sam3/visual_segment",
+    response_model=SegmentResponse,
+    openapi_extra=_body(VisualSegmentRequest),
+    responses={200: {"content": {"application/octet-stream": {}}}},
+    summary="SAM 3: masks for point/box prompts (SAM 2's segment_image body and answer)",
+    description=(
+        "SAM 3's instance-interactive predictor (Meta's predict_inst): one mask per prompt, "
+        "`prompts`, `multimask_output`, `mask_input`, the logits cache and `format` as "
+        "/sam2/segment_image; `model_id` picks the SAM 3 model."
+    ),
+)
+async def sam3_visual_segment(request: Request) -> Response:
+    services = _services(request)
+    result = await _with_image(request, services, VisualSegmentRequest, _visual)
+    if isinstance(result, BinaryResult):
+        return Response(content=result.content, media_type=result.media_type)
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+async def _visual(service: Sam3Service, body: VisualSegmentRequest, namespace: str) -> Any:
+    return await service.visual_segment(body, namespace)
 
 
 async def _concept(service: Sam3Service, body: ConceptSegmentRequest, namespace: str) -> Any:

@@ -121,20 +121,3 @@ def _note(found: int, kept: int, capped: bool, budget: bool, cap: int) -> str | 
         f"{found} instances found, the best {kept} answered: at most {cap} per prompt "
         "(SAM2SERVE_SAM3_MAX_INSTANCES_PER_PROMPT); raise the threshold to get fewer"
     )
-
-
-def boxes_to_cxcywh(boxes_xyxy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """(N, 4) absolute-pixel corner boxes -> (N, 4) float32 [cx, cy, w, h] normalized to
-    [0, 1] by the image's width and height (what Meta's `add_geometric_prompt` takes)."""
-    h, w = hw
-    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    out = np.stack(
-        [
-            (b[:, 0] + b[:, 2]) / 2 / w,
-            (b[:, 1] + b[:, 3]) / 2 / h,
-            (b[:, 2] - b[:, 0]) / w,
-            (b[:, 3] - b[:, 1]) / h,
-        ],
-        axis=1,
-    )
-    return out.astype(np.float32)

@@ -25,12 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from sam2serve.errors import BadRequest, NotInCache, Unavailable
-from sam2serve.image.decoding import check_mask_budget
+from sam2serve.errors import NotInCache, Unavailable
+from sam2serve.image.decoding import check_mask_budget, click
+from sam2serve.image.prompts import request_batch
+from sam2serve.image.schema import Prediction, SegmentResponse
 from sam2serve.image.service import ImageService
 from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage
-from sam2serve.registry import ModelSpec
+from sam2serve.registry import SAM3_ALIASES, ModelSpec
+from sam2serve.runtime.base import PromptBatch
 from sam2serve.runtime.sam3_types import ConceptOutput, Sam3Features, TextEmbedding
 from sam2serve.sam3.config import Sam3Settings
 from sam2serve.sam3.schema import (
@@ -43,11 +46,12 @@ from sam2serve.sam3.schema import (
     Sam3Limits,
     Sam3Prediction,
     Sam3Prompt,
+    VisualSegmentRequest,
 )
 from sam2serve.sam3.selection import Candidate, candidates, max_masks_for, select
 from sam2serve.sam3.text_cache import TextCache
 from sam2serve.store.store import Scope, StoredImage
-from sam2serve.wire import RleMask
+from sam2serve.wire import BinaryResult, RleMask
 
 #: the phrase Meta's `Sam3Processor` encodes for a prompt made of boxes only
 VISUAL_PHRASE = "visual"
@@ -95,9 +99,10 @@ class Sam3Service:
     def describe(self) -> dict[str, Any]:
         """/info's `sam3`: its models, the request caps and the phrase cache."""
         s = self.settings
-        registry = self.images.registry
+        models = self.images.models
         return {
-            "models": [spec.model_id for spec in registry.values() if is_sam3(spec)],
+            "models": list(models.sam3_registry),
+            "default_model": models.sam3_default,
             "limits": {
                 "max_prompts": s.max_prompts,
                 "max_phrase_chars": s.max_phrase_chars,
@@ -168,6 +173,41 @@ class Sam3Service:
             self._answer, scope, features, outs, request, budget, tenant=namespace
         )
         return ConceptSegmentResponse(prompt_results=results, time=time.perf_counter() - started)
+
+    async def visual_segment(
+        self,
+        request: VisualSegmentRequest,
+        namespace: str,
+        *,
+        pixels: LoadedImage | None = None,
+    ) -> SegmentResponse | BinaryResult:
+        """Point/box prompts on SAM 3's instance-interactive predictor (Meta's `predict_inst`
+        math): SAM 2's segment_image answer, one mask per prompt, on the click lane."""
+        started = time.perf_counter()
+        batch, keys = request_batch(request)  # bad prompts / mask_input: 400 before image work
+        spec = self.spec_for(request.model_id)
+        budget = self.images.settings.max_mask_pixels
+
+        def mask_budget(width: int, height: int) -> None:  # 413 before decode or embed
+            check_mask_budget(len(batch), (height, width), budget)
+
+        if pixels is None and request.image is not None:
+            pixels = await self.images.load(request.image, namespace, check_header=mask_budget)
+        elif pixels is not None:
+            mask_budget(pixels.hw[1], pixels.hw[0])
+        got = await self._features(namespace, spec, request.image_id, pixels)
+        scope, stored = got.scope, got.stored
+        if request.load_logits_from_cache and batch.mask_input is None and keys:
+            batch = batch.with_masks(await self.images.store.load_logits(scope, stored, keys))
+        runtime = scope.runtime
+        result, low_res = await self.images.click_lane.run(
+            _click, runtime, stored.features, batch, request, budget, tenant=namespace
+        )
+        if request.save_logits_to_cache and keys:
+            await self.images.store.save_logits(scope, stored, keys, low_res)
+        if isinstance(result, BinaryResult):
+            return result
+        return SegmentResponse(predictions=result, time=time.perf_counter() - started)
 
     # -- steps -----------------------------------------------------------------------
 
@@ -266,6 +306,17 @@ class Sam3Service:
         return results
 
 
+def _click(
+    runtime: Any,
+    features: Sam3Features,
+    batch: PromptBatch,
+    request: VisualSegmentRequest,
+    budget: int,
+) -> tuple[list[Prediction] | BinaryResult, np.ndarray]:
+    """SAM 2's click decode (`image.decoding.click`) on SAM 3's instance predictor."""
+    return click(runtime, runtime.inst_view(features), batch, request, budget)
+
+
 @dataclass(frozen=True)
 class _Got:
     scope: Scope
@@ -273,28 +324,15 @@ class _Got:
 
 
 def resolve_sam3(images: ImageService, requested: str | None) -> ModelSpec:
-    """See `Sam3Service.spec_for`."""
-    registry = images.registry
-    sam3_ids = [spec.model_id for spec in registry.values() if is_sam3(spec)]
+    """See `Sam3Service.spec_for`: None and Roboflow's ids ("sam3/sam3_final") mean the
+    server's SAM 3 model (`SAM2SERVE_SAM3_MODEL`)."""
+    models = images.models
     key = (requested or "").strip()
-    key = key.removeprefix("sam3/")
-    if key in ("", "sam3_final"):
-        default = images.settings.default_model
-        if default in registry and is_sam3(registry[default]):
-            key = default
-        elif sam3_ids:
-            key = sam3_ids[0]
-    spec = registry.get(key)
-    if spec is None or not is_sam3(spec):
-        valid = ", ".join([*sam3_ids, "sam3/sam3_final"]) if sam3_ids else "none configured"
-        what = "a SAM 2 model" if spec is not None else "unknown"
-        raise BadRequest(
-            f"model_id {requested!r} is {what}; the /sam3 routes take a SAM 3 model: {valid}",
-            field="model_id",
-        )
-    return spec
+    if not key or key in SAM3_ALIASES:
+        return models.resolve_sam3(None)
+    return models.resolve_sam3(key)
 
 
 def is_sam3(spec: ModelSpec) -> bool:
     """Whether `spec` is a SAM 3 model."""
-    return getattr(spec, "family", "sam2") == "sam3"
+    return spec.family == "sam3"

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from sam2serve.sam3.schema import ConceptSegmentRequest, Sam3Limits, Sam3Prompt
 from sam2serve.sam3.selection import (
     Candidate,
-    boxes_to_cxcywh,
     candidates,
     mask_iou,
     max_masks_for,
@@ -126,20 +125,6 @@ def test_mask_budget_over_the_whole_request() -> None:
 )
 def test_max_masks_for(budget, hw, fits) -> None:  # type: ignore[no-untyped-def]
     assert max_masks_for(budget, hw) == fits
-
-
-@pytest.mark.parametrize(
-    ("xyxy", "hw", "cxcywh"),
-    [
-        ([0, 0, 100, 50], (50, 100), [0.5, 0.5, 1.0, 1.0]),
-        ([10, 20, 30, 60], (100, 200), [0.1, 0.4, 0.1, 0.4]),
-        ([5, 5, 5, 5], (10, 10), [0.5, 0.5, 0.0, 0.0]),
-    ],
-)
-def test_boxes_to_normalized_cxcywh(xyxy, hw, cxcywh) -> None:  # type: ignore[no-untyped-def]
-    got = boxes_to_cxcywh(np.array([xyxy], dtype=np.float32), hw)
-    assert got.dtype == np.float32 and got.shape == (1, 4)
-    np.testing.assert_allclose(got[0], cxcywh, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
