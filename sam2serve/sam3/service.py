@@ -126,7 +126,7 @@ class Sam3Service:
         spec = self.spec_for(request.model_id)
         if pixels is None:
             pixels = await self.images.load(request.image, namespace)
-        got = await self._features(namespace, spec, request.image_id, pixels)
+        got = (await self._features(namespace, spec, request.image_id, pixels)).stored
         limit = self.images.store.max_feature_bytes
         if got.features.nbytes > limit:  # an id that is gone already is no use
             raise Unavailable(

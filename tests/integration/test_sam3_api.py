@@ -1,0 +1,319 @@
+"""The /sam3 routes on SAM 3's tiny architecture with seeded random weights (the real
+runtime, no fakes): every answer equals the runtime's own pre-threshold output put through
+the documented selection (threshold, best first, NMS, caps), read back from the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sam2serve.media.postprocess import polygons_to_mask, rle_to_mask
+from sam2serve.testing import (
+    SAM3_TEST_MODEL_ID,
+    TEST_MODEL_ID,
+    registry_with_test_model,
+    sam3_registry_with_test_model,
+    sam3_tiny_spec,
+    tiny_test_spec,
+    write_random_checkpoint,
+    write_random_sam3_checkpoint,
+)
+from tests.conftest import encode_image, photos, tiny_settings
+
+RGB = photos()["coffee"]  # 400 x 600
+H, W = RGB.shape[:2]
+IMAGE = {"type": "base64", "value": encode_image(RGB)}
+NO_BOXES = np.zeros((0, 4), dtype=np.float32)
+NO_LABELS = np.zeros((0,), dtype=bool)
+
+
+@pytest.fixture(scope="session")
+def sam3_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SAM 2 and tiny SAM 3 architectures, seeded random weights, one directory."""
+    path = tmp_path_factory.mktemp("weights-sam3")
+    write_random_checkpoint(tiny_test_spec(), path, seed=0)
+    write_random_sam3_checkpoint(sam3_tiny_spec(), path, seed=0)
+    return path
+
+
+def both_registries() -> dict:
+    return {**registry_with_test_model(), **sam3_registry_with_test_model()}
+
+
+@pytest.fixture(scope="module")
+def make_sam3_client(sam3_weights_dir: Path) -> Iterator:
+    from fastapi.testclient import TestClient
+
+    from sam2serve.api.app import create_app
+    from sam2serve.sam3.config import Sam3Settings
+    from sam2serve.wiring import build_services
+
+    clients: list[TestClient] = []
+
+    def make(sam3: dict | None = None, **overrides: object) -> TestClient:
+        settings = tiny_settings(sam3_weights_dir, sam3_model=SAM3_TEST_MODEL_ID, **overrides)
+        services = build_services(
+            settings, both_registries(), sam3_settings=Sam3Settings(**(sam3 or {}))
+        )
+        client = TestClient(create_app(settings, services), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def client(make_sam3_client):  # type: ignore[no-untyped-def]
+    return make_sam3_client()
+
+
+@pytest.fixture(scope="module")
+def runtime(client):  # type: ignore[no-untyped-def]
+    """The app's own loaded SAM 3 runtime (stateless: safe to call from the test thread)."""
+    services = client.app.state.services
+    spec = services.images.models.resolve_sam3(SAM3_TEST_MODEL_ID)
+    return client.portal.call(services.images.pool.get, spec)
+
+
+@pytest.fixture(scope="module")
+def features(runtime):  # type: ignore[no-untyped-def]
+    return runtime.embed(RGB)
+
+
+def _concept(client, **body):  # type: ignore[no-untyped-def]
+    r = client.post("/sam3/concept_segment", json={"image": IMAGE, "format": "rle", **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _inside_band(scores: np.ndarray) -> float:
+    """A threshold some but not all of `scores` pass (random weights score in a band)."""
+    ordered = np.sort(scores)[::-1]
+    assert ordered[0] > ordered[-1], "all scores equal: the test would be vacuous"
+    return float((ordered[2] + ordered[3]) / 2)  # the best three pass
+
+
+def _expected(runtime, features, out, threshold):  # type: ignore[no-untyped-def]
+    keep = np.flatnonzero(out.scores > threshold)
+    keep = keep[np.argsort(-out.scores[keep], kind="stable")]
+    return out.scores[keep], runtime.masks(features, out, keep)
+
+
+def _answered(result: dict) -> tuple[np.ndarray, np.ndarray]:
+    preds = result["predictions"]
+    scores = np.array([p["confidence"] for p in preds], dtype=np.float32)
+    masks = np.array([rle_to_mask(p["masks"]) for p in preds], dtype=bool).reshape(-1, H, W)
+    return scores, masks
+
+
+def test_text_prompt_equals_the_runtime(client, runtime, features) -> None:  # type: ignore[no-untyped-def]
+    (text,) = runtime.encode_text(["cup"])
+    out = runtime.concept(features, text, NO_BOXES, NO_LABELS)
+    threshold = _inside_band(out.scores)
+    want_scores, want_masks = _expected(runtime, features, out, threshold)
+    assert len(want_scores) == 3 and want_masks.any()  # not vacuous: 3 of Q pass
+    body = _concept(client, prompts=[{"type": "text", "text": "cup"}], output_prob_thresh=threshold)
+    (result,) = body["prompt_results"]
+    assert result["echo"] == {"prompt_index": 0, "type": "text", "text": "cup", "num_boxes": 0}
+    assert result["found"] == 3 and result["note"] is None
+    scores, masks = _answered(result)
+    np.testing.assert_array_equal(scores, want_scores)
+    np.testing.assert_array_equal(masks, want_masks)
+
+
+def test_several_prompts_boxes_and_per_prompt_thresholds(client, runtime, features) -> None:  # type: ignore[no-untyped-def]
+    text, visual = runtime.encode_text(["red saucer", "visual"])
+    boxes = np.array([[100, 80, 260, 200], [300, 50, 420, 140]], dtype=np.float32)
+    labels = np.array([True, False])
+    outs = [
+        runtime.concept(features, text, NO_BOXES, NO_LABELS),
+        runtime.concept(features, visual, boxes, labels),  # boxes only: Meta's "visual"
+        runtime.concept(features, text, boxes[:1], labels[:1]),  # both
+    ]
+    thresholds = [_inside_band(o.scores) for o in outs]
+    prompts = [
+        {"type": "text", "text": "red saucer", "output_prob_thresh": thresholds[0]},
+        {
+            "type": "visual",
+            "boxes": [
+                {"x": 100, "y": 80, "width": 160, "height": 120},  # top-left XYWH
+                {"x0": 300, "y0": 50, "x1": 420, "y1": 140},
+            ],
+            "box_labels": [1, 0],
+            "output_prob_thresh": thresholds[1],
+        },
+        {
+            "text": "red saucer",
+            "boxes": [{"x": 100, "y": 80, "width": 160, "height": 120}],
+            "output_prob_thresh": thresholds[2],
+        },
+    ]
+    body = _concept(client, prompts=prompts, output_prob_thresh=0.99)
+    echoes = [r["echo"] for r in body["prompt_results"]]
+    assert [(e["type"], e["text"], e["num_boxes"]) for e in echoes] == [
+        ("text", "red saucer", 0),
+        ("visual", None, 2),
+        ("visual", "red saucer", 1),
+    ]
+    for result, out, threshold in zip(body["prompt_results"], outs, thresholds, strict=True):
+        want_scores, want_masks = _expected(runtime, features, out, threshold)
+        scores, masks = _answered(result)
+        np.testing.assert_array_equal(scores, want_scores)
+        np.testing.assert_array_equal(masks, want_masks)
+    # the request-level threshold applies where a prompt has none: nothing is over 0.99
+    body = _concept(client, prompts=[{"text": "red saucer"}], output_prob_thresh=0.99)
+    assert body["prompt_results"][0]["predictions"] == []
+
+
+def test_cross_prompt_nms_drops_duplicates_of_other_prompts(client, runtime, features) -> None:  # type: ignore[no-untyped-def]
+    (text,) = runtime.encode_text(["cup"])
+    threshold = _inside_band(runtime.concept(features, text, NO_BOXES, NO_LABELS).scores)
+    prompts = [{"text": "cup"}, {"text": "cup"}]
+    plain = _concept(client, prompts=prompts, output_prob_thresh=threshold)
+    assert [len(r["predictions"]) for r in plain["prompt_results"]] == [3, 3]
+    nms = _concept(client, prompts=prompts, output_prob_thresh=threshold, nms_iou_threshold=0.5)
+    first, second = nms["prompt_results"]
+    # the same phrase twice: identical masks (IoU 1), so the second prompt's all go
+    assert second["predictions"] == [] and second["found"] == 0
+    kept = _answered(first)[1]
+    for i in range(len(kept)):  # and within the first, no two kept overlap by > 0.5
+        for j in range(i):
+            inter = np.count_nonzero(kept[i] & kept[j])
+            union = np.count_nonzero(kept[i] | kept[j])
+            assert union == 0 or inter / union <= 0.5
+
+
+def test_polygon_format_fills_back_to_the_masks(client) -> None:  # type: ignore[no-untyped-def]
+    rle = _concept(client, prompts=[{"text": "cup"}], output_prob_thresh=0.0)
+    poly = client.post(
+        "/sam3/concept_segment",
+        json={"image": IMAGE, "prompts": [{"text": "cup"}], "output_prob_thresh": 0.0},
+    ).json()
+    (r_res,), (p_res,) = rle["prompt_results"], poly["prompt_results"]
+    assert len(p_res["predictions"]) == len(r_res["predictions"]) > 0
+    for p, r in zip(p_res["predictions"], r_res["predictions"], strict=True):
+        assert p["format"] == "polygon" and p["confidence"] == r["confidence"]
+        mask = rle_to_mask(r["masks"])
+        filled = polygons_to_mask(p["masks"], H, W)
+        assert filled.sum() >= mask.sum() * 0.9  # outer boundaries: holes filled
+        assert not (mask & ~filled).sum() > mask.sum() * 0.05
+
+
+def test_embed_then_segment_by_id_and_phrase_cache(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/sam3/embed_image", json={"image": IMAGE, "image_id": "coffee-3"})
+    assert r.status_code == 200, r.text
+    assert r.json()["image_id"] == "coffee-3"
+    sam3 = client.app.state.services.sam3
+    misses = sam3.texts.misses
+    by_id = client.post(
+        "/sam3/concept_segment",
+        json={"image_id": "coffee-3", "prompts": [{"text": "mug"}], "output_prob_thresh": 0.0},
+    ).json()
+    with_image = _concept(
+        client, prompts=[{"text": "mug"}], output_prob_thresh=0.0, format="polygon"
+    )
+    assert by_id["prompt_results"] == with_image["prompt_results"]
+    assert sam3.texts.misses == misses + 1  # "mug" encoded once, then reused
+    info = client.get("/info").json()
+    assert SAM3_TEST_MODEL_ID in info["sam3"]["models"]
+    assert info["sam3"]["limits"]["max_prompts"] == 16
+    assert info["sam3"]["text_cache"]["entries"] >= 1
+    per_model = info["cache"]["per_model"][SAM3_TEST_MODEL_ID]
+    assert per_model["images"] == info["cache"]["max_bytes"] // per_model["bytes_per_image"]
+    families = {m["id"]: m["family"] for m in info["models"]}
+    assert families[SAM3_TEST_MODEL_ID] == "sam3" and families[TEST_MODEL_ID] == "sam2"
+
+
+def test_image_ids_never_cross_families(client) -> None:  # type: ignore[no-untyped-def]
+    assert (
+        client.post("/sam2/embed_image", json={"image": IMAGE, "image_id": "s2"}).status_code == 200
+    )
+    r = client.post("/sam3/concept_segment", json={"image_id": "s2", "prompts": [{"text": "a"}]})
+    assert r.status_code == 404 and r.json()["field"] == "image_id"
+    assert (
+        client.post("/sam3/embed_image", json={"image": IMAGE, "image_id": "s3"}).status_code == 200
+    )
+    point = {"points": [{"x": 10, "y": 10}]}
+    r = client.post("/sam2/segment_image", json={"image_id": "s3", "prompts": [point]})
+    assert r.status_code == 404 and r.json()["field"] == "image_id"
+
+
+def test_instance_cap_and_mask_budget_say_so(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sam2serve.sam3.config import Sam3Settings
+
+    services = client.app.state.services
+    monkeypatch.setattr(services.sam3, "settings", Sam3Settings(max_instances_per_prompt=2))
+    images = services.images
+    monkeypatch.setattr(
+        images, "settings", images.settings.model_copy(update={"max_mask_pixels": 3 * H * W})
+    )
+    body = _concept(client, prompts=[{"text": "cup"}, {"text": "bowl"}], output_prob_thresh=0.0)
+    first, second = body["prompt_results"]
+    assert len(first["predictions"]) == 2 and first["found"] > 2
+    assert "MAX_INSTANCES_PER_PROMPT" in first["note"]
+    assert len(second["predictions"]) == 1  # 3 masks of H x W in all
+    assert "SAM2SERVE_MAX_MASK_PIXELS" in second["note"]
+    monkeypatch.setattr(
+        images, "settings", images.settings.model_copy(update={"max_mask_pixels": H * W - 1})
+    )
+    r = client.post("/sam3/concept_segment", json={"image": IMAGE, "prompts": [{"text": "a"}]})
+    assert r.status_code == 413 and "SAM2SERVE_MAX_MASK_PIXELS" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"model_id": TEST_MODEL_ID}, 400, "model_id"),  # a SAM 2 id on a /sam3 route
+        ({"model_id": "sam3"}, 503, None),  # the official SAM 3: its gated file is absent
+        ({"prompts": [{"text": "x" * 201}]}, 422, "prompts[0]"),
+        ({"prompts": [{"text": "a"}] * 17}, 422, "body"),
+    ],
+)
+def test_refusals(client, body, status, field) -> None:  # type: ignore[no-untyped-def]
+    r = client.post(
+        "/sam3/concept_segment", json={"image": IMAGE, "prompts": [{"text": "a"}], **body}
+    )
+    assert r.status_code == status, r.text
+    if field:
+        assert r.json()["field"].startswith(field)
+    if status == 503:
+        assert "sam3.pt" in r.json()["message"] and "never downloads" in r.json()["message"]
+
+
+def test_visual_segment_equals_the_instance_predictor(client, runtime, features) -> None:  # type: ignore[no-untyped-def]
+    prompts = [
+        {"points": [{"x": 300, "y": 200, "positive": True}]},
+        {"box": {"x": 300, "y": 200, "width": 200, "height": 150}},  # SAM 2's centre box
+    ]
+    r = client.post(
+        "/sam3/visual_segment",
+        json={"image": IMAGE, "prompts": {"prompts": prompts}, "format": "rle"},
+    )
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    calls = [
+        (np.array([[300, 200]]), np.array([1]), None),
+        (None, None, np.array([200, 125, 400, 275])),
+    ]
+    for pred, (pts, labels, box) in zip(preds, calls, strict=True):
+        masks, scores, _ = runtime.interactive_full(features, pts, labels, box, None, True)
+        best = int(np.argmax(scores))
+        np.testing.assert_array_equal(rle_to_mask(pred["masks"]), masks[best])
+        assert pred["confidence"] == pytest.approx(float(scores[best]), abs=1e-6)
+
+
+def test_openapi_documents_the_routes_with_examples(client) -> None:  # type: ignore[no-untyped-def]
+    doc = client.get("/openapi.json").json()
+    op = doc["paths"]["/sam3/concept_segment"]["post"]
+    media = op["requestBody"]["content"]["application/json"]
+    assert set(media["examples"]) >= {"text", "exemplars"}
+    assert media["schema"]["$ref"].endswith("ConceptSegmentRequest")
+    for path in ("/sam3/embed_image", "/sam3/visual_segment"):
+        assert "post" in doc["paths"][path]
+    assert "413" in op["responses"] and "422" in op["responses"]
