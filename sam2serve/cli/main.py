@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from sam2serve.cli.concept import concept
 from sam2serve.cli.everything import everything
 from sam2serve.cli.support import (
     ANNOTATED_SUFFIX,
@@ -193,6 +194,19 @@ def segment(
     multimask: Annotated[
         bool, typer.Option(help="Best of 3 proposals per prompt (--no-multimask: one mask)")
     ] = True,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--text",
+            "-t",
+            help="SAM 3: every instance of this noun phrase. Repeatable (one prompt each); "
+            "--box then gives exemplar boxes (with one --text: of that phrase)",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="SAM 3 (--text): score threshold (default the model's 0.5)"),
+    ] = None,
     model: Model = None,
     url: Url = None,
     api_key: ApiKey = None,
@@ -201,16 +215,28 @@ def segment(
 ) -> None:
     """Segment images and write annotated PNGs (mask overlay + outline + prompts).
 
+    With --text, SAM 3 finds every instance of each phrase (e.g. --text car): each instance
+    is drawn in its phrase's colour with its score; the model is SAM2SERVE_SAM3_MODEL's (or
+    --model, a SAM 3 id).
+
     Runs a local model by default (weights from --weights-dir / SAM2SERVE_WEIGHTS_DIR), or
     asks the server at --url. Several images or a folder run as a batch: a failed image is
     reported on stderr and the rest go on; the exit code is 1 if any failed, 2 on usage errors.
 
     Example: sam2serve segment photo.jpg --point 320,240 --box 100,80,540,400 -o annotated.png
+
+    Example: sam2serve segment photo.jpg --text car -o out.png
     """
     from sam2serve.client.prompt_builder import build_prompts, parse_box, parse_point
 
     if fmt not in ("rle", "polygon"):
         fail(f"--format must be rle or polygon, not {fmt!r}")
+    if text or threshold is not None:
+        if point or prompts_file:
+            fail("--text (SAM 3) takes --box exemplars only, not --point or --prompts")
+        concept(images, text or [], box or [], threshold, output, json_out, model, url,
+                api_key, weights_dir, device)  # fmt: skip
+        return
     try:
         points = [parse_point(p) for p in point or []]
         boxes = [parse_box(b) for b in box or []]

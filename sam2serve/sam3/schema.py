@@ -152,6 +152,14 @@ class Sam3EmbedRequest(ApiKeyField):
     model_id: str | None = Field(default=None, examples=[ROBOFLOW_MODEL_ID])
 
 
+class LocalSam3EmbedRequest(_Wire):
+    """An embed of pixels already decoded in this process (the in-process Segmenter): the
+    fields of `Sam3EmbedRequest` but the image, which travels beside it as pixels."""
+
+    image_id: ImageId | None = None
+    model_id: str | None = None
+
+
 class ConceptSegmentRequest(ApiKeyField):
     """Every instance of each prompt's concept. Send `image`, or the `image_id` of an image
     embedded before (sam2serve extension: Roboflow's server always wants the image)."""

@@ -39,6 +39,7 @@ from sam2serve.sam3.config import Sam3Settings
 from sam2serve.sam3.schema import (
     ConceptSegmentRequest,
     ConceptSegmentResponse,
+    LocalSam3EmbedRequest,
     PromptEcho,
     PromptResult,
     Sam3EmbedRequest,
@@ -119,12 +120,18 @@ class Sam3Service:
         return resolve_sam3(self.images, requested)
 
     async def embed(
-        self, request: Sam3EmbedRequest, namespace: str, *, pixels: LoadedImage | None = None
+        self,
+        request: Sam3EmbedRequest | LocalSam3EmbedRequest,
+        namespace: str,
+        *,
+        pixels: LoadedImage | None = None,
     ) -> Sam3EmbedResponse:
-        """Embed an image once (cached by content, bound to `image_id`) and answer its id."""
+        """Embed an image once (cached by content, bound to `image_id`) and answer its id.
+        `pixels`: an image decoded in this process (then `request` carries none)."""
         started = time.perf_counter()
         spec = self.spec_for(request.model_id)
         if pixels is None:
+            assert isinstance(request, Sam3EmbedRequest)  # only pixel calls come without one
             pixels = await self.images.load(request.image, namespace)
         got = (await self._features(namespace, spec, request.image_id, pixels)).stored
         limit = self.images.store.max_feature_bytes
