@@ -77,13 +77,13 @@ class Sam3Config:
 REAL = Sam3Config()
 TINY = replace(
     REAL,
-    image_size=224,
+    image_size=112,
     vit_dim=64,
     vit_depth=2,
     vit_heads=2,
-    vit_window=8,
+    vit_window=4,
     vit_global_blocks=(1,),
-    vit_pretrain_size=112,
+    vit_pretrain_size=56,
     text_width=64,
     text_heads=2,
     text_layers=2,
@@ -92,7 +92,7 @@ TINY = replace(
     decoder_layers=2,
     geometry_layers=1,
     tracker_layers=1,
-    maskmem_size=256,
+    maskmem_size=128,
 )
 CONFIGS: dict[str, Sam3Config] = {"real": REAL, "tiny": TINY}
 
