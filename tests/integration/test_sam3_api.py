@@ -11,17 +11,9 @@ import numpy as np
 import pytest
 
 from sam2serve.media.postprocess import polygons_to_mask, rle_to_mask
-from sam2serve.testing import (
-    SAM3_TEST_MODEL_ID,
-    TEST_MODEL_ID,
-    registry_with_test_model,
-    sam3_registry_with_test_model,
-    sam3_tiny_spec,
-    tiny_test_spec,
-    write_random_checkpoint,
-    write_random_sam3_checkpoint,
-)
-from tests.conftest import encode_image, photos, tiny_settings
+from sam2serve.testing import SAM3_TEST_MODEL_ID, TEST_MODEL_ID
+from tests.conftest import encode_image, photos
+from tests.helpers_sam3 import both_registries, link_weights, sam3_settings
 
 RGB = photos()["coffee"]  # 400 x 600
 H, W = RGB.shape[:2]
@@ -30,17 +22,14 @@ NO_BOXES = np.zeros((0, 4), dtype=np.float32)
 NO_LABELS = np.zeros((0,), dtype=bool)
 
 
-@pytest.fixture(scope="session")
-def sam3_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny SAM 2 and tiny SAM 3 architectures, seeded random weights, one directory."""
-    path = tmp_path_factory.mktemp("weights-sam3")
-    write_random_checkpoint(tiny_test_spec(), path, seed=0)
-    write_random_sam3_checkpoint(sam3_tiny_spec(), path, seed=0)
-    return path
-
-
-def both_registries() -> dict:
-    return {**registry_with_test_model(), **sam3_registry_with_test_model()}
+@pytest.fixture(scope="module")
+def sam3_weights_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_weights_dir: Path, sam3_tiny_weights_dir: Path
+) -> Path:
+    """The tiny SAM 2 and tiny SAM 3 checkpoints (seeded random weights), one directory."""
+    return link_weights(
+        tmp_path_factory.mktemp("weights-both"), tiny_weights_dir, sam3_tiny_weights_dir
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +43,7 @@ def make_sam3_client(sam3_weights_dir: Path) -> Iterator:
     clients: list[TestClient] = []
 
     def make(sam3: dict | None = None, **overrides: object) -> TestClient:
-        settings = tiny_settings(sam3_weights_dir, sam3_model=SAM3_TEST_MODEL_ID, **overrides)
+        settings = sam3_settings(sam3_weights_dir, **overrides)
         services = build_services(
             settings, both_registries(), sam3_settings=Sam3Settings(**(sam3 or {}))
         )
@@ -250,15 +239,23 @@ def test_instance_cap_and_mask_budget_say_so(client, monkeypatch) -> None:  # ty
     services = client.app.state.services
     monkeypatch.setattr(services.sam3, "settings", Sam3Settings(max_instances_per_prompt=2))
     images = services.images
+    prompts = [{"text": "cup"}, {"text": "bowl"}]
+    everything = _concept(client, prompts=prompts, output_prob_thresh=0.0)["prompt_results"]
+    for result in everything:  # the per-prompt cap alone: the best 2 of each, noted
+        assert len(result["predictions"]) == 2 and result["found"] > 2
+        assert "MAX_INSTANCES_PER_PROMPT" in result["note"]
+    monkeypatch.setattr(services.sam3, "settings", Sam3Settings())
+    everything = _concept(client, prompts=prompts, output_prob_thresh=0.0)["prompt_results"]
+    best3 = sorted((p["confidence"] for r in everything for p in r["predictions"]), reverse=True)
     monkeypatch.setattr(
         images, "settings", images.settings.model_copy(update={"max_mask_pixels": 3 * H * W})
     )
-    body = _concept(client, prompts=[{"text": "cup"}, {"text": "bowl"}], output_prob_thresh=0.0)
-    first, second = body["prompt_results"]
-    assert len(first["predictions"]) == 2 and first["found"] > 2
-    assert "MAX_INSTANCES_PER_PROMPT" in first["note"]
-    assert len(second["predictions"]) == 1  # 3 masks of H x W in all
-    assert "SAM2SERVE_MAX_MASK_PIXELS" in second["note"]
+    budgeted = _concept(client, prompts=prompts, output_prob_thresh=0.0)["prompt_results"]
+    kept = sorted((p["confidence"] for r in budgeted for p in r["predictions"]), reverse=True)
+    assert kept == best3[:3]  # the budget: 3 masks of H x W, the best of the request
+    for result in budgeted:
+        assert result["found"] > len(result["predictions"])
+        assert "SAM2SERVE_MAX_MASK_PIXELS" in result["note"]
     monkeypatch.setattr(
         images, "settings", images.settings.model_copy(update={"max_mask_pixels": H * W - 1})
     )
