@@ -114,3 +114,19 @@ def test_interactive_equals_predict_inst(tiny, embedded, points, labels, box, mu
     np.testing.assert_array_equal(scores2, want[1])
     np.testing.assert_array_equal(low2, want[2])
     np.testing.assert_array_equal(masks2, want[0])
+
+
+def test_packed_image_unpacks_to_equal_features(tiny, image, embedded) -> None:
+    """The compact shared-tier form (the trunk's output) gives back the same features bit for
+    bit, and is what the docs say it is: the trunk's tensor plus a small header."""
+    runtime, _ = tiny
+    features, _ = embedded
+    trunk = runtime.trunk(image)
+    data = runtime.pack(trunk, features.orig_hw)
+    assert len(data) < trunk.numel() * 4 + 1024
+    back = runtime.unpack(data)
+    assert back.orig_hw == features.orig_hw
+    for ours, theirs in zip(back.tensors, features.tensors, strict=True):
+        assert torch.equal(ours, theirs)
+    with pytest.raises(ValueError):
+        runtime.unpack(features.to_bytes())
