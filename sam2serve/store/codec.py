@@ -39,7 +39,6 @@ _DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
     "float32": (torch.float32, np.dtype("<f4")),
     "float16": (torch.float16, np.dtype("<f2")),
     "bfloat16": (torch.bfloat16, np.dtype("<i2")),  # numpy has no bf16: carried as int16 bits
-    "uint8": (torch.uint8, np.dtype("u1")),  # opaque bytes: a SAM 3 features value
 }
 _NAMES = {torch_dtype: name for name, (torch_dtype, _) in _DTYPES.items()}
 
@@ -163,15 +162,24 @@ def _order(spec: dict) -> list[int]:
 
 
 def encode_features(identity: Identity, content_hash: str, features: Any) -> bytes:
-    """A features value of either family: SAM 2's `Features` as tensors; SAM 3's
-    `Sam3Features` as its own versioned bytes (`to_bytes`), family "sam3" in the header."""
+    """A features value of either family: SAM 2's `Features`, or SAM 3's `Sam3Features`
+    (family "sam3" in the header, fpn then inst tensors). Memory layouts are kept (SAM 3's
+    necks answer channels-last: a dense copy would change the heads' output in the last bit),
+    so a value decodes to features that give bit-identical answers."""
     if not isinstance(features, Features):
-        to_bytes = getattr(features, "to_bytes", None)
-        if to_bytes is None:
+        fpn, inst = getattr(features, "fpn", None), getattr(features, "inst", None)
+        if fpn is None:
             raise CodecError(f"cannot store features of type {type(features).__name__}")
-        blob = torch.frombuffer(bytearray(to_bytes()), dtype=torch.uint8)
-        hw = list(features.orig_hw)
-        return encode("features", identity, content_hash, [blob], orig_hw=hw, family="sam3")
+        return encode(
+            "features",
+            identity,
+            content_hash,
+            [*fpn, *(inst or ())],
+            orig_hw=list(features.orig_hw),
+            family="sam3",
+            n_fpn=len(fpn),
+            n_inst=-1 if inst is None else len(inst),
+        )
     tensors = [features.image_embed, *features.high_res]
     return encode("features", identity, content_hash, tensors, orig_hw=list(features.orig_hw))
 
@@ -183,7 +191,7 @@ def decode_features(
     identity check (model, checkpoint, producing runtime) keeps the families apart."""
     tensors, header = decode(value, "features", identity, content_hash, device)
     if header.get("family", "sam2") == "sam3":
-        return _sam3_features(tensors, device)
+        return _sam3_features(tensors, header)
     try:
         h, w = (int(v) for v in header["orig_hw"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -193,19 +201,18 @@ def decode_features(
     return Features(image_embed=tensors[0], high_res=tuple(tensors[1:]), orig_hw=(h, w))
 
 
-def _sam3_features(tensors: list[torch.Tensor], device: torch.device | None) -> Any:
+def _sam3_features(tensors: list[torch.Tensor], header: dict) -> Any:
     from sam2serve.runtime.sam3_types import Sam3Features
 
-    if len(tensors) != 1 or tensors[0].dtype != torch.uint8:
-        raise CodecError("a SAM 3 features value holds one byte tensor")
     try:
-        found = Sam3Features.from_bytes(memoryview(tensors[0].cpu().numpy()))
-    except ValueError as exc:
-        raise CodecError(f"unreadable SAM 3 features: {exc}") from exc
-    if device is None or device.type == "cpu":
-        return found
-    inst = None if found.inst is None else tuple(t.to(device) for t in found.inst)
-    return Sam3Features(tuple(t.to(device) for t in found.fpn), inst, found.orig_hw)
+        n_fpn, n_inst = int(header["n_fpn"]), int(header["n_inst"])
+        h, w = (int(v) for v in header["orig_hw"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CodecError("SAM 3 features header lacks n_fpn / n_inst / orig_hw") from exc
+    if n_fpn < 1 or n_inst < -1 or n_fpn + max(n_inst, 0) != len(tensors):
+        raise CodecError("SAM 3 features: tensor counts do not add up")
+    inst = None if n_inst < 0 else tuple(tensors[n_fpn:])
+    return Sam3Features(fpn=tuple(tensors[:n_fpn]), inst=inst, orig_hw=(h, w))
 
 
 def prompt_keys_to_text(keys: Sequence[PromptKey]) -> str:

@@ -314,3 +314,29 @@ def test_openapi_documents_the_routes_with_examples(client) -> None:  # type: ig
     for path in ("/sam3/embed_image", "/sam3/visual_segment"):
         assert "post" in doc["paths"][path]
     assert "413" in op["responses"] and "422" in op["responses"]
+
+
+@pytest.mark.slow
+def test_shared_tier_gives_another_replica_the_features(make_sam3_client) -> None:  # type: ignore[no-untyped-def]
+    from tests.helpers_redis import RedisProcess
+
+    proc = RedisProcess()
+    proc.start()
+    try:
+        shared = {"redis_url": proc.url, "redis_retry_s": 0.5}
+        a = make_sam3_client(replica_name="A", **shared)
+        b = make_sam3_client(replica_name="B", **shared)
+        r = a.post("/sam3/embed_image", json={"image": IMAGE, "image_id": "shared-3"})
+        assert r.status_code == 200, r.text
+        body = {"image_id": "shared-3", "prompts": [{"text": "cup"}], "output_prob_thresh": 0.0}
+        want = a.post("/sam3/concept_segment", json=body).json()
+        got = b.post("/sam3/concept_segment", json=body)
+        assert got.status_code == 200, got.text
+        assert got.json()["prompt_results"] == want["prompt_results"]
+        assert b.get("/info").json()["shared_tier"]["counts"]["features.hit"] == 1
+        # B never embedded it: the SAM 2 route on B does not know the id
+        point = {"points": [{"x": 10, "y": 10}]}
+        r = b.post("/sam2/segment_image", json={"image_id": "shared-3", "prompts": [point]})
+        assert r.status_code == 404
+    finally:
+        proc.close()
