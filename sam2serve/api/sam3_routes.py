@@ -15,12 +15,14 @@ from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_l
 from sam2serve.api.affinity import OPENAPI_PARAMETER, check_image_id_header
 from sam2serve.api.auth import early_namespace
 from sam2serve.api.body import parse_request
+from sam2serve.everything.schema import EverythingResponse
 from sam2serve.image.schema import SegmentResponse
 from sam2serve.sam3.schema import (
     ConceptSegmentRequest,
     ConceptSegmentResponse,
     Sam3EmbedRequest,
     Sam3EmbedResponse,
+    Sam3EverythingRequest,
     VisualSegmentRequest,
     examples,
 )
@@ -111,6 +113,30 @@ async def sam3_visual_segment(request: Request) -> Response:
 
 async def _visual(service: Sam3Service, body: VisualSegmentRequest, namespace: str) -> Any:
     return await service.visual_segment(body, namespace)
+
+
+@router.post(
+    "/sam3/segment_everything",
+    response_model=EverythingResponse,
+    openapi_extra=_body(Sam3EverythingRequest),
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        413: {"description": "over the server's budget of grid points or candidate masks"},
+        503: {"description": "over the server's time budget, or busy"},
+    },
+    summary="SAM 3: every object as a mask (Meta's automatic mask generator parameters on "
+    "SAM 3's instance predictor); format json | rle | binary",
+)
+async def sam3_segment_everything(request: Request) -> Response:
+    services = _services(request)
+    result = await _with_image(request, services, Sam3EverythingRequest, _everything)
+    if isinstance(result, BinaryResult):
+        return Response(content=result.content, media_type=result.media_type)
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+async def _everything(service: Sam3Service, body: Sam3EverythingRequest, namespace: str) -> Any:
+    return await service.segment_everything(body, namespace)
 
 
 async def _concept(service: Sam3Service, body: ConceptSegmentRequest, namespace: str) -> Any:

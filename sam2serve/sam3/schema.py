@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
+from sam2serve.everything.schema import EverythingRequest
 from sam2serve.image.schema import SegmentRequest
 from sam2serve.wire import ApiKeyField, Coordinate, ImageId, ImageInput, RleMask
 from sam2serve.wire import Wire as _Wire
@@ -206,6 +207,13 @@ class ConceptSegmentRequest(ApiKeyField):
 
 class VisualSegmentRequest(SegmentRequest):
     """`/sam3/visual_segment`: SAM 2's segment_image body on SAM 3's interactive predictor."""
+
+    model_id: str | None = Field(default=None, examples=[ROBOFLOW_MODEL_ID])
+
+
+class Sam3EverythingRequest(EverythingRequest):
+    """`/sam3/segment_everything`: SAM 2's segment_everything body (Meta's automatic mask
+    generator parameters, same bounds) on SAM 3's instance-interactive predictor."""
 
     model_id: str | None = Field(default=None, examples=[ROBOFLOW_MODEL_ID])
 

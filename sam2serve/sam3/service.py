@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from sam2serve.errors import NotInCache, Unavailable
+from sam2serve.everything.schema import EverythingResponse
+from sam2serve.everything.service import segment_everything
 from sam2serve.image.decoding import check_mask_budget, click
 from sam2serve.image.prompts import request_batch
 from sam2serve.image.schema import Prediction, SegmentResponse
@@ -33,7 +35,7 @@ from sam2serve.image.service import ImageService
 from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage
 from sam2serve.registry import SAM3_ALIASES, ModelSpec
-from sam2serve.runtime.base import PromptBatch
+from sam2serve.runtime.base import Features, PromptBatch
 from sam2serve.runtime.sam3_types import ConceptOutput, Sam3Features, TextEmbedding
 from sam2serve.sam3.config import Sam3Settings
 from sam2serve.sam3.schema import (
@@ -44,6 +46,7 @@ from sam2serve.sam3.schema import (
     PromptResult,
     Sam3EmbedRequest,
     Sam3EmbedResponse,
+    Sam3EverythingRequest,
     Sam3Limits,
     Sam3Prediction,
     Sam3Prompt,
@@ -216,6 +219,28 @@ class Sam3Service:
             return result
         return SegmentResponse(predictions=result, time=time.perf_counter() - started)
 
+    async def segment_everything(
+        self,
+        request: Sam3EverythingRequest,
+        namespace: str,
+        *,
+        pixels: LoadedImage | None = None,
+    ) -> EverythingResponse | BinaryResult:
+        """Every object as a mask: segment everything's algorithm (Meta's automatic mask
+        generator, same parameters and budgets) on SAM 3's instance predictor as
+        `predict_inst` drives it (its own hole filling; `min_mask_region_area` acts in the
+        generator's final clean-up)."""
+        spec = self.spec_for(request.model_id)
+        return await segment_everything(
+            self.images,
+            request,
+            namespace,
+            pixels=pixels,
+            spec=spec,
+            as_features=_inst_view,
+            predictor_regions=False,  # SAM 3's predictor post-processes as predict_inst does
+        )
+
     # -- steps -----------------------------------------------------------------------
 
     async def _features(
@@ -311,6 +336,18 @@ class Sam3Service:
                 )
             )
         return results
+
+
+def _inst_view(runtime: Any, features: Any) -> Features:
+    """SAM 3 features -> its instance predictor's view; an id bound to other features is
+    never answered with them."""
+    if not isinstance(features, Sam3Features):
+        raise NotInCache(
+            "this image_id is not a SAM 3 embedding: send the image (SAM 2 and SAM 3 "
+            "embeddings are kept apart)",
+            field="image_id",
+        )
+    return runtime.inst_view(features)
 
 
 def _click(
