@@ -1,0 +1,52 @@
+"""SAM 3's fast CPU path (the ViT trunk on OpenVINO) against the exact runtime on the same
+seeded random weights: within `sam3_fast.TOLERANCE` at each precision the CPU computes, the
+rest of the pipeline unchanged. Marked `openvino` (slow pass: one trunk export per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sam2serve.runtime.openvino_export import probe
+from sam2serve.runtime.sam3_fast import TOLERANCE, build_sam3_fast_runtime
+from sam2serve.runtime.sam3_runtime import Sam3Runtime, build_sam3_runtime
+from sam2serve.testing import sam3_tiny_spec
+
+pytestmark = pytest.mark.openvino
+CPU = torch.device("cpu")
+PRECISIONS = ["f32", "bf16"] if probe("auto") == "bf16" else ["f32"]
+
+
+@pytest.fixture(scope="module")
+def exact(sam3_tiny_weights_dir: Path) -> Sam3Runtime:
+    spec = sam3_tiny_spec()
+    return build_sam3_runtime(spec, sam3_tiny_weights_dir / spec.filename, CPU)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_fast_trunk_within_tolerance(
+    exact: Sam3Runtime, sam3_tiny_weights_dir: Path, tmp_path_factory, photo_set, precision: str
+) -> None:
+    spec = sam3_tiny_spec()
+    cache = tmp_path_factory.getbasetemp() / "sam3-fast-cache"
+    fast = build_sam3_fast_runtime(spec, sam3_tiny_weights_dir / spec.filename, cache, precision)
+    assert fast.precision == precision
+    rgb = photo_set["chelsea"]
+    want, got = exact.trunk(rgb), fast.trunk(rgb)
+    assert got.shape == want.shape and got.stride() == want.stride()
+    rel = float((got - want).norm() / want.norm())
+    assert rel <= TOLERANCE[precision]["trunk_rel"]
+    assert rel > 0 or precision == "f32"  # bf16 really computes in bf16
+    orig_hw = rgb.shape[:2]
+    fa, fb = exact.expand(want, orig_hw), fast.expand(got, orig_hw)
+    [text] = exact.encode_text(["cat"])
+    boxes, labels = np.array([[50, 40, 300, 250]]), np.array([True])
+    a = exact.concept(fa, text, boxes, labels)
+    b = fast.concept(fb, text, boxes, labels)
+    assert float(np.abs(a.scores - b.scores).max()) <= TOLERANCE[precision]["score_abs"]
+    # and the fast runtime's own embed is its trunk + the exact necks
+    for x, y in zip(fast.embed(rgb).tensors, fb.tensors, strict=True):
+        assert torch.equal(x, y)
