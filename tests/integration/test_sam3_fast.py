@@ -50,3 +50,25 @@ def test_fast_trunk_within_tolerance(
     # and the fast runtime's own embed is its trunk + the exact necks
     for x, y in zip(fast.embed(rgb).tensors, fb.tensors, strict=True):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "expected"),
+    [
+        ("torch", "Sam3Runtime"),
+        ("auto", "Sam3FastRuntime" if PRECISIONS[-1] == "bf16" else "Sam3Runtime"),
+        ("openvino-f32", "Sam3FastRuntime"),
+    ],
+)
+def test_settings_pick_the_sam3_runtime(
+    sam3_tiny_weights_dir: Path, tmp_path_factory, runtime: str, expected: str
+) -> None:
+    from sam2serve.config import Settings
+    from sam2serve.runtime.factory import sam3_factory
+
+    settings = Settings(
+        runtime=runtime, runtime_cache_dir=tmp_path_factory.getbasetemp() / "sam3-fast-cache"
+    )
+    spec = sam3_tiny_spec()
+    built = sam3_factory(settings)(spec, sam3_tiny_weights_dir / spec.filename, CPU)
+    assert type(built).__name__ == expected
