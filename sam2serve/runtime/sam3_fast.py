@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
-#: What the fast path promises against the exact one (trunk output relative error, and the
-#: concept scores' absolute error), per precision; checked by the tests.
+#: What the fast path promises against the exact one, per precision, checked by the tests:
+#: the trunk output's relative error (L2), the concept scores' largest absolute error, and
+#: the smallest IoU of a kept instance's full-size mask with the exact runtime's.
 TOLERANCE: dict[str, dict[str, float]] = {
-    "f32": {"trunk_rel": 1e-4, "score_abs": 1e-4},
-    "bf16": {"trunk_rel": 5e-2, "score_abs": 2e-2},
+    "f32": {"trunk_rel": 1e-4, "score_abs": 1e-4, "mask_iou_min": 0.99},
+    "bf16": {"trunk_rel": 5e-2, "score_abs": 2e-2, "mask_iou_min": 0.9},
 }
 
 
@@ -146,6 +147,15 @@ class Sam3FastRuntime(Sam3Runtime):
         self.compiled_trunk = compiled_trunk
         self.precision = precision
         self.tolerance = TOLERANCE[precision]
+
+    def concept(self, features, text, boxes_xyxy, box_labels):  # type: ignore[no-untyped-def]
+        """The exact runtime's concept prompt; at bf16 under torch's CPU autocast (matmuls,
+        convolutions and attention in bf16, the rest fp32): ~2x faster grounding, within
+        `TOLERANCE["bf16"]["score_abs"]`."""
+        if self.precision != "bf16":
+            return super().concept(features, text, boxes_xyxy, box_labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super().concept(features, text, boxes_xyxy, box_labels)
 
     @torch.inference_mode()
     def trunk(self, rgb: np.ndarray) -> torch.Tensor:

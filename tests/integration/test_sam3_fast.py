@@ -47,6 +47,11 @@ def test_fast_trunk_within_tolerance(
     a = exact.concept(fa, text, boxes, labels)
     b = fast.concept(fb, text, boxes, labels)
     assert float(np.abs(a.scores - b.scores).max()) <= TOLERANCE[precision]["score_abs"]
+    keep = np.flatnonzero(a.scores > np.quantile(a.scores, 0.9))
+    ma, mb = exact.masks(fa, a, keep), fast.masks(fb, b, keep)
+    assert ma.any(axis=(1, 2)).all()
+    iou = (ma & mb).sum(axis=(1, 2)) / (ma | mb).sum(axis=(1, 2))
+    assert float(iou.min()) >= TOLERANCE[precision]["mask_iou_min"]
     # and the fast runtime's own embed is its trunk + the exact necks
     for x, y in zip(fast.embed(rgb).tensors, fb.tensors, strict=True):
         assert torch.equal(x, y)
