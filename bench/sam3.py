@@ -49,8 +49,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--precision", default="auto", help="fast path: auto | bf16 | f32")
     parser.add_argument("--out", type=Path, default=None, help="results JSON path")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke run on the tiny architecture (no Meta builder)"
+    )
     args = parser.parse_args()
     import skimage.data
     from PIL import Image
@@ -58,17 +60,22 @@ def main() -> None:
     from sam3.model_builder import build_sam3_image_model
 
     from sam2serve.registry import SAM3_REGISTRY
-    from sam2serve.runtime.sam3_build import REAL, bpe_path
+    from sam2serve.runtime.openvino_export import probe
+    from sam2serve.runtime.sam3_build import bpe_path
     from sam2serve.runtime.sam3_device import on_device
     from sam2serve.runtime.sam3_fast import (
         Sam3FastRuntime,
-        build_sam3_fast_runtime,
         cache_dir_for,
         compile_trunk,
+        export_trunk,
     )
-    from sam2serve.runtime.sam3_runtime import build_sam3_runtime
+    from sam2serve.runtime.sam3_runtime import build_sam3_runtime, config_for, load_model
 
     spec = SAM3_REGISTRY["sam3"]
+    if args.tiny:
+        from sam2serve.testing import sam3_tiny_spec
+
+        spec = sam3_tiny_spec()
     checkpoint = args.work_dir / "weights" / spec.filename
     if not checkpoint.exists():
         from sam2serve.testing import write_random_sam3_checkpoint
@@ -80,13 +87,17 @@ def main() -> None:
 
     started = time.perf_counter()
     with on_device(cpu):
-        meta = build_sam3_image_model(
-            bpe_path=str(bpe_path()),
-            device="cpu",
-            checkpoint_path=str(checkpoint),
-            load_from_HF=False,
-        )
-        processor = Sam3Processor(meta, device="cpu")
+        if args.tiny:  # Meta's builder has the real sizes only: its classes, our sizes
+            meta = load_model(spec, checkpoint, cpu)
+        else:
+            meta = build_sam3_image_model(
+                bpe_path=str(bpe_path()),
+                device="cpu",
+                checkpoint_path=str(checkpoint),
+                load_from_HF=False,
+            )
+        size = int(config_for(spec).image_size)
+        processor = Sam3Processor(meta, resolution=size, device="cpu")
     load["meta_build_and_load_s"] = time.perf_counter() - started
     memory["after_meta_model"] = _rss_gib()
 
@@ -97,88 +108,86 @@ def main() -> None:
 
     started = time.perf_counter()
     cache = args.work_dir / "runtime-cache"
-    probe_rt = None
-    if not (cache_dir_for(spec, checkpoint, cache) / "meta.json").is_file():
-        probe_rt = build_sam3_fast_runtime(spec, checkpoint, cache, args.precision)
+    key = cache_dir_for(spec, checkpoint, cache)
+    if not (key / "meta.json").is_file():
+        export_trunk(exact.model, key)
     load["fast_export_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    if probe_rt is None:
-        probe_rt = build_sam3_fast_runtime(spec, checkpoint, cache, args.precision)
-    precision = probe_rt.precision
-    compiled = compile_trunk(cache_dir_for(spec, checkpoint, cache), precision)
-    fast = Sam3FastRuntime(spec.model_id, exact.model, compiled, precision)  # shares weights
-    del probe_rt
-    load["fast_compile_s"] = time.perf_counter() - started
-    memory["after_fast_runtime"] = _rss_gib()
+    precisions = ["bf16", "f32"] if probe("auto") == "bf16" else ["f32"]
+    runtimes: dict[str, Any] = {"exact": exact}
+    for precision in precisions:
+        started = time.perf_counter()
+        compiled = compile_trunk(key, precision)  # type: ignore[arg-type]
+        # shares the exact runtime's weights: only the trunk graph is extra
+        runtimes[f"fast_{precision}"] = Sam3FastRuntime(
+            spec.model_id, exact.model, compiled, precision
+        )
+        load[f"fast_{precision}_compile_s"] = time.perf_counter() - started
+        memory[f"after_fast_{precision}"] = _rss_gib()
 
     rgb = np.ascontiguousarray(skimage.data.coffee())  # 400 x 600
     pil = Image.fromarray(rgb)
     with on_device(cpu):  # warm-ups
         state = processor.set_image(pil)
-    features = exact.embed(rgb)
-    fast.embed(rgb)
+    features = {name: rt.embed(rgb) for name, rt in runtimes.items()}
 
-    times: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "meta_set_image",
-            "exact_embed",
-            "fast_embed",
-            "meta_set_text_prompt",
-            "ours_new_phrase",
-            "ours_repeated_phrase",
-        )
-    }
+    times: dict[str, list[float]] = {"meta_set_image": [], "meta_set_text_prompt": []}
+    for name in runtimes:
+        for what in ("embed", "new_phrase", "repeated_phrase"):
+            times[f"{name}_{what}"] = []
     boxes, labels = np.zeros((0, 4)), np.zeros(0, bool)
     for r in range(args.rounds):
         with on_device(cpu):
             times["meta_set_image"].append(_timed(lambda: processor.set_image(pil, state)))
-        times["exact_embed"].append(_timed(lambda: exact.embed(rgb)))
-        times["fast_embed"].append(_timed(lambda: fast.embed(rgb)))
+        for name, rt in runtimes.items():
+            times[f"{name}_embed"].append(_timed(lambda rt=rt: rt.embed(rgb)))
         for phrase in PHRASES:
-            phrase = f"{phrase} {r}"  # new to both sides
+            phrase = f"{phrase} {r}"  # new to every side
             processor.reset_all_prompts(state)
             with on_device(cpu):
                 times["meta_set_text_prompt"].append(
                     _timed(lambda p=phrase: processor.set_text_prompt(p, state))
                 )
+            for name, rt in runtimes.items():
+                f = features[name]
 
-            def ours(p: str = phrase) -> Any:
-                [text] = exact.encode_text([p])
-                out = exact.concept(features, text, boxes, labels)
-                exact.masks(features, out, np.flatnonzero(out.scores > 0.5))
-                return text
+                def concept(text: Any, rt: Any = rt, f: Any = f) -> None:
+                    out = rt.concept(f, text, boxes, labels)
+                    rt.masks(f, out, np.flatnonzero(out.scores > 0.5))
 
-            holder: list[Any] = []
-            times["ours_new_phrase"].append(_timed(lambda h=holder: h.append(ours())))
-            text = holder[0]
-
-            def repeated(t: Any = text) -> None:
-                out = exact.concept(features, t, boxes, labels)
-                exact.masks(features, out, np.flatnonzero(out.scores > 0.5))
-
-            times["ours_repeated_phrase"].append(_timed(repeated))
+                texts: list[Any] = []
+                times[f"{name}_new_phrase"].append(
+                    _timed(
+                        lambda p=phrase, c=concept, t=texts, rt=rt: (
+                            t.extend(rt.encode_text([p])),
+                            c(t[0]),
+                        )
+                    )
+                )
+                times[f"{name}_repeated_phrase"].append(_timed(lambda c=concept, t=texts: c(t[0])))
     memory["peak"] = _rss_gib()["VmHWM"]
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = {}
+    for name in runtimes:
+        ratios[f"{name}_embed / meta_set_image"] = med[f"{name}_embed"] / med["meta_set_image"]
+        for what in ("new_phrase", "repeated_phrase"):
+            ratios[f"{name}_{what} / meta_set_text_prompt"] = (
+                med[f"{name}_{what}"] / med["meta_set_text_prompt"]
+            )
     result = {
         "date": date.today().isoformat(),
         "machine": machine(),
         "image": "skimage coffee, 600 x 400",
         "weights": "seeded random, real SAM 3 image architecture (~840 M parameters)",
-        "fast_precision": precision,
         "rounds": args.rounds,
         "load": load,
         "median_s": med,
-        "ratios": {
-            "exact_embed / meta_set_image": med["exact_embed"] / med["meta_set_image"],
-            "fast_embed / meta_set_image": med["fast_embed"] / med["meta_set_image"],
-            "new_phrase / meta_set_text_prompt": med["ours_new_phrase"]
-            / med["meta_set_text_prompt"],
-            "repeated_phrase / meta_set_text_prompt": med["ours_repeated_phrase"]
-            / med["meta_set_text_prompt"],
+        "ratios": ratios,
+        "architecture": "tiny" if args.tiny else "real",
+        "feature_bytes_per_image": {
+            "fp32": config_for(spec).feature_nbytes(),
+            "packed": 4 * config_for(spec).vit_dim * config_for(spec).grid ** 2,
         },
-        "feature_bytes_per_image": {"fp32": REAL.feature_nbytes(), "packed": 4 * 1024 * 72 * 72},
         "memory_gib": memory,
         "all_s": times,
     }
