@@ -14,7 +14,7 @@ from sam2serve.config import Settings
 from sam2serve.everything.service import EverythingService
 from sam2serve.image.service import ImageService
 from sam2serve.registry import ModelSpec, all_specs
-from sam2serve.runtime.factory import runtime_factory
+from sam2serve.runtime.factory import runtime_factory, sam3_factory
 from sam2serve.runtime.pool import ModelPool, pick_device
 from sam2serve.sam3.config import Sam3Settings
 from sam2serve.sam3.service import Sam3Service
@@ -77,6 +77,7 @@ def build_services(
         allow_download=settings.allow_download,
         max_models=settings.max_models,
         factory=runtime_factory(settings, background=background_prepare),
+        sam3_factory=sam3_factory(settings),
     )
     store = FeatureStore.from_settings(settings, redis_sharing(settings))
     images = ImageService(settings, registry or all_specs(), pool, store=store)

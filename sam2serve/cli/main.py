@@ -318,13 +318,20 @@ def download(
     ] = False,
 ) -> None:
     """Download official checkpoints into the weights directory (progress bar, atomic)."""
-    from sam2serve.registry import REGISTRY, resolve_model_id
-    from sam2serve.runtime.weights import checkpoint_path
+    from sam2serve.registry import REGISTRY, SAM3_ALIASES, SAM3_REGISTRY, resolve_model_id
+    from sam2serve.runtime.weights import checkpoint_path, missing_weights_message
     from sam2serve.runtime.weights import download as fetch
 
     settings = _settings(weights_dir=weights_dir)
     specs = []
     for requested in model_ids or [settings.default_model]:
+        gated = SAM3_REGISTRY.get(SAM3_ALIASES.get(requested, requested))
+        if gated is not None:  # SAM 3: placed by hand, never downloaded
+            target = checkpoint_path(gated, settings.weights_dir)
+            if not target.is_file():
+                fail(missing_weights_message(gated, settings.weights_dir, "gated"))
+            typer.echo(f"{gated.model_id}: already present at {target}")
+            continue
         try:
             specs.append(
                 resolve_model_id(requested, registry=REGISTRY, alias_family=settings.alias_family)
@@ -369,19 +376,24 @@ def download(
 
 @app.command()
 def models(weights_dir: WeightsDir = None) -> None:
-    """List model ids, Roboflow aliases, sizes and which checkpoints are present."""
-    from sam2serve.registry import REGISTRY, ROBOFLOW_ALIASES
+    """List model ids, Roboflow aliases, sizes and which checkpoints are present (SAM 2, then
+    SAM 3, whose gated checkpoint is placed by hand: the line says where to obtain it)."""
+    from sam2serve.registry import ROBOFLOW_ALIASES, SAM3_ALIASES, all_specs
     from sam2serve.runtime.weights import checkpoint_path
 
     settings = _settings(weights_dir=weights_dir)
     aliases = {
         f"{settings.alias_family}_hiera_{size}": alias for alias, size in ROBOFLOW_ALIASES.items()
     }
+    for alias, model_id in SAM3_ALIASES.items():
+        aliases.setdefault(model_id, alias)
     typer.echo(f"weights dir: {settings.weights_dir}")
-    for spec in REGISTRY.values():
+    for spec in all_specs().values():
         present = "present" if checkpoint_path(spec, settings.weights_dir).is_file() else "missing"
+        if spec.gated and present == "missing":
+            present += f" (gated: obtain {spec.filename} from {spec.url}, place it by hand)"
         alias = aliases.get(spec.model_id, "")
-        typer.echo(f"{spec.model_id:<22} {alias:<13} {spec.size_mb:>5} MB  {present}")
+        typer.echo(f"{spec.model_id:<22} {alias:<16} {spec.size_mb:>5} MB  {present}")
 
 
 app.command(no_args_is_help=True)(everything)

@@ -7,6 +7,9 @@ parameters), `TINY` the same architecture with small sizes for fast tests. Loadi
 Meta's `_load_checkpoint` key mapping ("detector." -> model, "tracker." -> the instance
 predictor), `weights_only=True`, and is strict: every key of the model must come from the
 file and no "detector."/"tracker." key of the file may be left over.
+
+(Longer than most modules on purpose: one function per function of Meta's builder, with the
+same arguments in the same order, so the two read side by side.)
 """
 
 from __future__ import annotations
