@@ -25,6 +25,9 @@ from sam2serve.video.service import VideoService
 if TYPE_CHECKING:
     from sam2serve.store.sharing import RedisSharing
 
+#: The models a server knows when `build_services` is given no registry: both families.
+REGISTRY: dict[str, ModelSpec] = all_specs()
+
 #: Cache namespace of callers without an API key (a server with no keys configured, and
 #: the in-process Segmenter); each key gets its own namespace (see `api.auth`).
 PUBLIC_NAMESPACE = "public"
@@ -80,7 +83,7 @@ def build_services(
         sam3_factory=sam3_factory(settings),
     )
     store = FeatureStore.from_settings(settings, redis_sharing(settings))
-    images = ImageService(settings, registry or all_specs(), pool, store=store)
+    images = ImageService(settings, registry or REGISTRY, pool, store=store)
     video = VideoService(images, video_settings or VideoSettings())
     return Services(
         images=images,
