@@ -340,3 +340,24 @@ def test_shared_tier_gives_another_replica_the_features(make_sam3_client) -> Non
         assert r.status_code == 404
     finally:
         proc.close()
+
+
+def test_visual_segment_forms_and_refinement(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/sam3/visual_segment", json={"image": IMAGE})  # no prompts: one mask
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 1
+    point = {"points": [{"x": 300, "y": 200, "positive": True}]}
+    both = {"points": [*point["points"], {"x": 100, "y": 100, "positive": False}]}
+    body = {"image": IMAGE, "image_id": "coffee-v", "prompts": [point], "format": "rle"}
+    first = client.post("/sam3/visual_segment", json={**body, "save_logits_to_cache": True})
+    assert first.status_code == 200, first.text
+    refined = client.post(
+        "/sam3/visual_segment",
+        json={"image_id": "coffee-v", "prompts": [both], "load_logits_from_cache": True},
+    )
+    plain = client.post("/sam3/visual_segment", json={"image_id": "coffee-v", "prompts": [both]})
+    assert refined.status_code == plain.status_code == 200, refined.text
+    # the saved logits of the one-point prompt seed the two-point one: a different answer
+    assert refined.json()["predictions"] != plain.json()["predictions"]
+    binary = client.post("/sam3/visual_segment", json={**body, "format": "binary"})
+    assert binary.headers["content-type"] == "application/octet-stream"
