@@ -20,6 +20,7 @@ seconds of work, which must never sit in front of SAM 2 clicks.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,9 @@ class Sam3Service:
         self.images = images
         self.settings = settings or Sam3Settings()
         self.texts = TextCache(self.settings.text_cache_entries, self.settings.text_cache_bytes)
+        # model id -> the runtime its kept phrases came from (weakly: an evicted model is
+        # freed); another runtime under the id (a reload) starts with no phrases
+        self._text_source: dict[str, weakref.ref[Any]] = {}
 
     @property
     def limits(self) -> Sam3Limits:
@@ -264,6 +268,10 @@ class Sam3Service:
         """Each distinct phrase's embedding ("visual" for box-only prompts): kept ones from
         the cache, the rest in one text-encoder call on the embed lane."""
         model_id = scope.spec.model_id
+        source = self._text_source.get(model_id)
+        if source is None or source() is not scope.runtime:
+            self.texts.drop_model(model_id)
+            self._text_source[model_id] = weakref.ref(scope.runtime)
         phrases = list(dict.fromkeys(p.phrase or VISUAL_PHRASE for p in plans))
         found: dict[str, TextEmbedding] = {}
         missing = []

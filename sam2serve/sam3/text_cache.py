@@ -57,6 +57,11 @@ class TextCache:
         self._entries[key] = embedding
         self.bytes_used += size
 
+    def drop_model(self, model_id: str) -> None:
+        """Forget every phrase of `model_id` (its model was reloaded: other weights, maybe)."""
+        for key in [k for k in self._entries if k[0] == model_id]:
+            self.bytes_used -= int(self._entries.pop(key).nbytes)
+
     def describe(self) -> dict[str, int]:
         return {
             "entries": len(self._entries),

@@ -158,6 +158,10 @@ def test_text_cache_lru_by_entries_and_bytes() -> None:
     assert cache.get("m", "huge") is None and cache.get("m", "cat") is not None
     assert TextCache(0, 100).put("m", "x", _Emb(1)) is None
     assert cache.describe()["hits"] == 2
+    cache.put("n", "cat", _Emb(5))
+    cache.drop_model("m")  # a reloaded model keeps none of its old phrases
+    assert cache.get("m", "cat") is None and cache.get("n", "cat") is not None
+    assert cache.bytes_used == 5
 
 
 LIMITS = Sam3Limits(max_prompts=2, max_phrase_chars=10, max_boxes_per_prompt=2)
