@@ -70,20 +70,25 @@ class Sam3Features:
         """A self-contained, versioned value (exact: the tensors' own dtype, bytes as is).
 
         Layout: b"S3FT" | u16 version | u32 header length | JSON header | tensor bytes; the
-        header gives orig_hw, how many tensors are fpn / inst, each dtype and shape, and a
+        header gives orig_hw, how many tensors are fpn / inst, each dtype, shape and memory
+        order (strides are restored on read: the heads' last bits depend on them), and a
         CRC32 of the tensor bytes. ~133 MB on the real config; `Sam3Runtime.pack` is the
         compact (21 MB) form for a shared tier.
         """
         arrays = []
         specs = []
         for t in self.tensors:
-            t = t.detach().cpu().contiguous()
+            t = t.detach().cpu()
             name = _NAMES.get(t.dtype)
             if name is None:
                 raise ValueError(f"cannot store dtype {t.dtype}")
-            raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+            # keep the memory layout (the necks' outputs are channels-last): the heads'
+            # results depend on it in the last bits, so a dense NCHW copy would not be exact
+            order = sorted(range(t.ndim), key=lambda d: -t.stride(d))
+            dense = t.permute(order).contiguous()
+            raw = dense.view(torch.int16) if t.dtype == torch.bfloat16 else dense
             arrays.append(raw.numpy())
-            specs.append({"dtype": name, "shape": list(t.shape)})
+            specs.append({"dtype": name, "shape": list(t.shape), "order": order})
         crc = 0
         for a in arrays:
             crc = zlib.crc32(memoryview(a).cast("B"), crc)
@@ -130,17 +135,22 @@ class Sam3Features:
             if dtypes is None:
                 raise ValueError(f"SAM 3 features value: bad tensor spec {spec!r}")
             torch_dtype, np_dtype = dtypes
-            shape = [int(d) for d in spec["shape"]]
-            if any(d < 0 for d in shape):
-                raise ValueError("SAM 3 features value: negative dimension")
+            try:
+                shape = [int(d) for d in spec["shape"]]
+                order = [int(d) for d in spec["order"]]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"SAM 3 features value: bad tensor spec ({exc})") from exc
+            if any(d < 0 for d in shape) or sorted(order) != list(range(len(shape))):
+                raise ValueError("SAM 3 features value: bad shape or dimension order")
             size = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
             if offset + size > len(view):
                 raise ValueError("SAM 3 features value: truncated")
             chunk = view[offset : offset + size]
             crc = zlib.crc32(chunk, crc)
-            arr = np.frombuffer(chunk, dtype=np_dtype).reshape(shape).copy()
+            arr = np.frombuffer(chunk, dtype=np_dtype).reshape([shape[d] for d in order]).copy()
             t = torch.from_numpy(arr)
-            tensors.append(t.view(torch.bfloat16) if torch_dtype == torch.bfloat16 else t)
+            t = t.view(torch.bfloat16) if torch_dtype == torch.bfloat16 else t
+            tensors.append(t.permute(np.argsort(order).tolist()))
             offset += size
         if offset != len(view):
             raise ValueError("SAM 3 features value: trailing bytes")

@@ -127,6 +127,25 @@ def test_packed_image_unpacks_to_equal_features(tiny, image, embedded) -> None:
     back = runtime.unpack(data)
     assert back.orig_hw == features.orig_hw
     for ours, theirs in zip(back.tensors, features.tensors, strict=True):
-        assert torch.equal(ours, theirs)
+        assert torch.equal(ours, theirs) and ours.stride() == theirs.stride()
     with pytest.raises(ValueError):
         runtime.unpack(features.to_bytes())
+
+
+def test_features_through_bytes_give_the_same_answers(tiny, embedded) -> None:
+    """A value read back (another replica, the shared tier) answers bit for bit as the
+    original: values and memory layout both survive (the heads' last bits depend on it)."""
+    runtime, _ = tiny
+    features, _ = embedded
+    back = Sam3Features.from_bytes(features.to_bytes())
+    [text] = runtime.encode_text(["cup"])
+    boxes, labels = np.array([[40, 30, 160, 120]]), np.array([True])
+    a = runtime.concept(features, text, boxes, labels)
+    b = runtime.concept(back, text, boxes, labels)
+    assert torch.equal(a.mask_logits, b.mask_logits)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    point = (np.array([[150, 100]]), np.array([1]), None, None, True)
+    for x, y in zip(
+        runtime.interactive(features, *point), runtime.interactive(back, *point), strict=True
+    ):
+        np.testing.assert_array_equal(x, y)

@@ -20,10 +20,15 @@ from sam2serve.runtime.weights import WeightsError, download, ensure_checkpoint
 
 
 def _features(inst: bool = True, dtype: torch.dtype = torch.float32) -> Sam3Features:
+    """Like the necks' outputs: channels-last memory (strides (HWC, 1, WC, C))."""
     gen = torch.Generator().manual_seed(0)
-    shapes = TINY.fpn_shapes()
-    fpn = tuple(torch.randn(s, generator=gen).to(dtype) for s in shapes)
-    inst_t = tuple(torch.randn(s, generator=gen).to(dtype) for s in TINY.inst_shapes())
+
+    def nhwc(shape: tuple[int, int, int, int]) -> torch.Tensor:
+        b, c, h, w = shape
+        return torch.randn((b, h, w, c), generator=gen).to(dtype).permute(0, 3, 1, 2)
+
+    fpn = tuple(nhwc(s) for s in TINY.fpn_shapes())
+    inst_t = tuple(nhwc(s) for s in TINY.inst_shapes())
     return Sam3Features(fpn=fpn, inst=inst_t if inst else None, orig_hw=(200, 300))
 
 
@@ -37,6 +42,7 @@ def test_features_round_trip(inst: bool, dtype: torch.dtype) -> None:
     assert len(back.tensors) == len(features.tensors)
     for ours, theirs in zip(back.tensors, features.tensors, strict=True):
         assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+        assert ours.stride() == theirs.stride()  # the memory layout comes back too
     assert back.nbytes == features.nbytes
 
 
