@@ -24,16 +24,10 @@ import httpx
 
 from sam2serve.client.affinity import RouteIds, affinity_headers
 from sam2serve.client.calls import CallBuilder, embed_result
-from sam2serve.client.concept import (
-    CONCEPT_PATH,
-    SAM3_EMBED_PATH,
-    ConceptResult,
-    concept_call,
-    concept_prompts,
-)
+from sam2serve.client.concept_calls import AsyncConceptCalls, ConceptCalls
 from sam2serve.client.errors import error_from_response, parse_retry_after
 from sam2serve.client.everything import EVERYTHING_PATH, EverythingResult, everything_call
-from sam2serve.client.image_encode import ImageLike, encode_image
+from sam2serve.client.image_encode import ImageLike
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
 from sam2serve.client.transport import AsyncSender, Sender, transport_error
@@ -84,17 +78,6 @@ class _Base:
         wait = parse_retry_after(response.headers.get("retry-after"))
         return None if wait is None else min(wait, self.max_retry_wait)
 
-    def _sam3_embed_body(
-        self, image: ImageLike, image_id: str | None, model: str | None, bgr: bool
-    ) -> tuple[dict[str, Any], tuple[int, int] | None]:
-        encoded = encode_image(image, bgr=bgr)
-        body: dict[str, Any] = {"image": encoded.payload}
-        if image_id is not None:
-            body["image_id"] = image_id
-        if model is not None:
-            body["model_id"] = model
-        return body, encoded.size
-
     @staticmethod
     def _answer(response: httpx.Response) -> dict[str, Any] | bytes:
         if not response.is_success:
@@ -111,7 +94,7 @@ class _Base:
         return answer
 
 
-class Sam2Client(_Base):
+class Sam2Client(ConceptCalls, _Base):
     """Blocking client. Use as a context manager, or call `close()`.
 
     Args:
@@ -249,57 +232,8 @@ class Sam2Client(_Base):
         response = self._post_resending(EVERYTHING_PATH, call)
         return call.parse(self._json(response))
 
-    def sam3_embed_image(
-        self,
-        image: ImageLike,
-        image_id: str | None = None,
-        model: str | None = None,
-        *,
-        bgr: bool = False,
-    ) -> EmbedResult:
-        """Embed an image for SAM 3 once; later `concept_segment(image_id=...)` calls skip
-        the upload and the image encoder. `model`: a SAM 3 model id (None: the server's)."""
-        body, size = self._sam3_embed_body(image, image_id, model, bgr)
-        route = self._route(body, image, bgr)
-        result = embed_result(self._json(self._post(SAM3_EMBED_PATH, body, route)))
-        if self.resend_on_miss:
-            self._calls.keep(result.image_id, body["image"])
-        return self._calls.embedded(result, size)
 
-    def concept_segment(
-        self,
-        image: ImageLike | None = None,
-        image_id: str | None = None,
-        *,
-        text: str | None = None,
-        texts: list[str] | None = None,
-        boxes: Any = None,
-        box_labels: list[int | bool] | None = None,
-        threshold: float | None = None,
-        nms_iou_threshold: float | None = None,
-        prompts: list[dict[str, Any]] | None = None,
-        model: str | None = None,
-        bgr: bool = False,
-    ) -> ConceptResult:
-        """SAM 3: every instance of a concept, as masks with scores.
-
-        Args:
-            text / texts: a noun phrase ("car"), or several (one prompt each).
-            boxes: exemplar CORNER boxes ``(x1, y1, x2, y2)`` (N, 4): with `text`, they join
-                its prompt; alone, they are a prompt of their own. `box_labels`: 1 = like
-                this, 0 = not like this (default all 1).
-            threshold: score threshold (default the server's, 0.5).
-            nms_iou_threshold: drop instances overlapping a better one of any prompt.
-            prompts: Roboflow prompt dicts, sent after the ones above.
-        Returns a `ConceptResult` (`to_detections()` names classes by phrase).
-        """
-        asked = concept_prompts(text, texts, boxes, box_labels, prompts)
-        call = concept_call(image, image_id, model, bgr, asked, threshold, nms_iou_threshold)
-        response = self._post_resending(CONCEPT_PATH, call)
-        return call.parse(self._json(response))
-
-
-class AsyncSam2Client(_Base):
+class AsyncSam2Client(AsyncConceptCalls, _Base):
     """The asyncio twin of `Sam2Client`: same arguments, `await` the methods."""
 
     def __init__(
@@ -406,41 +340,4 @@ class AsyncSam2Client(_Base):
         under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
         call = everything_call(image, image_id, model, bgr, params)
         response = await self._post_resending(EVERYTHING_PATH, call)
-        return call.parse(self._json(response))
-
-    async def sam3_embed_image(
-        self,
-        image: ImageLike,
-        image_id: str | None = None,
-        model: str | None = None,
-        *,
-        bgr: bool = False,
-    ) -> EmbedResult:
-        """See `Sam2Client.sam3_embed_image`."""
-        body, size = self._sam3_embed_body(image, image_id, model, bgr)
-        route = self._route(body, image, bgr)
-        result = embed_result(self._json(await self._post(SAM3_EMBED_PATH, body, route)))
-        if self.resend_on_miss:
-            self._calls.keep(result.image_id, body["image"])
-        return self._calls.embedded(result, size)
-
-    async def concept_segment(
-        self,
-        image: ImageLike | None = None,
-        image_id: str | None = None,
-        *,
-        text: str | None = None,
-        texts: list[str] | None = None,
-        boxes: Any = None,
-        box_labels: list[int | bool] | None = None,
-        threshold: float | None = None,
-        nms_iou_threshold: float | None = None,
-        prompts: list[dict[str, Any]] | None = None,
-        model: str | None = None,
-        bgr: bool = False,
-    ) -> ConceptResult:
-        """See `Sam2Client.concept_segment`."""
-        asked = concept_prompts(text, texts, boxes, box_labels, prompts)
-        call = concept_call(image, image_id, model, bgr, asked, threshold, nms_iou_threshold)
-        response = await self._post_resending(CONCEPT_PATH, call)
         return call.parse(self._json(response))
