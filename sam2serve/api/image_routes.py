@@ -176,6 +176,18 @@ def _has_valid_key(request: Request, service: ImageService) -> bool:
     return True
 
 
+def _images_fit(service: ImageService) -> dict[str, dict[str, int]]:
+    """Per model: bytes of one image's features and how many images fit the cache budget
+    (measured on the images embedded so far, else as the loaded runtime declares)."""
+    cache = service.store.local
+    fit = cache.images_fit()
+    for model_id, entry in service.pool.describe().items():
+        size = entry.get("feature_bytes_per_image")
+        if model_id not in fit and size:
+            fit[model_id] = {"bytes_per_image": size, "images": cache.max_bytes // size}
+    return fit
+
+
 def _info(service: ImageService) -> dict[str, Any]:
     cache = service.store.local
     return {
@@ -206,7 +218,7 @@ def _info(service: ImageService) -> dict[str, Any]:
             "hits": cache.hits,
             "misses": cache.misses,
             "evictions": cache.evictions,
-            "per_model": cache.images_fit(),
+            "per_model": _images_fit(service),
         },
         "auth": bool(service.settings.api_keys),
         "shared_tier": service.store.shared.status()

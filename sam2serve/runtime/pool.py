@@ -91,6 +91,9 @@ class ModelPool:
             choice = getattr(runtime, "choice", None)
             if choice is not None:
                 entry["choice"] = describe_choice(choice)
+            nbytes = getattr(runtime, "feature_nbytes", None)  # SAM 3: known before any embed
+            if isinstance(nbytes, int) and nbytes > 0:
+                entry["feature_bytes_per_image"] = nbytes
             out[model_id] = entry
         return out
 

@@ -194,6 +194,14 @@ def test_polygon_format_fills_back_to_the_masks(client) -> None:  # type: ignore
         assert not (mask & ~filled).sum() > mask.sum() * 0.05
 
 
+def test_budget_says_how_many_images_fit_before_any_embed(client, runtime) -> None:  # type: ignore[no-untyped-def]
+    info = client.get("/info").json()
+    fit = info["cache"]["per_model"][SAM3_TEST_MODEL_ID]  # loaded: the runtime declares it
+    size = fit["bytes_per_image"]
+    assert size == runtime.feature_nbytes
+    assert fit["images"] == info["cache"]["max_bytes"] // size
+
+
 def test_embed_then_segment_by_id_and_phrase_cache(client) -> None:  # type: ignore[no-untyped-def]
     r = client.post("/sam3/embed_image", json={"image": IMAGE, "image_id": "coffee-3"})
     assert r.status_code == 200, r.text
@@ -213,8 +221,12 @@ def test_embed_then_segment_by_id_and_phrase_cache(client) -> None:  # type: ign
     assert SAM3_TEST_MODEL_ID in info["sam3"]["models"]
     assert info["sam3"]["limits"]["max_prompts"] == 16
     assert info["sam3"]["text_cache"]["entries"] >= 1
-    per_model = info["cache"]["per_model"][SAM3_TEST_MODEL_ID]
-    assert per_model["images"] == info["cache"]["max_bytes"] // per_model["bytes_per_image"]
+    per_model = info["cache"]["per_model"][SAM3_TEST_MODEL_ID]  # measured on the embed
+    sam3_bytes = client.app.state.services.images.store.local.bytes_per_image[SAM3_TEST_MODEL_ID]
+    assert per_model == {
+        "bytes_per_image": sam3_bytes,
+        "images": info["cache"]["max_bytes"] // sam3_bytes,
+    }
     families = {m["id"]: m["family"] for m in info["models"]}
     assert families[SAM3_TEST_MODEL_ID] == "sam3" and families[TEST_MODEL_ID] == "sam2"
 
