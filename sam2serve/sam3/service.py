@@ -29,16 +29,16 @@ import numpy as np
 from sam2serve.errors import NotInCache, Unavailable
 from sam2serve.everything.schema import EverythingResponse
 from sam2serve.everything.service import segment_everything
-from sam2serve.image.decoding import check_mask_budget, click
+from sam2serve.image.decoding import check_mask_budget
 from sam2serve.image.prompts import request_batch
-from sam2serve.image.schema import Prediction, SegmentResponse
+from sam2serve.image.schema import SegmentResponse
 from sam2serve.image.service import ImageService
 from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage
 from sam2serve.registry import SAM3_ALIASES, ModelSpec
-from sam2serve.runtime.base import Features, PromptBatch
 from sam2serve.runtime.sam3_types import ConceptOutput, Sam3Features, TextEmbedding
 from sam2serve.sam3.config import Sam3Settings
+from sam2serve.sam3.interactive import click_inst, inst_view
 from sam2serve.sam3.schema import (
     ConceptSegmentRequest,
     ConceptSegmentResponse,
@@ -215,7 +215,7 @@ class Sam3Service:
             batch = batch.with_masks(await self.images.store.load_logits(scope, stored, keys))
         runtime = scope.runtime
         result, low_res = await self.images.click_lane.run(
-            _click, runtime, stored.features, batch, request, budget, tenant=namespace
+            click_inst, runtime, stored.features, batch, request, budget, tenant=namespace
         )
         if request.save_logits_to_cache and keys:
             await self.images.store.save_logits(scope, stored, keys, low_res)
@@ -241,7 +241,7 @@ class Sam3Service:
             namespace,
             pixels=pixels,
             spec=spec,
-            as_features=_inst_view,
+            as_features=inst_view,
             predictor_regions=False,  # SAM 3's predictor post-processes as predict_inst does
         )
 
@@ -344,29 +344,6 @@ class Sam3Service:
                 )
             )
         return results
-
-
-def _inst_view(runtime: Any, features: Any) -> Features:
-    """SAM 3 features -> its instance predictor's view; an id bound to other features is
-    never answered with them."""
-    if not isinstance(features, Sam3Features):
-        raise NotInCache(
-            "this image_id is not a SAM 3 embedding: send the image (SAM 2 and SAM 3 "
-            "embeddings are kept apart)",
-            field="image_id",
-        )
-    return runtime.inst_view(features)
-
-
-def _click(
-    runtime: Any,
-    features: Sam3Features,
-    batch: PromptBatch,
-    request: VisualSegmentRequest,
-    budget: int,
-) -> tuple[list[Prediction] | BinaryResult, np.ndarray]:
-    """SAM 2's click decode (`image.decoding.click`) on SAM 3's instance predictor."""
-    return click(runtime, runtime.inst_view(features), batch, request, budget)
 
 
 @dataclass(frozen=True)

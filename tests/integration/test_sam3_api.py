@@ -373,3 +373,40 @@ def test_visual_segment_forms_and_refinement(client) -> None:  # type: ignore[no
     assert refined.json()["predictions"] != plain.json()["predictions"]
     binary = client.post("/sam3/visual_segment", json={**body, "format": "binary"})
     assert binary.headers["content-type"] == "application/octet-stream"
+
+
+def test_visual_segment_saved_logits_for_some_prompts_only(client) -> None:  # type: ignore[no-untyped-def]
+    point = {"points": [{"x": 300, "y": 200, "positive": True}]}
+    box = {"box": {"x": 300, "y": 200, "width": 200, "height": 150}}
+    base = {"image_id": "coffee-w", "format": "rle"}
+    r = client.post(
+        "/sam3/visual_segment",
+        json={**base, "image": IMAGE, "prompts": [point], "save_logits_to_cache": True},
+    )
+    assert r.status_code == 200, r.text
+    # [point, box]: the saved set {point} is a strict subset, so only the point's row gets
+    # its saved logits; each row must answer as it would on its own
+    both = client.post(
+        "/sam3/visual_segment",
+        json={**base, "prompts": [point, box], "load_logits_from_cache": True},
+    )
+    assert both.status_code == 200, both.text
+    seeded = client.post(
+        "/sam3/visual_segment",
+        json={**base, "prompts": [point], "mask_input": _saved_logits(client, point)},
+    ).json()["predictions"][0]
+    alone = client.post("/sam3/visual_segment", json={**base, "prompts": [box]}).json()
+    assert both.json()["predictions"] == [seeded, alone["predictions"][0]]
+
+
+def _saved_logits(client, prompt) -> list:  # type: ignore[no-untyped-def]
+    """The low-res logits visual_segment answers for `prompt` (format=binary), as a client
+    would send them back as mask_input."""
+    import io
+
+    r = client.post(
+        "/sam3/visual_segment",
+        json={"image_id": "coffee-w", "prompts": [prompt], "format": "binary"},
+    )
+    with np.load(io.BytesIO(r.content)) as npz:
+        return npz["low_res_masks"].tolist()
