@@ -410,3 +410,23 @@ def _saved_logits(client, prompt) -> list:  # type: ignore[no-untyped-def]
     )
     with np.load(io.BytesIO(r.content)) as npz:
         return npz["low_res_masks"].tolist()
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        {"boxes": [{"x": 10, "y": 10, "width": 0, "height": 0}]},  # a zero-area exemplar
+        {"boxes": [{"x0": -500, "y0": -500, "x1": 5000, "y1": 5000}]},  # beyond the image
+        {
+            "text": "a",
+            "boxes": [{"x": 10, "y": 10, "width": 5, "height": 5}],
+            "box_labels": [False],
+        },
+        {"text": "ünïcode ✓ 漢字"},
+        {"text": "x" * 200},  # at the phrase limit: the tokenizer truncates
+    ],
+)
+def test_odd_but_valid_prompts_are_answered(client, prompt) -> None:  # type: ignore[no-untyped-def]
+    body = {"image": IMAGE, "prompts": [prompt], "output_prob_thresh": 0.3, "nms_iou_threshold": 0}
+    r = client.post("/sam3/concept_segment", json=body)
+    assert r.status_code == 200, r.text
