@@ -15,6 +15,7 @@ from sam2serve.api.admission import SMALL_BODY_BYTES, ImageAdmission, declared_l
 from sam2serve.api.affinity import OPENAPI_PARAMETER, check_image_id_header
 from sam2serve.api.auth import early_namespace
 from sam2serve.api.body import parse_request
+from sam2serve.api.openapi import EXAMPLE_PNG_BASE64
 from sam2serve.everything.schema import EverythingResponse
 from sam2serve.image.schema import SegmentResponse
 from sam2serve.sam3.schema import (
@@ -31,6 +32,7 @@ from sam2serve.wire import BinaryResult, Limits
 from sam2serve.wiring import Services
 
 router = APIRouter()
+EXAMPLE_IMAGE = {"type": "base64", "value": EXAMPLE_PNG_BASE64}
 
 
 def _services(request: Request) -> Services:
@@ -70,7 +72,7 @@ async def sam3_embed_image(request: Request) -> Sam3EmbedResponse:
 @router.post(
     "/sam3/concept_segment",
     response_model=ConceptSegmentResponse,
-    openapi_extra=_body(ConceptSegmentRequest, examples()),
+    openapi_extra=_body(ConceptSegmentRequest, examples(EXAMPLE_IMAGE)),
     responses={
         413: {"description": "one mask of this image is over the output-mask budget"},
     },

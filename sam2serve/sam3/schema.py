@@ -73,7 +73,11 @@ class Sam3Prompt(_Wire):
     type: Literal["text", "visual"] | None = Field(
         default=None, description="Optional hint: 'visual' requires at least one box"
     )
-    text: str | None = Field(default=None, examples=["yellow school bus"])
+    text: str | None = Field(
+        default=None,
+        examples=["yellow school bus"],
+        description="a short noun phrase: every instance of it is returned",
+    )
     boxes: list[BoxXYWH | BoxXYXY] | None = Field(
         default=None,
         description=(
@@ -150,7 +154,11 @@ class Sam3Prompt(_Wire):
 class Sam3EmbedRequest(ApiKeyField):
     image: ImageInput
     image_id: ImageId | None = None
-    model_id: str | None = Field(default=None, examples=[ROBOFLOW_MODEL_ID])
+    model_id: str | None = Field(
+        default=None,
+        examples=[ROBOFLOW_MODEL_ID],
+        description="a SAM 3 model id, or Roboflow's sam3/sam3_final (default: the server's)",
+    )
 
 
 class LocalSam3EmbedRequest(_Wire):
@@ -165,7 +173,11 @@ class ConceptSegmentRequest(ApiKeyField):
     """Every instance of each prompt's concept. Send `image`, or the `image_id` of an image
     embedded before (sam2serve extension: Roboflow's server always wants the image)."""
 
-    model_id: str | None = Field(default=None, examples=[ROBOFLOW_MODEL_ID])
+    model_id: str | None = Field(
+        default=None,
+        examples=[ROBOFLOW_MODEL_ID],
+        description="a SAM 3 model id, or Roboflow's sam3/sam3_final (default: the server's)",
+    )
     image: ImageInput | None = None
     image_id: ImageId | None = None
     format: Literal["polygon", "rle", "json"] = Field(
@@ -208,14 +220,22 @@ class ConceptSegmentRequest(ApiKeyField):
 class VisualSegmentRequest(SegmentRequest):
     """`/sam3/visual_segment`: SAM 2's segment_image body on SAM 3's interactive predictor."""
 
-    model_id: str | None = Field(default=None, examples=[ROBOFLOW_MODEL_ID])
+    model_id: str | None = Field(
+        default=None,
+        examples=[ROBOFLOW_MODEL_ID],
+        description="a SAM 3 model id, or Roboflow's sam3/sam3_final (default: the server's)",
+    )
 
 
 class Sam3EverythingRequest(EverythingRequest):
     """`/sam3/segment_everything`: SAM 2's segment_everything body (Meta's automatic mask
     generator parameters, same bounds) on SAM 3's instance-interactive predictor."""
 
-    model_id: str | None = Field(default=None, examples=[ROBOFLOW_MODEL_ID])
+    model_id: str | None = Field(
+        default=None,
+        examples=[ROBOFLOW_MODEL_ID],
+        description="a SAM 3 model id, or Roboflow's sam3/sam3_final (default: the server's)",
+    )
 
 
 # -- responses -------------------------------------------------------------------------
@@ -260,9 +280,8 @@ class ConceptSegmentResponse(BaseModel):
     time: float = Field(description="Seconds spent server-side")
 
 
-def examples() -> dict[str, Any]:
-    """OpenAPI examples of a concept_segment body."""
-    image = {"type": "url", "value": "https://example.com/street.jpg"}
+def examples(image: dict[str, str]) -> dict[str, Any]:
+    """OpenAPI examples of a concept_segment body on `image` (an ImageInput dict)."""
     return {
         "text": {
             "summary": "every instance of two phrases",
@@ -279,10 +298,10 @@ def examples() -> dict[str, Any]:
                 "prompts": [
                     {
                         "type": "visual",
-                        "text": "car",
+                        "text": "square",
                         "boxes": [
-                            {"x": 40, "y": 60, "width": 120, "height": 80},
-                            {"x0": 300, "y0": 50, "x1": 380, "y1": 140},
+                            {"x": 8, "y": 8, "width": 16, "height": 16},
+                            {"x0": 0, "y0": 0, "x1": 6, "y1": 6},
                         ],
                         "box_labels": [1, 0],
                         "output_prob_thresh": 0.4,
@@ -291,10 +310,10 @@ def examples() -> dict[str, Any]:
                 "format": "rle",
             },
         },
-        "by_id_with_nms": {
-            "summary": "an embedded image_id, cross-prompt NMS",
+        "nms": {
+            "summary": "two phrases with cross-prompt NMS",
             "value": {
-                "image_id": "street-1",
+                "image": image,
                 "prompts": [{"text": "cup"}, {"text": "mug"}],
                 "nms_iou_threshold": 0.5,
             },

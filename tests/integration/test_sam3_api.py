@@ -317,15 +317,39 @@ def test_visual_segment_equals_the_instance_predictor(client, runtime, features)
         assert pred["confidence"] == pytest.approx(float(scores[best]), abs=1e-6)
 
 
-def test_openapi_documents_the_routes_with_examples(client) -> None:  # type: ignore[no-untyped-def]
+def test_openapi_documents_the_routes_with_working_examples(client) -> None:  # type: ignore[no-untyped-def]
     doc = client.get("/openapi.json").json()
-    op = doc["paths"]["/sam3/concept_segment"]["post"]
-    media = op["requestBody"]["content"]["application/json"]
-    assert set(media["examples"]) >= {"text", "exemplars"}
-    assert media["schema"]["$ref"].endswith("ConceptSegmentRequest")
-    for path in ("/sam3/embed_image", "/sam3/visual_segment"):
-        assert "post" in doc["paths"][path]
-    assert "413" in op["responses"] and "422" in op["responses"]
+    schemas = doc["components"]["schemas"]
+    for name in (
+        "Sam3EmbedRequest",
+        "ConceptSegmentRequest",
+        "VisualSegmentRequest",
+        "Sam3EverythingRequest",
+        "Sam3Prompt",
+        "BoxXYWH",
+        "BoxXYXY",
+    ):
+        assert schemas[name].get("examples"), name
+        for field, prop in schemas[name]["properties"].items():
+            assert prop.get("description"), f"{name}.{field} has no description"
+    for path in SAM3_PATHS:
+        op = doc["paths"][path]["post"]
+        media = op["requestBody"]["content"]["application/json"]
+        assert "413" in op["responses"] and "422" in op["responses"]
+        bodies = [media["example"], *(e["value"] for e in media.get("examples", {}).values())]
+        for body in bodies:  # every example works as it stands
+            r = client.post(path, json=body)
+            assert r.status_code == 200, (path, r.text)
+    concept = doc["paths"]["/sam3/concept_segment"]["post"]["requestBody"]["content"]
+    assert set(concept["application/json"]["examples"]) == {"text", "exemplars", "nms"}
+
+
+SAM3_PATHS = (
+    "/sam3/embed_image",
+    "/sam3/concept_segment",
+    "/sam3/visual_segment",
+    "/sam3/segment_everything",
+)
 
 
 @pytest.mark.slow
