@@ -99,7 +99,9 @@
       swatch.style.display = "inline-block";
       swatch.style.width = swatch.style.height = "0.9em";
       const scores = r.scores.map((s) => s.toFixed(2)).join(", ");
-      li.append(swatch, ` ${r.phrase}: ${r.scores.length} found` + (scores ? ` (${scores})` : ""));
+      const shown = r.scores.length;
+      const count = r.found > shown ? `${shown} shown of ${r.found} found` : `${shown} found`;
+      li.append(swatch, ` ${r.phrase}: ${count}` + (scores ? ` (${scores})` : ""));
       if (r.note) {
         const note = document.createElement("div");
         note.className = "hint";
@@ -144,7 +146,7 @@
           { ...body, image: { type: "base64", value: state.dataUrl } });
       }
       const results = (res.prompt_results || []).map((r, i) => ({
-        phrase: phrases[i], color: colour(i), note: r.note,
+        phrase: phrases[i], color: colour(i), note: r.note, found: r.found ?? 0,
         scores: r.predictions.map((p) => p.confidence),
         polygons: r.predictions.map((p) => p.masks),
       }));

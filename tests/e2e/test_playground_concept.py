@@ -57,8 +57,10 @@ def test_find_every_instance_with_scores(sam3_server: str, photo: Path, make_pag
     n = sum(len(r["predictions"]) for r in answer["prompt_results"])
     assert n > 0
     page.wait_for_selector("#concept li")
-    items = page.locator("#concept li").all_inner_texts()
+    items = [t.strip() for t in page.locator("#concept li").all_inner_texts()]
     assert items[0].startswith("cup:") and items[1].startswith("person:")
+    for item, result in zip(items, answer["prompt_results"], strict=True):
+        assert f"{len(result['predictions'])} " in item and str(result["found"]) in item
     first = answer["prompt_results"][0]["predictions"]
     if first:
         assert f"{first[0]['confidence']:.2f}" in items[0]
