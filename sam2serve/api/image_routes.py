@@ -182,9 +182,9 @@ def _images_fit(service: ImageService) -> dict[str, dict[str, int]]:
     (measured on the images embedded so far, else as the loaded runtime declares)."""
     cache = service.store.local
     fit = cache.images_fit()
-    for model_id, entry in service.pool.describe().items():
-        size = entry.get("feature_bytes_per_image")
-        if model_id not in fit and size:
+    for model_id in service.pool.loaded:
+        size = getattr(service.pool.loaded_runtime(model_id), "feature_nbytes", None)
+        if model_id not in fit and isinstance(size, int) and size > 0:  # SAM 3 declares it
             fit[model_id] = {"bytes_per_image": size, "images": cache.max_bytes // size}
     return fit
 

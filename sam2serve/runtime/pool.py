@@ -79,6 +79,10 @@ class ModelPool:
     def loaded(self) -> list[str]:
         return list(self._loaded)
 
+    def loaded_runtime(self, model_id: str) -> Runtime | None:
+        """The loaded runtime of `model_id`, or None (does not load, nor mark it used)."""
+        return self._loaded.get(model_id)
+
     def describe(self) -> dict[str, dict[str, Any]]:
         """Which runtime (and precision) serves each loaded model, for /info; with the
         measured encoder choice and its timings where the runtime was chosen so."""
@@ -91,9 +95,6 @@ class ModelPool:
             choice = getattr(runtime, "choice", None)
             if choice is not None:
                 entry["choice"] = describe_choice(choice)
-            nbytes = getattr(runtime, "feature_nbytes", None)  # SAM 3: known before any embed
-            if isinstance(nbytes, int) and nbytes > 0:
-                entry["feature_bytes_per_image"] = nbytes
             out[model_id] = entry
         return out
 
