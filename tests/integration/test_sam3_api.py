@@ -250,6 +250,17 @@ def test_image_ids_never_cross_families(client) -> None:  # type: ignore[no-unty
     assert r.status_code == 404 and r.json()["field"] == "image_id"
 
 
+def test_api_keys_keep_their_sam3_images_apart(make_sam3_client) -> None:  # type: ignore[no-untyped-def]
+    keyed = make_sam3_client(api_keys=["key-one", "key-two"])
+    one, two = ({"Authorization": f"Bearer key-{k}"} for k in ("one", "two"))
+    body = {"image": IMAGE, "image_id": "mine"}
+    assert keyed.post("/sam3/embed_image", json=body, headers=one).status_code == 200
+    ask = {"image_id": "mine", "prompts": [{"text": "cup"}]}
+    assert keyed.post("/sam3/concept_segment", json=ask, headers=one).status_code == 200
+    assert keyed.post("/sam3/concept_segment", json=ask, headers=two).status_code == 404
+    assert keyed.post("/sam3/concept_segment", json=ask).status_code == 401
+
+
 def test_instance_cap_and_mask_budget_say_so(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from sam2serve.sam3.config import Sam3Settings
 
