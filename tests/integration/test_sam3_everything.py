@@ -52,19 +52,20 @@ def client(
 
 
 def test_route_answers_masks_by_image_and_by_id(client) -> None:  # type: ignore[no-untyped-def]
-    body = {"image": IMAGE, "image_id": "coffee-e3", "format": "rle", **PARAMS}
+    params = {**PARAMS, "points_per_side": 4}
+    body = {"image": IMAGE, "image_id": "coffee-e3", "format": "rle", **params}
     r = client.post("/sam3/segment_everything", json=body)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
-    assert len(preds) > 5
+    assert len(preds) > 2
     areas = [p["area"] for p in preds]
     assert areas == sorted(areas, reverse=True)
     by_id = client.post(
-        "/sam3/segment_everything", json={"image_id": "coffee-e3", "format": "rle", **PARAMS}
+        "/sam3/segment_everything", json={"image_id": "coffee-e3", "format": "rle", **params}
     )
     assert by_id.json()["predictions"] == preds
     # the SAM 2 route does not know the SAM 3 embedding's id, nor the reverse
-    r = client.post("/sam2/segment_everything", json={"image_id": "coffee-e3", **PARAMS})
+    r = client.post("/sam2/segment_everything", json={"image_id": "coffee-e3", **params})
     assert r.status_code == 404
     big = client.post("/sam3/segment_everything", json={"image": IMAGE, "points_per_side": 999})
     assert big.status_code == 422 or big.status_code == 413  # SAM 2's bounds hold
