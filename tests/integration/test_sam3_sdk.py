@@ -188,15 +188,39 @@ def test_cli_segment_text_writes_an_annotated_png(server: str, tmp_path: Path) -
 
     src = tmp_path / "photo.png"
     Image.fromarray(RGB).save(src)
-    out = tmp_path / "out.png"
-    result = CliRunner().invoke(
-        app,
-        ["segment", str(src), "--text", "cup", "--threshold", "0", "-o", str(out),
-         "--url", server, "--json", str(tmp_path / "m.json")],
+    args = ["segment", str(src), "--text", "cup", "--threshold", "0"]
+    remote = CliRunner().invoke(
+        app, [*args, "-o", str(tmp_path / "url.png"), "--url", server,
+              "--json", str(tmp_path / "m.json")],
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert np.asarray(Image.open(out)).shape == RGB.shape
-    assert "cup: 100" in result.output  # and the per-prompt cap's note
-    assert "MAX_INSTANCES_PER_PROMPT" in result.output
+    assert remote.exit_code == 0, remote.output
+    assert "cup: 100" in remote.output  # and the per-prompt cap's note
+    assert "MAX_INSTANCES_PER_PROMPT" in remote.output
     bad = CliRunner().invoke(app, ["segment", str(src), "--text", "cup", "--point", "1,1"])
     assert bad.exit_code == 2 and "--text" in bad.output
+
+
+@pytest.mark.slow
+def test_cli_segment_text_local_model_draws_what_the_server_does(
+    server: str, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sam2serve.wiring as wiring
+    from sam2serve.cli.main import app
+
+    src = tmp_path / "photo.png"
+    Image.fromarray(RGB).save(src)
+    args = ["segment", str(src), "--text", "cup", "--threshold", "0"]
+    remote = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "url.png"), "--url", server])
+    assert remote.exit_code == 0, remote.output
+    monkeypatch.setattr(wiring, "REGISTRY", both_registries())
+    for name, value in {
+        "SAM2SERVE_WEIGHTS_DIR": str(weights), "SAM2SERVE_SAM3_MODEL": "sam3_test_tiny",
+        "SAM2SERVE_DEVICE": "cpu", "SAM2SERVE_RUNTIME": "torch",
+        "SAM2SERVE_ALLOW_DOWNLOAD": "false",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    local = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "local.png")])
+    assert local.exit_code == 0, local.output
+    url_png = np.asarray(Image.open(tmp_path / "url.png"))
+    assert url_png.shape == RGB.shape
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "local.png")), url_png)
