@@ -48,6 +48,20 @@ class Settings(BaseSettings):
         "sam2.1", description="What Roboflow's short ids (hiera_tiny, ...) mean: sam2.1 or sam2."
     )
     allow_download: bool = True
+    sam3_model: str = Field(
+        "sam3",
+        description=(
+            "The SAM 3 model a /sam3 request gets when it names none (Roboflow's "
+            "sam3/sam3_final means it too)."
+        ),
+    )
+    sam3_preload: bool = Field(
+        False,
+        description=(
+            "Load SAM 3 (~3.4 GB of weights, ~5 GB resident) at start-up. Off by default: "
+            "SAM 3 loads on the first /sam3 request that needs it."
+        ),
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     runtime: RuntimeName = Field(
         "auto",

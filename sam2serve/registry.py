@@ -12,7 +12,13 @@ _BASE_20 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One SAM2 checkpoint: hydra config (inside the `sam2` package), file name, source, size."""
+    """One checkpoint: its config, file name, source, size, and model family.
+
+    family "sam2": `config` is a hydra config inside the `sam2` package; family "sam3":
+    `config` names the architecture size in `runtime.sam3_build.CONFIGS` ("real" | "tiny").
+    gated: the file sits behind a licence click-through, so the server never downloads it;
+    `url` is then the page where a person obtains it.
+    """
 
     model_id: str
     config: str
@@ -21,6 +27,8 @@ class ModelSpec:
     size_mb: int
     # hydra overrides on top of `config` (tests use them to build tiny architectures)
     overrides: tuple[str, ...] = field(default_factory=tuple)
+    family: str = "sam2"
+    gated: bool = False
 
 
 def _spec(family: str, size: str, cfg_suffix: str, mb: int) -> ModelSpec:
@@ -49,6 +57,44 @@ REGISTRY: dict[str, ModelSpec] = {
     )
 }
 
+#: SAM 3 (Segment Anything with Concepts): Meta's `sam3.pt` from the gated Hugging Face repo
+#: facebook/sam3 (SAM License): image detector + tracker weights, ~840 M parameters.
+#: SAM 3.1 is not offered: `sam3` 0.1.4 on PyPI does not package its model code.
+SAM3_REGISTRY: dict[str, ModelSpec] = {
+    "sam3": ModelSpec(
+        model_id="sam3",
+        config="real",
+        filename="sam3.pt",
+        url="https://huggingface.co/facebook/sam3",
+        size_mb=3450,
+        family="sam3",
+        gated=True,
+    )
+}
+
+#: Roboflow's SAM 3 model ids (`model_id`, default "sam3/sam3_final") -> our ids.
+SAM3_ALIASES: dict[str, str] = {"sam3/sam3_final": "sam3", "sam3_final": "sam3"}
+
+
+def resolve_sam3_model_id(requested: str, *, registry: dict[str, ModelSpec]) -> ModelSpec:
+    """A SAM 3 spec from an id or a Roboflow alias; 400 on `model_id` listing the valid ones
+    (a SAM 2 id is refused here: the families never answer for each other)."""
+    key = requested.strip()
+    key = SAM3_ALIASES.get(key, key)
+    spec = registry.get(key)
+    if spec is None or spec.family != "sam3":
+        valid = ", ".join([*(k for k, s in registry.items() if s.family == "sam3"), *SAM3_ALIASES])
+        raise BadRequest(
+            f"unknown SAM 3 model_id {requested!r}; use one of: {valid}", field="model_id"
+        )
+    return spec
+
+
+def all_specs() -> dict[str, ModelSpec]:
+    """Every model sam2serve knows, SAM 2 then SAM 3 (what `sam2serve models` lists)."""
+    return {**REGISTRY, **SAM3_REGISTRY}
+
+
 # Roboflow's short ids -> size part of our ids; the family comes from config (alias_family).
 ROBOFLOW_ALIASES: dict[str, str] = {
     "hiera_tiny": "tiny",
@@ -68,8 +114,10 @@ def resolve_model_id(
     if key in ROBOFLOW_ALIASES:
         key = f"{alias_family}_hiera_{ROBOFLOW_ALIASES[key]}"
     spec = registry.get(key)
-    if spec is None:
-        valid = ", ".join([*registry, *ROBOFLOW_ALIASES])
+    if spec is None or spec.family != "sam2":
+        valid = ", ".join(
+            [*(k for k, s in registry.items() if s.family == "sam2"), *ROBOFLOW_ALIASES]
+        )
         raise BadRequest(
             f"unknown sam2_version_id {requested!r}; use one of: {valid}",
             field="sam2_version_id",
@@ -85,6 +133,13 @@ class Models:
     registry: dict[str, ModelSpec]
     default: str
     alias_family: str = "sam2.1"
+    #: SAM 3 ids (their own registry: a SAM 2 id never resolves to SAM 3 or the reverse)
+    sam3_registry: dict[str, ModelSpec] = field(default_factory=lambda: dict(SAM3_REGISTRY))
+    sam3_default: str = "sam3"
+
+    def resolve_sam3(self, requested: str | None) -> ModelSpec:
+        """The SAM 3 spec of `requested` (an id, a Roboflow alias, or None for the default)."""
+        return resolve_sam3_model_id(requested or self.sam3_default, registry=self.sam3_registry)
 
     def resolve(self, requested: str | None) -> ModelSpec:
         """The spec of `requested` (an id, an alias, or None for the default); 400 if unknown."""

@@ -13,12 +13,14 @@ import pytest
 from PIL import Image
 
 from sam2serve.config import Settings
-from sam2serve.registry import REGISTRY
+from sam2serve.registry import REGISTRY, SAM3_REGISTRY
 from sam2serve.testing import (
     TEST_MODEL_ID,
     registry_with_test_model,
+    sam3_tiny_spec,
     tiny_test_spec,
     write_random_checkpoint,
+    write_random_sam3_checkpoint,
 )
 
 
@@ -38,7 +40,12 @@ def photos() -> dict[str, np.ndarray]:
     }
 
 
-_MODEL_FIXTURES = frozenset({"tiny_weights_dir", "real_weights_dir"})
+_MODEL_FIXTURES = frozenset(
+    {"tiny_weights_dir", "real_weights_dir", "sam3_tiny_weights_dir", "sam3_real_weights_dir"}
+)
+#: fixtures heavy enough that every test using them is `slow` (SAM 3's real architecture:
+#: ~840 M parameters, a 3.4 GB checkpoint, ~35 s per image embed on 2 cores)
+_SLOW_FIXTURES = frozenset({"sam3_real_weights_dir"})
 
 
 #: markers of heavy tests: each is also `slow`, so the default run (`-m "not slow"` in
@@ -54,6 +61,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
         if _HEAVY_MARKERS & {mark.name for mark in item.iter_markers()}:
             item.add_marker(pytest.mark.slow)
 
@@ -88,6 +97,24 @@ def real_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights-real")
     for model_id in ("sam2.1_hiera_tiny", "sam2_hiera_tiny"):
         write_random_checkpoint(REGISTRY[model_id], path, seed=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sam3_tiny_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights dir holding SAM 3's architecture at the tiny sizes (`sam3_test_tiny.pt`),
+    seeded random weights in Meta's sam3.pt layout (~5 s to build and save)."""
+    path = tmp_path_factory.mktemp("weights-sam3-tiny")
+    write_random_sam3_checkpoint(sam3_tiny_spec(), path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sam3_real_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights dir with SAM 3's real architecture under its official name (sam3.pt, 3.4 GB),
+    seeded random weights (~40 s to build and save). Tests using it are `slow`."""
+    path = tmp_path_factory.mktemp("weights-sam3-real")
+    write_random_sam3_checkpoint(SAM3_REGISTRY["sam3"], path, seed=1)
     return path
 
 

@@ -20,16 +20,16 @@ SAM2SERVE = str(Path(sys.executable).with_name("sam2serve"))
 
 
 @contextmanager
-def threaded_server(settings: Settings) -> Iterator[str]:
+def threaded_server(settings: Settings, registry: dict | None = None) -> Iterator[str]:
     """uvicorn on a free loopback port in a daemon thread, app on the test registry
-    (the tiny random-weight model and the official ids). Yields the base URL."""
+    (the tiny random-weight model and the official ids; or `registry`). Yields the base URL."""
     import uvicorn
 
     from sam2serve.api.app import create_app
     from sam2serve.testing import registry_with_test_model
     from sam2serve.wiring import build_services
 
-    app = create_app(settings, build_services(settings, registry_with_test_model()))
+    app = create_app(settings, build_services(settings, registry or registry_with_test_model()))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

@@ -23,6 +23,7 @@ from sam2serve.api.image_routes import router
 from sam2serve.api.metrics import Metrics
 from sam2serve.api.openapi import install as install_openapi
 from sam2serve.api.readiness import start_preload
+from sam2serve.api.sam3_routes import router as sam3_router
 from sam2serve.api.video_routes import router as video_router
 from sam2serve.config import Settings
 from sam2serve.errors import ServiceError
@@ -51,7 +52,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(
         title="sam2serve",
         version=__version__,
-        description="Segment Anything 2 over HTTP, compatible with Roboflow's /sam2 endpoints.",
+        description=(
+            "Segment Anything 2 and 3 over HTTP, compatible with Roboflow's /sam2 and /sam3 "
+            "endpoints."
+        ),
         lifespan=lifespan,
     )
     app.state.services = services
@@ -66,6 +70,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(router)
     app.include_router(everything_router)
     app.include_router(video_router)
+    app.include_router(sam3_router)
     _install_error_handlers(app)
     # request ids, replica header, JSON 500s, metrics, access log
     app.add_middleware(RequestGuard, replica=app.state.replica)

@@ -144,9 +144,11 @@ async def info(request: Request) -> dict[str, Any]:
     body = _info(service)
     body["replica"] = request.app.state.replica  # as in every answer's X-Sam2serve-Replica
     body["video"] = request.app.state.services.video.describe()
+    body["sam3"] = request.app.state.services.sam3.describe()
     if not _has_valid_key(request, service):
         for private in _PRIVATE_INFO:
             body.pop(private, None)
+        body["sam3"].pop("text_cache", None)  # cache figures need a key
         body["detail"] = (
             "send an API key for device, runtime, cache, shared tier and memory figures"
         )
@@ -175,6 +177,18 @@ def _has_valid_key(request: Request, service: ImageService) -> bool:
     return True
 
 
+def _images_fit(service: ImageService) -> dict[str, dict[str, int]]:
+    """Per model: bytes of one image's features and how many images fit the cache budget
+    (measured on the images embedded so far, else as the loaded runtime declares)."""
+    cache = service.store.local
+    fit = cache.images_fit()
+    for model_id in service.pool.loaded:
+        size = getattr(service.pool.loaded_runtime(model_id), "feature_nbytes", None)
+        if model_id not in fit and isinstance(size, int) and size > 0:  # SAM 3 declares it
+            fit[model_id] = {"bytes_per_image": size, "images": cache.max_bytes // size}
+    return fit
+
+
 def _info(service: ImageService) -> dict[str, Any]:
     cache = service.store.local
     return {
@@ -187,6 +201,7 @@ def _info(service: ImageService) -> dict[str, Any]:
         "models": [
             {
                 "id": spec.model_id,
+                "family": spec.family,
                 "size_mb": spec.size_mb,
                 "present": checkpoint_path(spec, service.pool.weights_dir).is_file(),
                 "loaded": spec.model_id in service.pool.loaded,
@@ -204,6 +219,7 @@ def _info(service: ImageService) -> dict[str, Any]:
             "hits": cache.hits,
             "misses": cache.misses,
             "evictions": cache.evictions,
+            "per_model": _images_fit(service),
         },
         "auth": bool(service.settings.api_keys),
         "shared_tier": service.store.shared.status()

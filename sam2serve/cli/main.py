@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from sam2serve.cli.concept import concept
 from sam2serve.cli.everything import everything
 from sam2serve.cli.support import (
     ANNOTATED_SUFFIX,
@@ -193,6 +194,19 @@ def segment(
     multimask: Annotated[
         bool, typer.Option(help="Best of 3 proposals per prompt (--no-multimask: one mask)")
     ] = True,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--text",
+            "-t",
+            help="SAM 3: every instance of this noun phrase. Repeatable (one prompt each); "
+            "--box then gives exemplar boxes (with one --text: of that phrase)",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="SAM 3 (--text): score threshold (default the model's 0.5)"),
+    ] = None,
     model: Model = None,
     url: Url = None,
     api_key: ApiKey = None,
@@ -201,16 +215,28 @@ def segment(
 ) -> None:
     """Segment images and write annotated PNGs (mask overlay + outline + prompts).
 
+    With --text, SAM 3 finds every instance of each phrase (e.g. --text car): each instance
+    is drawn in its phrase's colour with its score; the model is SAM2SERVE_SAM3_MODEL's (or
+    --model, a SAM 3 id).
+
     Runs a local model by default (weights from --weights-dir / SAM2SERVE_WEIGHTS_DIR), or
     asks the server at --url. Several images or a folder run as a batch: a failed image is
     reported on stderr and the rest go on; the exit code is 1 if any failed, 2 on usage errors.
 
     Example: sam2serve segment photo.jpg --point 320,240 --box 100,80,540,400 -o annotated.png
+
+    Example: sam2serve segment photo.jpg --text car -o out.png
     """
     from sam2serve.client.prompt_builder import build_prompts, parse_box, parse_point
 
     if fmt not in ("rle", "polygon"):
         fail(f"--format must be rle or polygon, not {fmt!r}")
+    if text or threshold is not None:
+        if point or prompts_file:
+            fail("--text (SAM 3) takes --box exemplars only, not --point or --prompts")
+        concept(images, text or [], box or [], threshold, output, json_out, model, url,
+                api_key, weights_dir, device)  # fmt: skip
+        return
     try:
         points = [parse_point(p) for p in point or []]
         boxes = [parse_box(b) for b in box or []]
@@ -295,13 +321,20 @@ def download(
     ] = False,
 ) -> None:
     """Download official checkpoints into the weights directory (progress bar, atomic)."""
-    from sam2serve.registry import REGISTRY, resolve_model_id
-    from sam2serve.runtime.weights import checkpoint_path
+    from sam2serve.registry import REGISTRY, SAM3_ALIASES, SAM3_REGISTRY, resolve_model_id
+    from sam2serve.runtime.weights import checkpoint_path, missing_weights_message
     from sam2serve.runtime.weights import download as fetch
 
     settings = _settings(weights_dir=weights_dir)
     specs = []
     for requested in model_ids or [settings.default_model]:
+        gated = SAM3_REGISTRY.get(SAM3_ALIASES.get(requested, requested))
+        if gated is not None:  # SAM 3: placed by hand, never downloaded
+            target = checkpoint_path(gated, settings.weights_dir)
+            if not target.is_file():
+                fail(missing_weights_message(gated, settings.weights_dir, "gated"))
+            typer.echo(f"{gated.model_id}: already present at {target}")
+            continue
         try:
             specs.append(
                 resolve_model_id(requested, registry=REGISTRY, alias_family=settings.alias_family)
@@ -353,19 +386,24 @@ def download(
 
 @app.command()
 def models(weights_dir: WeightsDir = None) -> None:
-    """List model ids, Roboflow aliases, sizes and which checkpoints are present."""
-    from sam2serve.registry import REGISTRY, ROBOFLOW_ALIASES
+    """List model ids, Roboflow aliases, sizes and which checkpoints are present (SAM 2, then
+    SAM 3, whose gated checkpoint is placed by hand: the line says where to obtain it)."""
+    from sam2serve.registry import ROBOFLOW_ALIASES, SAM3_ALIASES, all_specs
     from sam2serve.runtime.weights import checkpoint_path
 
     settings = _settings(weights_dir=weights_dir)
     aliases = {
         f"{settings.alias_family}_hiera_{size}": alias for alias, size in ROBOFLOW_ALIASES.items()
     }
+    for alias, model_id in SAM3_ALIASES.items():
+        aliases.setdefault(model_id, alias)
     typer.echo(f"weights dir: {settings.weights_dir}")
-    for spec in REGISTRY.values():
+    for spec in all_specs().values():
         present = "present" if checkpoint_path(spec, settings.weights_dir).is_file() else "missing"
+        if spec.gated and present == "missing":
+            present += f" (gated: obtain {spec.filename} from {spec.url}, place it by hand)"
         alias = aliases.get(spec.model_id, "")
-        typer.echo(f"{spec.model_id:<22} {alias:<13} {spec.size_mb:>5} MB  {present}")
+        typer.echo(f"{spec.model_id:<22} {alias:<16} {spec.size_mb:>5} MB  {present}")
 
 
 app.command(no_args_is_help=True)(everything)

@@ -102,7 +102,11 @@ def open_backend(
     model: str | None,
     weights_dir: Path | None,
     device: str | None,
+    *,
+    sam3: bool = False,
 ) -> Any:
+    """A `Sam2Client` for --url, else a local `Segmenter` with its model loaded now (`sam3`:
+    the SAM 3 model `model` names, or SAM2SERVE_SAM3_MODEL's)."""
     if url:
         from sam2serve.client import Sam2Client
 
@@ -115,8 +119,12 @@ def open_backend(
     # upstream SAM2 model code uses torch.jit.script, which newer torch flags as deprecated
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script", category=FutureWarning)
     try:
-        segmenter = Segmenter(model, weights_dir=weights_dir, device=device)
-        segmenter.load()  # unknown id -> 400, missing weights -> 503: before any image
+        if sam3:
+            segmenter = Segmenter(weights_dir=weights_dir, device=device)
+            segmenter.load_sam3(model)  # unknown id -> 400, missing weights -> 503
+        else:
+            segmenter = Segmenter(model, weights_dir=weights_dir, device=device)
+            segmenter.load()  # unknown id -> 400, missing weights -> 503: before any image
     except Exception as exc:
         if not is_handled(exc):
             raise

@@ -24,6 +24,7 @@ import httpx
 
 from sam2serve.client.affinity import RouteIds, affinity_headers
 from sam2serve.client.calls import CallBuilder, embed_result
+from sam2serve.client.concept_calls import AsyncConceptCalls, ConceptCalls
 from sam2serve.client.errors import error_from_response, parse_retry_after
 from sam2serve.client.everything import EVERYTHING_PATH, EverythingResult, everything_call
 from sam2serve.client.image_encode import ImageLike
@@ -93,7 +94,7 @@ class _Base:
         return answer
 
 
-class Sam2Client(_Base):
+class Sam2Client(ConceptCalls, _Base):
     """Blocking client. Use as a context manager, or call `close()`.
 
     Args:
@@ -232,7 +233,7 @@ class Sam2Client(_Base):
         return call.parse(self._json(response))
 
 
-class AsyncSam2Client(_Base):
+class AsyncSam2Client(AsyncConceptCalls, _Base):
     """The asyncio twin of `Sam2Client`: same arguments, `await` the methods."""
 
     def __init__(

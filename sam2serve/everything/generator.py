@@ -98,9 +98,15 @@ class EverythingRun:
         orig_hw: tuple[int, int],
         *,
         max_candidates: int = 4096,
+        predictor_regions: bool = True,
     ) -> None:
+        """predictor_regions: clean regions under min_mask_region_area before upscaling, as
+        upstream's generator configures its own predictor; False: the runtime's `upscale`
+        post-processes as its predictor is built (SAM 3's instance predictor, as
+        `predict_inst` uses it: holes up to 256 px filled)."""
         self.runtime = runtime
         self.params = params
+        self.predictor_regions = predictor_regions
         self.orig_hw = orig_hw
         self.max_candidates = max_candidates
         grids = amg.build_all_layer_point_grids(
@@ -146,10 +152,9 @@ class EverythingRun:
         """(K, m, m) -> chunks of (k, h, w) full-resolution logits (small regions cleaned
         first when min_mask_region_area > 0, as upstream's predictor does)."""
         chunk = max(1, UPSCALE_ELEMENTS // (hw[0] * hw[1]))
+        area = self.params.min_mask_region_area if self.predictor_regions else 0
         for start in range(0, len(low_res), chunk):
-            part = amg.fill_small_regions(
-                low_res[start : start + chunk], self.params.min_mask_region_area
-            )
+            part = amg.fill_small_regions(low_res[start : start + chunk], area)
             yield self.runtime.upscale(part, hw).float().cpu()
 
     def process_batch(self, crop: Crop, features: Features, points: np.ndarray) -> None:
@@ -281,13 +286,16 @@ def generate(
     max_candidates: int = 4096,
     deadline: float | None = None,
     should_stop: Callable[[], bool] | None = None,
+    predictor_regions: bool = True,
 ) -> list[AutoMask]:
     """All of it in the calling thread. `features` (the whole image's, if already
     embedded) saves one embed; crops need `rgb`. `deadline` (time.monotonic()) -> 503."""
     if features is None and rgb is None:
         raise ValueError("give rgb or features")
     orig_hw = features.orig_hw if features is not None else (rgb.shape[0], rgb.shape[1])
-    run = EverythingRun(runtime, params, orig_hw, max_candidates=max_candidates)
+    run = EverythingRun(
+        runtime, params, orig_hw, max_candidates=max_candidates, predictor_regions=predictor_regions
+    )
     if len(run.crops) > 1 and rgb is None:
         raise ValueError("crop_n_layers > 0 needs the image pixels (rgb)")
     for crop in run.crops:

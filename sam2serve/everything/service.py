@@ -15,7 +15,7 @@ import io
 import math
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,8 @@ from sam2serve.everything.schema import (
 from sam2serve.image.service import ImageService
 from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage
+from sam2serve.registry import ModelSpec
+from sam2serve.runtime.base import Features
 from sam2serve.scheduling.lanes import Lane
 from sam2serve.wire import BinaryResult, RleMask
 
@@ -60,12 +62,19 @@ async def segment_everything(
     namespace: str,
     *,
     pixels: LoadedImage | None = None,
+    spec: ModelSpec | None = None,
+    as_features: Callable[[Any, Any], Features] | None = None,
+    predictor_regions: bool = True,
 ) -> EverythingResponse | BinaryResult:
     """Every object of the image as a mask.
 
     `pixels`: an image already decoded in this process (the in-process Segmenter), used
     instead of `request.image` and cached under `request.image_id`. Raises
     PayloadTooLarge / Unavailable when over the configured budgets.
+    `spec`: the model (default: `request.sam2_version_id`'s); `as_features(runtime, value)`:
+    what the store (or a crop's embed) holds -> the decoder's `Features` (SAM 3: its
+    instance predictor's view of its features; default: the value itself).
+    `predictor_regions`: see `EverythingRun` (False: the runtime's own post-processing).
     """
     started = time.perf_counter()
     settings = service.settings
@@ -83,15 +92,21 @@ async def segment_everything(
             "crop_n_layers",
             field="points_per_side",
         )
-    spec = service.spec_for(request.sam2_version_id)
+    spec = spec or service.spec_for(request.sam2_version_id)
+    view = as_features or _as_is
     image = pixels
     if image is None and request.image is not None:
         image = await service.load(request.image, namespace)
     scope = await service.scope(namespace, spec)
     stored = await service.store.features(scope, request.image_id, image)
-    features, runtime = stored.features, scope.runtime
+    runtime = scope.runtime
+    features = view(runtime, stored.features)
     run = EverythingRun(
-        runtime, params, features.orig_hw, max_candidates=settings.everything_max_candidates
+        runtime,
+        params,
+        features.orig_hw,
+        max_candidates=settings.everything_max_candidates,
+        predictor_regions=predictor_regions,
     )
     deadline = time.monotonic() + settings.everything_max_seconds
     lane = service.embed_lane
@@ -103,7 +118,7 @@ async def segment_everything(
         else:
             assert image is not None
             crop_rgb = crop_pixels(image.rgb, crop)
-            crop_features = await _step(lane, namespace, runtime.embed, crop_rgb)
+            crop_features = view(runtime, await _step(lane, namespace, runtime.embed, crop_rgb))
         for points in run.batches(crop):
             check_budget(deadline, None)
             await _step(lane, namespace, run.process_batch, crop, crop_features, points)
@@ -114,6 +129,10 @@ async def segment_everything(
     if isinstance(result, EverythingResponse):
         result.time = time.perf_counter() - started
     return result
+
+
+def _as_is(runtime: Any, features: Any) -> Features:
+    return features
 
 
 async def _step(lane: Lane, tenant: str, fn: Callable[..., T], *args: object) -> T:

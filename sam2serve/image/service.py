@@ -32,7 +32,7 @@ from sam2serve.image.schema import (
 )
 from sam2serve.media.decode import HeaderCheck, LoadedImage, load_image
 from sam2serve.media.fetch import UrlFetcher
-from sam2serve.registry import Models, ModelSpec
+from sam2serve.registry import SAM3_REGISTRY, Models, ModelSpec
 from sam2serve.runtime.pool import ModelPool
 from sam2serve.scheduling.batching import Embedders
 from sam2serve.scheduling.lanes import Lane
@@ -85,7 +85,16 @@ class ImageService:
             window_s=settings.embed_batch_window_ms / 1000,
             queue=settings.embed_queue,
         )
-        self.models = Models(registry, settings.default_model, settings.alias_family)
+        # SAM 3 ids resolve in their own registry (the registry's SAM 3 specs, else the
+        # built-in ones): a SAM 2 id never names a SAM 3 model or the reverse
+        sam3 = {k: v for k, v in registry.items() if v.family == "sam3"} or dict(SAM3_REGISTRY)
+        self.models = Models(
+            registry,
+            settings.default_model,
+            settings.alias_family,
+            sam3_registry=sam3,
+            sam3_default=settings.sam3_model,
+        )
 
     async def aclose(self) -> None:
         self.embed_lane.shutdown()

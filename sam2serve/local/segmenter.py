@@ -31,6 +31,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from sam2serve.client.calls import CallBuilder, SegmentCall
+from sam2serve.client.concept import ConceptResult
 from sam2serve.client.errors import error_for_status
 from sam2serve.client.everything import (
     EverythingCall,
@@ -52,6 +53,7 @@ from sam2serve.config import Settings
 from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.image.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest
 from sam2serve.image.service import ImageService
+from sam2serve.local import sam3 as local_sam3
 from sam2serve.local.video import LocalVideoSession, open_local_session
 from sam2serve.media import decode as image_decode
 from sam2serve.media.decode import LoadedImage
@@ -234,6 +236,28 @@ class Segmenter:
         )
         return call.parse(answer.model_dump(mode="json"))  # type: ignore[union-attr]
 
+    def load_sam3(self, model: str | None = None) -> str:
+        """Load a SAM 3 model now (default: SAM2SERVE_SAM3_MODEL) and return its id.
+        Raises UnavailableError when its (gated) weights file is missing."""
+        return local_sam3.load(self, model)
+
+    def sam3_embed_image(
+        self,
+        image: ImageLike,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+    ) -> EmbedResult:
+        """See `Sam2Client.sam3_embed_image`; the id defaults to the image's content hash."""
+        return local_sam3.embed(self, image, image_id, model, bgr)
+
+    def concept_segment(
+        self, image: ImageLike | None = None, image_id: str | None = None, **kwargs: Any
+    ) -> ConceptResult:
+        """See `Sam2Client.concept_segment` (same arguments, same result)."""
+        return local_sam3.concept_segment(self, image, image_id, **kwargs)
+
     def video_session(self, video: VideoLike, *, model: str | None = None) -> LocalVideoSession:
         """Open a video session on this model (see `sam2serve.local.video`): a clip
         path/bytes, an https URL, or a list of frames; the HTTP session's methods and results.
@@ -280,10 +304,14 @@ class LoopCaller:
         self._thread = thread
         self._limits = limits
 
-    def validate(self, model: type[T], body: dict[str, Any]) -> T:
-        """`body` parsed by the wire model `model`; InvalidRequestError/BadRequestError."""
+    def validate(
+        self, model: type[T], body: dict[str, Any], context: dict[str, Any] | None = None
+    ) -> T:
+        """`body` parsed by the wire model `model` (`context`: more validation context, e.g.
+        SAM 3's caps); InvalidRequestError/BadRequestError."""
         try:
-            return model.model_validate(body, context={"limits": self._limits})  # type: ignore[attr-defined]
+            full = {"limits": self._limits, **(context or {})}
+            return model.model_validate(body, context=full)  # type: ignore[attr-defined]
         except ValidationError as exc:
             raise _client_error(schema_error(exc)) from exc
 

@@ -8,14 +8,15 @@ video tracker's fast parts (`video_parts`) follow the same choice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import torch
 
 from sam2serve.config import RuntimeName, Settings
 from sam2serve.registry import ModelSpec
-from sam2serve.runtime.pool import RuntimeFactory, torch_runtime_factory
+from sam2serve.runtime.pool import RuntimeFactory, sam3_runtime_factory, torch_runtime_factory
 from sam2serve.runtime.video_tracker import ModelParts
 
 log = logging.getLogger(__name__)
@@ -78,3 +79,39 @@ def video_parts(
     except BackendUnavailable as exc:
         log.warning("fast video graphs unavailable, memory attention stays on torch: %s", exc)
         return None
+
+
+def sam3_factory(settings: Settings) -> Callable[[ModelSpec, Path, torch.device], Any]:
+    """The `ModelPool` factory for SAM 3 specs under `settings.runtime`:
+
+    - "torch": Meta's fp32 model code, exact (`Sam3Runtime`);
+    - "auto": on a CPU with native bf16, the fast path (`Sam3FastRuntime`: the ViT trunk on
+      OpenVINO in bf16, the rest exact; tolerance in `runtime.sam3_fast.TOLERANCE`); the
+      exact runtime elsewhere (CUDA, no native bf16, OpenVINO unusable);
+    - "openvino-bf16" / "openvino-f32": the fast path at that precision ("openvino-int8"
+      and "openvino" mean "auto": SAM 3 has no int8 trunk), the exact runtime where impossible.
+    """
+    name = settings.runtime
+    if name == "torch":
+        return sam3_runtime_factory
+    wanted = {"openvino-bf16": "bf16", "openvino-f32": "f32"}.get(name, "auto")
+
+    def build(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Any:
+        if device.type != "cpu":
+            return sam3_runtime_factory(spec, checkpoint, device)
+        from sam2serve.runtime.openvino_export import BackendUnavailable, probe
+
+        try:
+            precision = probe(wanted)  # type: ignore[arg-type]
+            if wanted == "auto" and precision != "bf16":
+                return sam3_runtime_factory(spec, checkpoint, device)
+            from sam2serve.runtime.sam3_fast import build_sam3_fast_runtime
+
+            return build_sam3_fast_runtime(
+                spec, checkpoint, settings.runtime_cache_dir, precision, settings.embed_threads
+            )
+        except BackendUnavailable as exc:
+            log.warning("SAM 3 fast path unavailable (%s): exact runtime", exc)
+            return sam3_runtime_factory(spec, checkpoint, device)
+
+    return build

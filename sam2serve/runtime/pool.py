@@ -26,6 +26,14 @@ def torch_runtime_factory(spec: ModelSpec, checkpoint: Path, device: torch.devic
     return TorchRuntime(spec.model_id, build_model(spec, checkpoint, device), device)
 
 
+def sam3_runtime_factory(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Any:
+    """SAM 3 specs: Meta's `sam3` image model, exact (`runtime.sam3_runtime`); imported on
+    first use only, so a SAM 2-only server never imports `sam3`."""
+    from sam2serve.runtime.sam3_runtime import build_sam3_runtime
+
+    return build_sam3_runtime(spec, checkpoint, device)
+
+
 def describe_choice(record: dict[str, Any]) -> dict[str, Any]:
     """A measured encoder choice (`runtime.choice`) as /info shows it."""
     return {
@@ -55,12 +63,14 @@ class ModelPool:
         allow_download: bool = True,
         max_models: int = 2,
         factory: RuntimeFactory = torch_runtime_factory,
+        sam3_factory: Callable[[ModelSpec, Path, torch.device], Any] = sam3_runtime_factory,
     ) -> None:
         self.weights_dir = Path(weights_dir)
         self.device = device
         self.allow_download = allow_download
         self.max_models = max_models
         self.factory = factory
+        self.sam3_factory = sam3_factory
         self._loaded: OrderedDict[str, Runtime] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self.load_seconds: dict[str, float] = {}
@@ -68,6 +78,10 @@ class ModelPool:
     @property
     def loaded(self) -> list[str]:
         return list(self._loaded)
+
+    def loaded_runtime(self, model_id: str) -> Runtime | None:
+        """The loaded runtime of `model_id`, or None (does not load, nor mark it used)."""
+        return self._loaded.get(model_id)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Which runtime (and precision) serves each loaded model, for /info; with the
@@ -85,10 +99,13 @@ class ModelPool:
         return out
 
     def load_sync(self, spec: ModelSpec) -> Runtime:
-        """Blocking load (weights download if needed, build, strict state-dict check)."""
+        """Blocking load (weights download if needed, build, strict state-dict check).
+        A SAM 3 spec (`spec.family == "sam3"`) gets `sam3_factory`'s `Sam3Runtime`; its
+        checkpoint is gated, so it is never downloaded (503 saying how to obtain it)."""
         started = time.perf_counter()
         checkpoint = ensure_checkpoint(spec, self.weights_dir, allow_download=self.allow_download)
-        runtime = self.factory(spec, checkpoint, self.device)
+        factory = self.sam3_factory if spec.family == "sam3" else self.factory
+        runtime = factory(spec, checkpoint, self.device)
         self.load_seconds[spec.model_id] = time.perf_counter() - started
         log.info("loaded %s in %.1fs", spec.model_id, self.load_seconds[spec.model_id])
         return runtime

@@ -28,6 +28,13 @@ def checkpoint_path(spec: ModelSpec, weights_dir: Path) -> Path:
 
 
 def missing_weights_message(spec: ModelSpec, weights_dir: Path, reason: str) -> str:
+    if spec.gated:
+        return (
+            f"weights for {spec.model_id} are not available ({reason}): place {spec.filename} "
+            f"in {weights_dir}. The checkpoint is gated, so sam2serve never downloads it: "
+            f"request access at {spec.url} (accept the licence, logged in), download "
+            f"{spec.filename} from the repository's files, and copy it there unchanged"
+        )
     return (
         f"weights for {spec.model_id} are not available ({reason}): place {spec.filename} "
         f"(from {spec.url}) in {weights_dir}, or run `sam2serve download {spec.model_id}` "
@@ -41,7 +48,12 @@ def download(
     """Fetch `spec.url` into `weights_dir/spec.filename` via a temp file + rename (atomic).
 
     Raises WeightsError (503) when the download fails; a partial file is never left behind.
+    A gated checkpoint (SAM 3) is never downloaded: WeightsError saying how to obtain it.
     """
+    if spec.gated:
+        raise WeightsError(
+            missing_weights_message(spec, weights_dir, "gated: sam2serve never downloads it")
+        )
     target = checkpoint_path(spec, weights_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", dir=target.parent)
@@ -79,7 +91,7 @@ def ensure_checkpoint(spec: ModelSpec, weights_dir: Path, *, allow_download: boo
     path = checkpoint_path(spec, weights_dir)
     if path.is_file():
         return path
-    if not allow_download:
+    if not allow_download or spec.gated:
         raise WeightsError(missing_weights_message(spec, weights_dir, "file not found"))
     return download(spec, weights_dir)
 

@@ -97,6 +97,7 @@ import { curlSnippet, pythonSnippet } from "./js/snippets.js";
       const current = el.model.value;  // read after the await: the user may have changed it
       el.model.textContent = "";
       for (const m of info.models || []) {
+        if (m.family && m.family !== "sam2") continue;  // SAM 3: the "Find every…" card
         const opt = document.createElement("option");
         opt.value = m.id;
         let label = m.id;

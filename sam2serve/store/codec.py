@@ -23,6 +23,7 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,15 +161,37 @@ def _order(spec: dict) -> list[int]:
     return order
 
 
-def encode_features(identity: Identity, content_hash: str, features: Features) -> bytes:
+def encode_features(identity: Identity, content_hash: str, features: Any) -> bytes:
+    """A features value of either family: SAM 2's `Features`, or SAM 3's `Sam3Features`
+    (family "sam3" in the header, fpn then inst tensors). Memory layouts are kept (SAM 3's
+    necks answer channels-last: a dense copy would change the heads' output in the last bit),
+    so a value decodes to features that give bit-identical answers."""
+    if not isinstance(features, Features):
+        fpn, inst = getattr(features, "fpn", None), getattr(features, "inst", None)
+        if fpn is None:
+            raise CodecError(f"cannot store features of type {type(features).__name__}")
+        return encode(
+            "features",
+            identity,
+            content_hash,
+            [*fpn, *(inst or ())],
+            orig_hw=list(features.orig_hw),
+            family="sam3",
+            n_fpn=len(fpn),
+            n_inst=-1 if inst is None else len(inst),
+        )
     tensors = [features.image_embed, *features.high_res]
     return encode("features", identity, content_hash, tensors, orig_hw=list(features.orig_hw))
 
 
 def decode_features(
     value: bytes, identity: Identity, content_hash: str, device: torch.device | None = None
-) -> Features:
+) -> Any:
+    """`Features` (SAM 2) or `Sam3Features` (header family "sam3"), as the value says; the
+    identity check (model, checkpoint, producing runtime) keeps the families apart."""
     tensors, header = decode(value, "features", identity, content_hash, device)
+    if header.get("family", "sam2") == "sam3":
+        return _sam3_features(tensors, header)
     try:
         h, w = (int(v) for v in header["orig_hw"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -176,6 +199,20 @@ def decode_features(
     if len(tensors) < 1:
         raise CodecError("features value holds no tensors")
     return Features(image_embed=tensors[0], high_res=tuple(tensors[1:]), orig_hw=(h, w))
+
+
+def _sam3_features(tensors: list[torch.Tensor], header: dict) -> Any:
+    from sam2serve.runtime.sam3_types import Sam3Features
+
+    try:
+        n_fpn, n_inst = int(header["n_fpn"]), int(header["n_inst"])
+        h, w = (int(v) for v in header["orig_hw"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CodecError("SAM 3 features header lacks n_fpn / n_inst / orig_hw") from exc
+    if n_fpn < 1 or n_inst < -1 or n_fpn + max(n_inst, 0) != len(tensors):
+        raise CodecError("SAM 3 features: tensor counts do not add up")
+    inst = None if n_inst < 0 else tuple(tensors[n_fpn:])
+    return Sam3Features(fpn=tuple(tensors[:n_fpn]), inst=inst, orig_hw=(h, w))
 
 
 def prompt_keys_to_text(keys: Sequence[PromptKey]) -> str:

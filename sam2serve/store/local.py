@@ -45,6 +45,9 @@ class EmbeddingCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        # model id -> bytes of its last stored image (features are fixed-size per model:
+        # what /info divides the budget by to say how many images of each model fit)
+        self.bytes_per_image: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -136,6 +139,13 @@ class EmbeddingCache:
         """Whether `entry`'s features are in the cache now."""
         return entry in self._entries
 
+    def images_fit(self) -> dict[str, dict[str, int]]:
+        """Per model embedded so far: bytes per image and how many images fit the budget."""
+        return {
+            model_id: {"bytes_per_image": size, "images": self.max_bytes // max(1, size)}
+            for model_id, size in sorted(self.bytes_per_image.items())
+        }
+
     @property
     def ids_bound(self) -> int:
         """How many image ids are bound (bounded by the entries they point to)."""
@@ -160,6 +170,7 @@ class EmbeddingCache:
 
     def _store(self, entry: EntryKey, features: Features) -> None:
         size = features.nbytes
+        self.bytes_per_image[entry.model_id] = size
         if size > self.max_bytes:
             self._forget_ids(entry)  # cannot keep it: later clicks must re-send the image
             return

@@ -95,10 +95,24 @@ def test_models_lists_ids_aliases_and_presence(tmp_path: Path) -> None:
         assert alias in result.stdout
     tiny = next(line for line in result.stdout.splitlines() if "sam2.1_hiera_tiny" in line)
     assert "present" in tiny and "149 MB" in tiny
+    sam3 = next(line for line in result.stdout.splitlines() if line.startswith("sam3 "))
+    for words in ("sam3/sam3_final", "missing", "gated", "sam3.pt", "huggingface.co/facebook/sam3"):
+        assert words in sam3
 
 
 def test_download_unknown_id_is_a_usage_error(tmp_path: Path) -> None:
     assert_one_line_error(cli("download", "vit_h", "--weights-dir", tmp_path), 2, "vit_h")
+
+
+def test_download_sam3_says_how_to_obtain_it(tmp_path: Path) -> None:
+    """SAM 3's checkpoint is gated: never fetched, the error says where to get and put it."""
+    result = cli("download", "sam3/sam3_final", "--weights-dir", tmp_path)
+    assert_one_line_error(result, 2, "sam3.pt")
+    for words in ("gated", "huggingface.co/facebook/sam3", str(tmp_path)):
+        assert words in result.stderr
+    (tmp_path / "sam3.pt").write_bytes(b"x")
+    present = cli("download", "sam3", "--weights-dir", tmp_path)
+    assert present.returncode == 0 and "already present" in present.stdout
 
 
 @pytest.mark.parametrize(

@@ -170,8 +170,10 @@ def test_info_and_metrics_with_keys(make_client) -> None:
     assert public["auth"] is True and public["models"] and "detail" in public
     assert not {"device", "cache", "rss_bytes", "runtimes", "shared_tier"} & set(public)
     assert public["replica"]
+    assert public["sam3"]["limits"] and "text_cache" not in public["sam3"]
     full = client.get("/info", headers={"Authorization": "Bearer k1"}).json()
     assert {"device", "cache", "rss_bytes", "shared_tier"} <= set(full)
+    assert "text_cache" in full["sam3"]
     assert client.get("/metrics").status_code == 200  # open by default for scrapers
     locked = make_client(api_keys="k1", metrics_require_key=True)
     assert locked.get("/metrics").status_code == 401

@@ -1,0 +1,200 @@
+"""SAM 3 on CPU: Meta's `Sam3Processor` against sam2serve's SAM 3 runtimes, in one process,
+interleaved round by round so outside load hits all alike:
+`python -m bench.sam3 --work-dir DIR` (DIR/weights/sam3.pt: seeded random weights of the
+real architecture, written on first use; DIR/runtime-cache: the fast path's trunk graph).
+
+Reports, medians over rounds, on a 600 x 400 photo:
+- set_image (Meta) vs embed (exact runtime, fp32) vs embed (fast runtime: ViT trunk on
+  OpenVINO at the CPU's best precision), and their ratios to Meta's;
+- a new phrase on the cached image: Meta's `set_text_prompt` vs ours (`encode_text` +
+  `concept` + the masks over Meta's default 0.5 threshold); a repeated phrase (text cached);
+- memory: resident set after each model loads and the peak (VmHWM), per-image feature bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.report import ROOT
+from bench.run import machine
+
+PHRASES = ["cup", "a red saucer", "spoon on the table", "coffee"]
+
+
+def _rss_gib() -> dict[str, float]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            key, value = line.split(":")
+            out[key] = round(int(value.split()[0]) / 2**20, 2)
+    return out
+
+
+def _timed(fn: Any) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="results JSON path")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke run on the tiny architecture (no Meta builder)"
+    )
+    args = parser.parse_args()
+    import skimage.data
+    from PIL import Image
+    from sam3.model.sam3_image_processor import Sam3Processor
+    from sam3.model_builder import build_sam3_image_model
+
+    from sam2serve.registry import SAM3_REGISTRY
+    from sam2serve.runtime.openvino_export import probe
+    from sam2serve.runtime.sam3_build import bpe_path
+    from sam2serve.runtime.sam3_device import on_device
+    from sam2serve.runtime.sam3_fast import (
+        Sam3FastRuntime,
+        cache_dir_for,
+        compile_trunk,
+        export_trunk,
+    )
+    from sam2serve.runtime.sam3_runtime import build_sam3_runtime, config_for, load_model
+
+    spec = SAM3_REGISTRY["sam3"]
+    if args.tiny:
+        from sam2serve.testing import sam3_tiny_spec
+
+        spec = sam3_tiny_spec()
+    checkpoint = args.work_dir / "weights" / spec.filename
+    if not checkpoint.exists():
+        from sam2serve.testing import write_random_sam3_checkpoint
+
+        write_random_sam3_checkpoint(spec, checkpoint.parent, seed=1)
+    cpu = torch.device("cpu")
+    memory: dict[str, Any] = {"start": _rss_gib()}
+    load: dict[str, float] = {}
+
+    started = time.perf_counter()
+    with on_device(cpu):
+        if args.tiny:  # Meta's builder has the real sizes only: its classes, our sizes
+            meta = load_model(spec, checkpoint, cpu)
+        else:
+            meta = build_sam3_image_model(
+                bpe_path=str(bpe_path()),
+                device="cpu",
+                checkpoint_path=str(checkpoint),
+                load_from_HF=False,
+            )
+        size = int(config_for(spec).image_size)
+        processor = Sam3Processor(meta, resolution=size, device="cpu")
+    load["meta_build_and_load_s"] = time.perf_counter() - started
+    memory["after_meta_model"] = _rss_gib()
+
+    started = time.perf_counter()
+    exact = build_sam3_runtime(spec, checkpoint, cpu)
+    load["exact_build_and_load_s"] = time.perf_counter() - started
+    memory["after_exact_runtime"] = _rss_gib()
+
+    started = time.perf_counter()
+    cache = args.work_dir / "runtime-cache"
+    key = cache_dir_for(spec, checkpoint, cache)
+    if not (key / "meta.json").is_file():
+        export_trunk(exact.model, key)
+    load["fast_export_s"] = time.perf_counter() - started
+    precisions = ["bf16", "f32"] if probe("auto") == "bf16" else ["f32"]
+    runtimes: dict[str, Any] = {"exact": exact}
+    for precision in precisions:
+        started = time.perf_counter()
+        compiled = compile_trunk(key, precision)  # type: ignore[arg-type]
+        # shares the exact runtime's weights: only the trunk graph is extra
+        runtimes[f"fast_{precision}"] = Sam3FastRuntime(
+            spec.model_id, exact.model, compiled, precision
+        )
+        load[f"fast_{precision}_compile_s"] = time.perf_counter() - started
+        memory[f"after_fast_{precision}"] = _rss_gib()
+
+    rgb = np.ascontiguousarray(skimage.data.coffee())  # 400 x 600
+    pil = Image.fromarray(rgb)
+    with on_device(cpu):  # warm-ups
+        state = processor.set_image(pil)
+    features = {name: rt.embed(rgb) for name, rt in runtimes.items()}
+
+    times: dict[str, list[float]] = {"meta_set_image": [], "meta_set_text_prompt": []}
+    for name in runtimes:
+        for what in ("embed", "new_phrase", "repeated_phrase"):
+            times[f"{name}_{what}"] = []
+    boxes, labels = np.zeros((0, 4)), np.zeros(0, bool)
+    for r in range(args.rounds):
+        with on_device(cpu):
+            times["meta_set_image"].append(_timed(lambda: processor.set_image(pil, state)))
+        for name, rt in runtimes.items():
+            times[f"{name}_embed"].append(_timed(lambda rt=rt: rt.embed(rgb)))
+        for phrase in PHRASES:
+            phrase = f"{phrase} {r}"  # new to every side
+            processor.reset_all_prompts(state)
+            with on_device(cpu):
+                times["meta_set_text_prompt"].append(
+                    _timed(lambda p=phrase: processor.set_text_prompt(p, state))
+                )
+            for name, rt in runtimes.items():
+                f = features[name]
+
+                def concept(text: Any, rt: Any = rt, f: Any = f) -> None:
+                    out = rt.concept(f, text, boxes, labels)
+                    rt.masks(f, out, np.flatnonzero(out.scores > 0.5))
+
+                texts: list[Any] = []
+                times[f"{name}_new_phrase"].append(
+                    _timed(
+                        lambda p=phrase, c=concept, t=texts, rt=rt: (
+                            t.extend(rt.encode_text([p])),
+                            c(t[0]),
+                        )
+                    )
+                )
+                times[f"{name}_repeated_phrase"].append(_timed(lambda c=concept, t=texts: c(t[0])))
+    memory["peak"] = _rss_gib()["VmHWM"]
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = {}
+    for name in runtimes:
+        ratios[f"{name}_embed / meta_set_image"] = med[f"{name}_embed"] / med["meta_set_image"]
+        for what in ("new_phrase", "repeated_phrase"):
+            ratios[f"{name}_{what} / meta_set_text_prompt"] = (
+                med[f"{name}_{what}"] / med["meta_set_text_prompt"]
+            )
+    result = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "image": "skimage coffee, 600 x 400",
+        "weights": "seeded random, real SAM 3 image architecture (~840 M parameters)",
+        "rounds": args.rounds,
+        "load": load,
+        "median_s": med,
+        "ratios": ratios,
+        "architecture": "tiny" if args.tiny else "real",
+        "feature_bytes_per_image": {
+            "fp32": config_for(spec).feature_nbytes(),
+            "packed": 4 * config_for(spec).vit_dim * config_for(spec).grid ** 2,
+        },
+        "memory_gib": memory,
+        "all_s": times,
+    }
+    out = args.out or ROOT / "bench" / "results" / f"{date.today().isoformat()}-sam3.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("median_s", "ratios", "memory_gib")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The SDK clients' SAM 3 methods (`sam3_embed_image`, `concept_segment`), mixed into
+`Sam2Client` and `AsyncSam2Client` (`client.http`): they post through the client's own
+retrying, resending `_post` / `_post_resending`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sam2serve.client.calls import embed_result
+from sam2serve.client.concept import (
+    CONCEPT_PATH,
+    SAM3_EMBED_PATH,
+    ConceptResult,
+    concept_call,
+    concept_prompts,
+)
+from sam2serve.client.image_encode import ImageLike, encode_image
+from sam2serve.client.results import EmbedResult
+
+
+def sam3_embed_body(
+    image: ImageLike, image_id: str | None, model: str | None, bgr: bool
+) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """A /sam3/embed_image body and the image's (height, width) when known."""
+    encoded = encode_image(image, bgr=bgr)
+    body: dict[str, Any] = {"image": encoded.payload}
+    if image_id is not None:
+        body["image_id"] = image_id
+    if model is not None:
+        body["model_id"] = model
+    return body, encoded.size
+
+
+class ConceptCalls:
+    """SAM 3 methods of the blocking client."""
+
+    _calls: Any
+    resend_on_miss: bool
+    _route: Any
+    _json: Any
+    _post: Any
+    _post_resending: Any
+
+    def sam3_embed_image(
+        self,
+        image: ImageLike,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+    ) -> EmbedResult:
+        """Embed an image for SAM 3 once; later `concept_segment(image_id=...)` calls skip
+        the upload and the image encoder. `model`: a SAM 3 model id (None: the server's)."""
+        body, size = sam3_embed_body(image, image_id, model, bgr)
+        route = self._route(body, image, bgr)
+        result = embed_result(self._json(self._post(SAM3_EMBED_PATH, body, route)))
+        if self.resend_on_miss:
+            self._calls.keep(result.image_id, body["image"])
+        return self._calls.embedded(result, size)
+
+    def concept_segment(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        *,
+        text: str | None = None,
+        texts: list[str] | None = None,
+        boxes: Any = None,
+        box_labels: list[int | bool] | None = None,
+        threshold: float | None = None,
+        nms_iou_threshold: float | None = None,
+        prompts: list[dict[str, Any]] | None = None,
+        model: str | None = None,
+        bgr: bool = False,
+    ) -> ConceptResult:
+        """SAM 3: every instance of a concept, as masks with scores.
+
+        Args:
+            text / texts: a noun phrase ("car"), or several (one prompt each).
+            boxes: exemplar CORNER boxes ``(x1, y1, x2, y2)`` (N, 4): with `text`, they join
+                its prompt; alone, they are a prompt of their own. `box_labels`: 1 = like
+                this, 0 = not like this (default all 1).
+            threshold: score threshold (default the server's, 0.5).
+            nms_iou_threshold: drop instances overlapping a better one of any prompt.
+            prompts: Roboflow prompt dicts, sent after the ones above.
+        Returns a `ConceptResult` (`to_detections()` names classes by phrase).
+        """
+        asked = concept_prompts(text, texts, boxes, box_labels, prompts)
+        call = concept_call(image, image_id, model, bgr, asked, threshold, nms_iou_threshold)
+        response = self._post_resending(CONCEPT_PATH, call)
+        return call.parse(self._json(response))
+
+
+class AsyncConceptCalls:
+    """SAM 3 methods of the asyncio client."""
+
+    _calls: Any
+    resend_on_miss: bool
+    _route: Any
+    _json: Any
+    _post: Any
+    _post_resending: Any
+
+    async def sam3_embed_image(
+        self,
+        image: ImageLike,
+        image_id: str | None = None,
+        model: str | None = None,
+        *,
+        bgr: bool = False,
+    ) -> EmbedResult:
+        """See `Sam2Client.sam3_embed_image`."""
+        body, size = sam3_embed_body(image, image_id, model, bgr)
+        route = self._route(body, image, bgr)
+        result = embed_result(self._json(await self._post(SAM3_EMBED_PATH, body, route)))
+        if self.resend_on_miss:
+            self._calls.keep(result.image_id, body["image"])
+        return self._calls.embedded(result, size)
+
+    async def concept_segment(
+        self,
+        image: ImageLike | None = None,
+        image_id: str | None = None,
+        *,
+        text: str | None = None,
+        texts: list[str] | None = None,
+        boxes: Any = None,
+        box_labels: list[int | bool] | None = None,
+        threshold: float | None = None,
+        nms_iou_threshold: float | None = None,
+        prompts: list[dict[str, Any]] | None = None,
+        model: str | None = None,
+        bgr: bool = False,
+    ) -> ConceptResult:
+        """See `Sam2Client.concept_segment`."""
+        asked = concept_prompts(text, texts, boxes, box_labels, prompts)
+        call = concept_call(image, image_id, model, bgr, asked, threshold, nms_iou_threshold)
+        response = await self._post_resending(CONCEPT_PATH, call)
+        return call.parse(self._json(response))

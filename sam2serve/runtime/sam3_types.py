@@ -1,0 +1,194 @@
+"""SAM 3's runtime seam: the values that cross it (no `sam3` import here).
+
+`Sam3Features` is one image through SAM 3's vision backbone (everything the concept heads and
+the instance-interactive predictor need, no text); `TextEmbedding` is one phrase through the
+text encoder; `ConceptOutput` is the detector's pre-threshold answer for one prompt.
+The runtime itself (`sam3_runtime.Sam3Runtime`) is stateless: callers own these values and
+may cache them (features per image, text embeddings per phrase).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Version prefix of `Sam3Features.to_bytes` values; anything else is refused on read.
+FEATURES_MAGIC = b"S3FT"
+FEATURES_VERSION = 1
+_PREFIX = struct.Struct("<4sHI")
+_MAX_HEADER = 64 * 1024
+_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
+    "float32": (torch.float32, np.dtype("<f4")),
+    "float16": (torch.float16, np.dtype("<f2")),
+    "bfloat16": (torch.bfloat16, np.dtype("<i2")),  # numpy has no bf16: carried as int16 bits
+}
+_NAMES = {torch_dtype: name for name, (torch_dtype, _) in _DTYPES.items()}
+
+
+def _nbytes(tensors: tuple[torch.Tensor, ...]) -> int:
+    return sum(t.element_size() * t.nelement() for t in tensors)
+
+
+@dataclass(frozen=True)
+class Sam3Features:
+    """One image's SAM 3 backbone output (CPU or the runtime's device, read-only by contract).
+
+    fpn: the detector's feature pyramid, strides 4, 2, 1 of the backbone grid s:
+        (1, D, 4s, 4s), (1, D, 2s, 2s), (1, D, s, s); D = 256, s = 72 on the real config
+        (1008 px input, patch 14). All three feed the pixel decoder; the last one also the
+        concept encoder. Positional encodings are not kept: they depend only on the shapes.
+    inst: the instance-interactive (SAM 2 style) predictor's features, as its `predict`
+        reads them after `set_image`: (image_embed (1, D, s, s) with no_mem_embed added,
+        high_res_0 (1, D/8, 4s, 4s), high_res_1 (1, D/4, 2s, 2s)); None when the model was
+        built without instance interactivity.
+    orig_hw: the original image's (height, width) in pixels.
+
+    Size on the real config, fp32: fpn 111.5 MB (106.3 MiB) + inst 21.2 MB (20.3 MiB)
+    = 132.7 MB per image (`nbytes`); `Sam3Runtime.pack` stores the same image in 21.2 MB.
+    """
+
+    fpn: tuple[torch.Tensor, ...]
+    inst: tuple[torch.Tensor, ...] | None
+    orig_hw: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tensors (what a byte-budgeted cache should charge)."""
+        return _nbytes(self.fpn) + (_nbytes(self.inst) if self.inst is not None else 0)
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """fpn then inst, in order (what `to_bytes` writes)."""
+        return (*self.fpn, *(self.inst or ()))
+
+    def to_bytes(self) -> bytes:
+        """A self-contained, versioned value (exact: the tensors' own dtype, bytes as is).
+
+        Layout: b"S3FT" | u16 version | u32 header length | JSON header | tensor bytes; the
+        header gives orig_hw, how many tensors are fpn / inst, each dtype, shape and memory
+        order (strides are restored on read: the heads' last bits depend on them), and a
+        CRC32 of the tensor bytes. ~133 MB on the real config; `Sam3Runtime.pack` is the
+        compact (21 MB) form for a shared tier.
+        """
+        arrays = []
+        specs = []
+        for t in self.tensors:
+            t = t.detach().cpu()
+            name = _NAMES.get(t.dtype)
+            if name is None:
+                raise ValueError(f"cannot store dtype {t.dtype}")
+            # keep the memory layout (the necks' outputs are channels-last): the heads'
+            # results depend on it in the last bits, so a dense NCHW copy would not be exact
+            order = sorted(range(t.ndim), key=lambda d: -t.stride(d))
+            dense = t.permute(order).contiguous()
+            raw = dense.view(torch.int16) if t.dtype == torch.bfloat16 else dense
+            arrays.append(raw.numpy())
+            specs.append({"dtype": name, "shape": list(t.shape), "order": order})
+        crc = 0
+        for a in arrays:
+            crc = zlib.crc32(memoryview(a).cast("B"), crc)
+        header = json.dumps(
+            {
+                "orig_hw": list(self.orig_hw),
+                "n_fpn": len(self.fpn),
+                "n_inst": -1 if self.inst is None else len(self.inst),
+                "tensors": specs,
+                "crc32": crc,
+            }
+        ).encode()
+        parts = [_PREFIX.pack(FEATURES_MAGIC, FEATURES_VERSION, len(header)), header]
+        parts.extend(a.tobytes() for a in arrays)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Sam3Features:
+        """The inverse of `to_bytes`; raises ValueError on anything else (junk, truncation,
+        another version, a bad checksum). Tensors are copies (writable, owned)."""
+        view = memoryview(data)
+        if len(view) < _PREFIX.size:
+            raise ValueError("not a SAM 3 features value: too short")
+        magic, version, hlen = _PREFIX.unpack_from(view)
+        if magic != FEATURES_MAGIC or version != FEATURES_VERSION:
+            raise ValueError(f"not a SAM 3 features value (magic {magic!r}, version {version})")
+        if hlen > _MAX_HEADER or _PREFIX.size + hlen > len(view):
+            raise ValueError("SAM 3 features value: bad header length")
+        try:
+            header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + hlen]))
+            specs = header["tensors"]
+            n_fpn, n_inst = int(header["n_fpn"]), int(header["n_inst"])
+            orig_hw = (int(header["orig_hw"][0]), int(header["orig_hw"][1]))
+            crc_expected = int(header["crc32"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"SAM 3 features value: bad header ({exc})") from exc
+        if n_fpn < 1 or n_inst < -1 or n_fpn + max(n_inst, 0) != len(specs):
+            raise ValueError("SAM 3 features value: tensor counts do not add up")
+        offset = _PREFIX.size + hlen
+        tensors: list[torch.Tensor] = []
+        crc = 0
+        for spec in specs:
+            dtypes = _DTYPES.get(spec.get("dtype") if isinstance(spec, dict) else None)
+            if dtypes is None:
+                raise ValueError(f"SAM 3 features value: bad tensor spec {spec!r}")
+            torch_dtype, np_dtype = dtypes
+            try:
+                shape = [int(d) for d in spec["shape"]]
+                order = [int(d) for d in spec["order"]]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"SAM 3 features value: bad tensor spec ({exc})") from exc
+            if any(d < 0 for d in shape) or sorted(order) != list(range(len(shape))):
+                raise ValueError("SAM 3 features value: bad shape or dimension order")
+            size = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+            if offset + size > len(view):
+                raise ValueError("SAM 3 features value: truncated")
+            chunk = view[offset : offset + size]
+            crc = zlib.crc32(chunk, crc)
+            arr = np.frombuffer(chunk, dtype=np_dtype).reshape([shape[d] for d in order]).copy()
+            t = torch.from_numpy(arr)
+            t = t.view(torch.bfloat16) if torch_dtype == torch.bfloat16 else t
+            tensors.append(t.permute(np.argsort(order).tolist()))
+            offset += size
+        if offset != len(view):
+            raise ValueError("SAM 3 features value: trailing bytes")
+        if crc != crc_expected:
+            raise ValueError("SAM 3 features value: checksum mismatch")
+        inst = None if n_inst < 0 else tuple(tensors[n_fpn:])
+        return cls(fpn=tuple(tensors[:n_fpn]), inst=inst, orig_hw=orig_hw)
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """One phrase through SAM 3's text encoder (what `Sam3Processor.set_text_prompt` adds to
+    its state): features (L, 1, D) float32 after the resizer, mask (1, L) bool (True = padding),
+    L = the tokenizer's context length (32), D = 256. Cache it per (model, phrase)."""
+
+    phrase: str
+    features: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes((self.features, self.mask))
+
+
+@dataclass(frozen=True)
+class ConceptOutput:
+    """The detector's answer for one prompt, before any threshold: all Q queries
+    (Q = 200 on the real config), in query order.
+
+    mask_logits: (Q, h, w) float32 low-res mask logits (h = w = 4s: 288 on the real config)
+    boxes_xyxy: (Q, 4) float32 boxes in absolute pixels of the original image
+    scores: (Q,) float32 sigmoid(logit) * presence, exactly as `Sam3Processor` computes them
+    logits: (Q,) float32 the raw class logits (pre-sigmoid, pre-presence)
+    presence: sigmoid of the presence logit: how sure the model is the concept is present
+    """
+
+    mask_logits: torch.Tensor
+    boxes_xyxy: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    presence: float

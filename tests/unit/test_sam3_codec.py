@@ -1,0 +1,63 @@
+"""SAM 3 features in the shared tier's value format: an exact round trip through the store's
+codec (the runtime's own versioned bytes inside), and neither family's value is ever read as
+the other's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sam2serve.runtime.base import Features
+from sam2serve.runtime.sam3_types import Sam3Features
+from sam2serve.store import codec
+
+SAM3 = codec.Identity("sam3", "ab" * 32, "Sam3Runtime-fp32")
+SAM2 = codec.Identity("sam2.1_hiera_tiny", "ab" * 32, "TorchRuntime-fp32")
+
+
+def sam3_features(with_inst: bool = True) -> Sam3Features:
+    gen = torch.Generator().manual_seed(0)
+    fpn = tuple(
+        torch.randn(1, 8, s, s, generator=gen).contiguous(memory_format=torch.channels_last)
+        for s in (16, 8, 4)
+    )  # the necks answer channels-last: the layout must survive
+    inst = tuple(torch.randn(1, c, s, s, generator=gen) for c, s in ((8, 4), (1, 16), (2, 8)))
+    return Sam3Features(fpn=fpn, inst=inst if with_inst else None, orig_hw=(30, 40))
+
+
+@pytest.mark.parametrize("with_inst", [True, False])
+def test_sam3_round_trip_is_exact(with_inst: bool) -> None:
+    f = sam3_features(with_inst)
+    g = codec.decode_features(codec.encode_features(SAM3, "h1", f), SAM3, "h1")
+    assert isinstance(g, Sam3Features) and g.orig_hw == f.orig_hw and g.nbytes == f.nbytes
+    for a, b in zip(f.tensors, g.tensors, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+        assert torch.equal(a, b)
+    assert (g.inst is None) == (not with_inst)
+
+
+def test_families_never_read_each_others_values() -> None:
+    sam3_value = codec.encode_features(SAM3, "h1", sam3_features())
+    sam2 = Features(torch.zeros(1, 4, 2, 2), (torch.zeros(1, 2, 8, 8),), orig_hw=(8, 8))
+    sam2_value = codec.encode_features(SAM2, "h1", sam2)
+    with pytest.raises(codec.CodecError, match="model_id"):
+        codec.decode_features(sam3_value, SAM2, "h1")
+    with pytest.raises(codec.CodecError, match="model_id"):
+        codec.decode_features(sam2_value, SAM3, "h1")
+
+
+def test_damaged_sam3_values_are_refused() -> None:
+    value = codec.encode_features(SAM3, "h1", sam3_features())
+    with pytest.raises(codec.CodecError, match="checksum"):
+        codec.decode_features(value[:-1] + bytes([value[-1] ^ 1]), SAM3, "h1")
+    uncounted = codec.encode("features", SAM3, "h1", [torch.zeros(2)], family="sam3")
+    with pytest.raises(codec.CodecError, match="n_fpn"):
+        codec.decode_features(uncounted, SAM3, "h1")
+    miscounted = codec.encode(
+        "features", SAM3, "h1", [torch.zeros(2)], family="sam3", n_fpn=2, n_inst=-1,
+        orig_hw=[1, 1],
+    )  # fmt: skip
+    with pytest.raises(codec.CodecError, match="add up"):
+        codec.decode_features(miscounted, SAM3, "h1")
+    with pytest.raises(codec.CodecError, match="cannot store"):
+        codec.encode_features(SAM3, "h1", object())
