@@ -1,11 +1,11 @@
 """SAM 3 on CPU: Meta's `Sam3Processor` against sam2serve's SAM 3 runtimes, in one process,
 interleaved round by round so outside load hits all alike:
 `python -m bench.sam3 --work-dir DIR` (DIR/weights/sam3.pt: seeded random weights of the
-real architecture, written on first use; DIR/runtime-cache: the fast path's trunk graph).
+real architecture, written on first use).
 
 Reports, medians over rounds, on a 600 x 400 photo:
-- set_image (Meta) vs embed (exact runtime, fp32) vs embed (fast runtime: ViT trunk on
-  OpenVINO at the CPU's best precision), and their ratios to Meta's;
+- set_image (Meta) vs embed (exact runtime, fp32) vs embed (fast runtime: bf16 autocast,
+  on a CPU with native bf16), and their ratios to Meta's;
 - a new phrase on the cached image: Meta's `set_text_prompt` vs ours (`encode_text` +
   `concept` + the masks over Meta's default 0.5 threshold); a repeated phrase (text cached);
 - memory: resident set after each model loads and the peak (VmHWM), per-image feature bytes.
@@ -60,15 +60,9 @@ def main() -> None:
     from sam3.model_builder import build_sam3_image_model
 
     from sam2serve.registry import SAM3_REGISTRY
-    from sam2serve.runtime.openvino_export import probe
     from sam2serve.runtime.sam3_build import bpe_path
     from sam2serve.runtime.sam3_device import on_device
-    from sam2serve.runtime.sam3_fast import (
-        Sam3FastRuntime,
-        cache_dir_for,
-        compile_trunk,
-        export_trunk,
-    )
+    from sam2serve.runtime.sam3_fast import Sam3FastRuntime, native_bf16
     from sam2serve.runtime.sam3_runtime import build_sam3_runtime, config_for, load_model
 
     spec = SAM3_REGISTRY["sam3"]
@@ -106,23 +100,9 @@ def main() -> None:
     load["exact_build_and_load_s"] = time.perf_counter() - started
     memory["after_exact_runtime"] = _rss_gib()
 
-    started = time.perf_counter()
-    cache = args.work_dir / "runtime-cache"
-    key = cache_dir_for(spec, checkpoint, cache)
-    if not (key / "meta.json").is_file():
-        export_trunk(exact.model, key)
-    load["fast_export_s"] = time.perf_counter() - started
-    precisions = ["bf16", "f32"] if probe("auto") == "bf16" else ["f32"]
     runtimes: dict[str, Any] = {"exact": exact}
-    for precision in precisions:
-        started = time.perf_counter()
-        compiled = compile_trunk(key, precision)  # type: ignore[arg-type]
-        # shares the exact runtime's weights: only the trunk graph is extra
-        runtimes[f"fast_{precision}"] = Sam3FastRuntime(
-            spec.model_id, exact.model, compiled, precision
-        )
-        load[f"fast_{precision}_compile_s"] = time.perf_counter() - started
-        memory[f"after_fast_{precision}"] = _rss_gib()
+    if native_bf16():  # shares the exact runtime's weights
+        runtimes["fast_bf16"] = Sam3FastRuntime(spec.model_id, exact.model, cpu)
 
     rgb = np.ascontiguousarray(skimage.data.coffee())  # 400 x 600
     pil = Image.fromarray(rgb)

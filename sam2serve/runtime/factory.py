@@ -7,7 +7,6 @@ video tracker's fast parts (`video_parts`) follow the same choice.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
@@ -18,8 +17,6 @@ from sam2serve.config import RuntimeName, Settings
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.pool import RuntimeFactory, sam3_runtime_factory, torch_runtime_factory
 from sam2serve.runtime.video_tracker import ModelParts
-
-log = logging.getLogger(__name__)
 
 #: Every accepted `Settings.runtime` value, in the settings type's order.
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
@@ -85,33 +82,20 @@ def sam3_factory(settings: Settings) -> Callable[[ModelSpec, Path, torch.device]
     """The `ModelPool` factory for SAM 3 specs under `settings.runtime`:
 
     - "torch": Meta's fp32 model code, exact (`Sam3Runtime`);
-    - "auto": on a CPU with native bf16, the fast path (`Sam3FastRuntime`: the ViT trunk on
-      OpenVINO in bf16, the rest exact; tolerance in `runtime.sam3_fast.TOLERANCE`); the
-      exact runtime elsewhere (CUDA, no native bf16, OpenVINO unusable);
-    - "openvino-bf16" / "openvino-f32": the fast path at that precision ("openvino-int8"
-      and "openvino" mean "auto": SAM 3 has no int8 trunk), the exact runtime where impossible.
+    - any other value ("auto", "openvino*"): on a CPU with native bf16, the fast path
+      (`sam3_fast.Sam3FastRuntime`: the image backbone and concept heads under torch's bf16
+      autocast, tolerance in `sam3_fast.TOLERANCE`); the exact runtime elsewhere (CUDA, a
+      CPU without native bf16, where bf16 would be emulated and slower). SAM 3 has no
+      OpenVINO graph: measured, it was no faster than autocast and costly to export.
     """
-    name = settings.runtime
-    if name == "torch":
+    if settings.runtime == "torch":
         return sam3_runtime_factory
-    wanted = {"openvino-bf16": "bf16", "openvino-f32": "f32"}.get(name, "auto")
 
     def build(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Any:
-        if device.type != "cpu":
-            return sam3_runtime_factory(spec, checkpoint, device)
-        from sam2serve.runtime.openvino_export import BackendUnavailable, probe
+        from sam2serve.runtime.sam3_fast import build_sam3_fast_runtime, native_bf16
 
-        try:
-            precision = probe(wanted)  # type: ignore[arg-type]
-            if wanted == "auto" and precision != "bf16":
-                return sam3_runtime_factory(spec, checkpoint, device)
-            from sam2serve.runtime.sam3_fast import build_sam3_fast_runtime
-
-            return build_sam3_fast_runtime(
-                spec, checkpoint, settings.runtime_cache_dir, precision, settings.embed_threads
-            )
-        except BackendUnavailable as exc:
-            log.warning("SAM 3 fast path unavailable (%s): exact runtime", exc)
+        if device.type != "cpu" or not native_bf16():
             return sam3_runtime_factory(spec, checkpoint, device)
+        return build_sam3_fast_runtime(spec, checkpoint, device)
 
     return build
