@@ -86,10 +86,12 @@ def label_studio_namespace(keys: list[SecretStr], request: Request) -> str:
     """The namespace of a Label Studio backend call: a key as Basic auth password (or as on
     every route); 401 telling the admin where Label Studio takes it."""
     presented = presented_key(request, None) or basic_password(request)
-    if keys and presented is None:
+    try:
+        return namespace_for(keys, presented)
+    except Unauthorized as exc:
+        what = "is not valid for this server" if presented else "is required"
         raise Unauthorized(
-            "an API key is required: in Label Studio's model connection turn on "
-            "'Use Basic Authentication', any user name, the API key as the password",
+            f"an API key {what}: in Label Studio's model connection turn on 'Use Basic "
+            "Authentication', any user name, the API key as the password",
             field="authorization",
-        )
-    return namespace_for(keys, presented)
+        ) from exc
