@@ -4,8 +4,10 @@ Studio `sequence` of per-frame boxes (1-based frames at the config's framerate, 
 One predict call: the clip is fetched and opened as a session (kept for the task, so the
 next call reuses its decoded frames while it lives), every object is prompted with its
 keyframe boxes, and the session is propagated forward from the first keyframe for at most
-SAM2SERVE_LABEL_STUDIO_VIDEO_MAX_FRAMES frames and SAM2SERVE_LABEL_STUDIO_BUDGET_S seconds,
-so the answer comes inside Label Studio's predict timeout; a clip cut short says so.
+SAM2SERVE_LABEL_STUDIO_VIDEO_MAX_FRAMES frames and SAM2SERVE_LABEL_STUDIO_BUDGET_S seconds
+(counted from the call's start; a frame is not begun when the last one's duration would take
+it past the budget), so the answer comes inside Label Studio's predict timeout; a clip cut
+short says so.
 """
 
 from __future__ import annotations
@@ -82,12 +84,15 @@ class VideoTracks:
         tracked: dict[int, FrameResult] = {}
         stream = await self.video.propagate(namespace, sid, request)
         timed_out = False
+        step_started = time.monotonic()
         try:
             async for frame in stream:
                 tracked[frame.frame_index] = frame
+                now = time.monotonic()
+                step, step_started = now - step_started, now
                 if len(tracked) >= cap + 1:
                     break
-                if time.monotonic() > deadline:
+                if now + step > deadline:  # the next frame would likely end past it
                     timed_out = True
                     break
         finally:

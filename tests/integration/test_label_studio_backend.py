@@ -269,3 +269,18 @@ def test_video_task_without_keyframes_is_empty_with_a_note(client) -> None:  # t
     )
     [prediction] = answer["results"]
     assert prediction["result"] == [] and "keyframe" in prediction["note"]
+
+
+@pytest.mark.video
+def test_video_time_budget_cuts_short(make_client, clip_bytes: bytes) -> None:  # type: ignore[no-untyped-def]
+    with media_server({"/data/upload/2/clip.mp4": clip_bytes}, TOKEN) as media:
+        client = make_client(
+            label_studio_url=media.url, label_studio_api_key=TOKEN, label_studio_budget_s=0.001
+        )
+        task = {"id": 22, "data": {"video": "/data/upload/2/clip.mp4"}}
+        answer = _predict(client, task, [_track("disc", "Disc", [DISC])], VIDEO_CONFIG)
+    [prediction] = answer["results"]
+    assert "tracked frames 1-1 of 6: cut short by the time budget" in prediction["note"]
+    assert "SAM2SERVE_LABEL_STUDIO_BUDGET_S" in prediction["note"]
+    [disc] = prediction["result"]
+    assert [item["frame"] for item in disc["value"]["sequence"]] == [1]
