@@ -1,7 +1,8 @@
 """Task media: a Label Studio task's image or video reference -> bytes, safely.
 
 References Label Studio puts in task data, and where they are fetched from:
-- `/data/upload/...`, `/data/local-files/?d=...`, `/storage-data/uploaded/?filepath=...`:
+- `/data/upload/...`, `/data/local-files/?d=...`, `/storage-data/uploaded/?filepath=...`,
+  and links Label Studio already resolved (`/tasks/<id>/resolve/...`, `/projects/<id>/...`):
   the configured Label Studio (SAM2SERVE_LABEL_STUDIO_URL), with its token;
 - `s3://`, `gs://`, `azure-blob://`: Label Studio's resolver for the task
   (`/tasks/<id>/resolve/?fileuri=<base64>`), which proxies the file or redirects to a
@@ -27,7 +28,10 @@ from sam2serve.errors import BadRequest, Unavailable
 from sam2serve.media.fetch import ByteCap, TrustedOrigin, UrlFetcher
 
 CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:")
-LS_RELATIVE = ("/data/", "/storage-data/", "data/upload/", "upload/", "/upload/")
+#: paths Label Studio serves (uploads, local files, its storage proxy and resolvers)
+LS_RELATIVE = (
+    "/data/", "/storage-data/", "data/upload/", "upload/", "/upload/", "/tasks/", "/projects/",
+)  # fmt: skip
 URL_SETTING = "SAM2SERVE_LABEL_STUDIO_URL"
 KEY_SETTING = "SAM2SERVE_LABEL_STUDIO_API_KEY"
 

@@ -40,11 +40,12 @@ def ensure_venv(venv: Path = VENV) -> Path:
     venv.parent.mkdir(parents=True, exist_ok=True)
     base = getattr(sys, "_base_executable", sys.executable)  # not the project venv's python
     subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", *REQUIREMENTS],
-        check=True,
-        timeout=INSTALL_TIMEOUT_S,
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+    done = subprocess.run(
+        [*pip, *REQUIREMENTS], capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"installing {REQUIREMENTS} failed:\n{done.stderr[-4000:]}")
     marker.write_text(" ".join(REQUIREMENTS))
     return exe
 

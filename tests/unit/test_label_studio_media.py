@@ -60,6 +60,7 @@ RESOLVED = [
     ("upload/3/abc-photo.png", f"{LS}/data/upload/3/abc-photo.png"),
     ("/data/local-files/?d=images/a.jpg", f"{LS}/data/local-files/?d=images/a.jpg"),
     (PROXY, f"{LS}{PROXY}"),
+    (f"/tasks/7/resolve/?fileuri={S3_B64}", f"{LS}/tasks/7/resolve/?fileuri={S3_B64}"),
     (S3, f"{LS}/tasks/7/resolve/?fileuri={S3_B64}"),
     ("gs://b/x.jpg", f"{LS}/tasks/7/resolve/?fileuri={GS_B64}"),
     ("https://public.example.test/x.png", "https://public.example.test/x.png"),
