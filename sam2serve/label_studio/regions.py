@@ -16,6 +16,8 @@ from typing import Any
 from sam2serve.errors import BadRequest
 from sam2serve.image.schema import Box, Point, Prompt
 
+#: keyframes of one object used as prompts (the earliest; every keyframe stays in the answer)
+MAX_KEYFRAMES = 8
 KEYPOINT_TYPES = frozenset({"keypointlabels", "keypoint"})
 RECTANGLE_TYPES = frozenset({"rectanglelabels", "rectangle"})
 FIELD = "params.context.result"
@@ -43,6 +45,16 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
+def _value(region: dict[str, Any]) -> dict[str, Any]:
+    value = region.get("value")
+    return value if isinstance(value, dict) else {}
+
+
+def _pct(value: Any, where: str) -> float:
+    """A percentage, clamped to the image (Label Studio lets regions overhang its edge)."""
+    return min(max(_number(value, where), 0.0), 100.0)
+
+
 def _size(region: dict[str, Any], where: str) -> tuple[int, int]:
     w = _number(region.get("original_width"), f"{where}.original_width")
     h = _number(region.get("original_height"), f"{where}.original_height")
@@ -53,7 +65,7 @@ def _size(region: dict[str, Any], where: str) -> tuple[int, int]:
 
 def region_label(region: dict[str, Any]) -> str | None:
     """The first label of a region (`value.keypointlabels`, `.rectanglelabels`, `.labels`...)."""
-    value = region.get("value") or {}
+    value = _value(region)
     for key in (str(region.get("type", "")).lower(), "labels"):
         labels = value.get(key)
         if isinstance(labels, list) and labels and isinstance(labels[0], str):
@@ -62,12 +74,14 @@ def region_label(region: dict[str, Any]) -> str | None:
 
 
 def pct_box_to_pixels(value: dict[str, Any], width: int, height: int, where: str) -> Box:
-    """A rectangle's {x, y, width, height} in % (top-left based) -> centre-based pixel Box."""
+    """A rectangle's {x, y, width, height} in % (top-left based) -> centre-based pixel Box,
+    clamped to the image."""
     x, y, w, h = (
         _number(value.get(k), f"{where}.value.{k}") for k in ("x", "y", "width", "height")
     )
-    px_w, px_h = max(w, 0.0) * width / 100, max(h, 0.0) * height / 100
-    return Box(x=x * width / 100 + px_w / 2, y=y * height / 100 + px_h / 2, width=px_w, height=px_h)
+    x0, x1 = (min(max(v, 0.0), 100.0) * width / 100 for v in (x, x + max(w, 0.0)))
+    y0, y1 = (min(max(v, 0.0), 100.0) * height / 100 for v in (y, y + max(h, 0.0)))
+    return Box(x=(x0 + x1) / 2, y=(y0 + y1) / 2, width=x1 - x0, height=y1 - y0)
 
 
 def image_prompts(results: Iterable[Any], negative_labels: Sequence[str]) -> ImagePrompts:
@@ -94,10 +108,10 @@ def image_prompts(results: Iterable[Any], negative_labels: Sequence[str]) -> Ima
             out.to_name, out.size = str(region.get("to_name", "")), (width, height)
         if not negative and out.label is None:
             out.label = label
-        value = region.get("value") or {}
+        value = _value(region)
         if kind in KEYPOINT_TYPES:
-            x = _number(value.get("x"), f"{where}.value.x") * width / 100
-            y = _number(value.get("y"), f"{where}.value.y") * height / 100
+            x = _pct(value.get("x"), f"{where}.value.x") * width / 100
+            y = _pct(value.get("y"), f"{where}.value.y") * height / 100
             points.append(Point(x=x, y=y, positive=not negative))
         elif not negative:
             boxes.append(pct_box_to_pixels(value, width, height, where))
@@ -138,9 +152,10 @@ def video_objects(results: Iterable[Any]) -> list[VideoObject]:
         where = f"{FIELD}[{i}]"
         if not isinstance(region, dict) or str(region.get("type", "")).lower() != "videorectangle":
             continue
-        value = region.get("value") or {}
+        value = _value(region)
+        sequence = value.get("sequence")
         keyframes = []
-        for j, item in enumerate(value.get("sequence") or []):
+        for j, item in enumerate(sequence if isinstance(sequence, list) else []):
             if not isinstance(item, dict) or item.get("enabled", True) is False:
                 continue
             frame = _number(item.get("frame"), f"{where}.value.sequence[{j}].frame")

@@ -20,6 +20,8 @@ import hashlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from pydantic import ValidationError
+
 from sam2serve.config import Settings
 from sam2serve.errors import BadRequest, NotInCache
 from sam2serve.image.schema import Limits, SegmentRequest, SegmentResponse
@@ -39,7 +41,7 @@ from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage, decode_image_bytes
 from sam2serve.media.fetch import ByteCap
 from sam2serve.video.service import VideoService
-from sam2serve.wire import ImageInput
+from sam2serve.wire import ImageInput, schema_error
 
 #: the answer's note for an image task without context, until SAM 3 pre-labels land
 NO_PRELABELS = (
@@ -163,10 +165,15 @@ class LabelStudioBackend:
         if not isinstance(reference, str) or not reference:
             raise BadRequest(f"{field}: the task has no image reference", field=field)
         s = self.settings
-        request = SegmentRequest.model_validate(
-            {"image_id": self.image_id(reference), "prompts": prompts, "format": "rle"},
-            context={"limits": Limits(s.max_prompts, s.max_points_per_prompt, s.max_coordinate)},
-        )
+        try:
+            request = SegmentRequest.model_validate(
+                {"image_id": self.image_id(reference), "prompts": prompts, "format": "rle"},
+                context={
+                    "limits": Limits(s.max_prompts, s.max_points_per_prompt, s.max_coordinate)
+                },
+            )
+        except ValidationError as exc:  # too many points, coordinates off any image
+            raise schema_error(exc) from exc
         try:  # cached: a decoder call only
             result = await self.images.segment(request, namespace)
         except NotInCache:

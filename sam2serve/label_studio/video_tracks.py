@@ -22,7 +22,7 @@ from sam2serve.config import Settings
 from sam2serve.errors import NotInCache
 from sam2serve.label_studio.labeling_config import Control, MediaObject
 from sam2serve.label_studio.media import LabelStudioMedia
-from sam2serve.label_studio.regions import VideoObject, pct_box_to_pixels
+from sam2serve.label_studio.regions import MAX_KEYFRAMES, VideoObject, pct_box_to_pixels
 from sam2serve.label_studio.results import mask_box_pct, pick_label
 from sam2serve.media import postprocess
 from sam2serve.media.fetch import ByteCap
@@ -72,13 +72,13 @@ class VideoTracks:
         sid = info.session_id
         clock = FrameClock(video.framerate, info.fps, info.num_frames)
         for object_id, obj in enumerate(objects):
-            for keyframe in obj.keyframes:
+            for keyframe in obj.keyframes[:MAX_KEYFRAMES]:
                 box = pct_box_to_pixels(keyframe.box, info.width, info.height, "keyframe")
                 prompt = PromptRequest(
                     frame_index=clock.to_index(keyframe.frame), object_id=object_id, box=box
                 )
                 await self.video.add_prompt(namespace, sid, prompt)
-        first = min(clock.to_index(k.frame) for o in objects for k in o.keyframes)
+        first = min(clock.to_index(o.keyframes[0].frame) for o in objects)
         cap = self.settings.label_studio_video_max_frames
         request = PropagateRequest(start_frame=first, max_frames=cap, format="rle")
         tracked: dict[int, FrameResult] = {}

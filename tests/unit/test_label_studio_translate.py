@@ -219,3 +219,23 @@ def test_video_objects_keyframes() -> None:
     assert (obj.region_id, obj.label, obj.from_name) == ("abc", "Ball", "box")
     assert [k.frame for k in obj.keyframes] == [2, 5]
     assert obj.keyframes[0].box == {"x": 5, "y": 6, "width": 7, "height": 8}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [  # regions overhanging the image are clamped to it (Label Studio allows them)
+        ({"x": -10, "y": 90, "width": 30, "height": 30}, Box(x=20, y=95, width=40, height=10)),
+        ({"x": 95, "y": 0, "width": 200, "height": 1e9}, Box(x=195, y=50, width=10, height=100)),
+    ],
+)
+def test_boxes_are_clamped_to_the_image(value: dict, expected: Box) -> None:
+    region = {**_rect(0, 0, 0, 0), "value": {**value, "rectanglelabels": ["Cat"]}}
+    assert image_prompts([region], []).prompts == [Prompt(box=expected)]
+
+
+@pytest.mark.parametrize("value", [[1, 2], "text", 5, None])
+def test_odd_region_values_are_no_500(value: object) -> None:
+    region = {**_kp(1, 2), "value": value}
+    with pytest.raises(BadRequest):
+        image_prompts([region], [])
+    assert video_objects([{"type": "videorectangle", "value": value}]) == []
