@@ -16,7 +16,8 @@ from typing import Any
 from sam2serve.errors import BadRequest
 from sam2serve.image.schema import Box, Point, Prompt
 
-#: keyframes of one object used as prompts (the earliest; every keyframe stays in the answer)
+#: keyframes of one object used as prompts (those nearest where tracking starts; every
+#: keyframe stays in the answer as drawn)
 MAX_KEYFRAMES = 8
 KEYPOINT_TYPES = frozenset({"keypointlabels", "keypoint"})
 RECTANGLE_TYPES = frozenset({"rectanglelabels", "rectangle"})
@@ -136,13 +137,30 @@ class Keyframe:
 
 @dataclass
 class VideoObject:
-    """One VideoRectangle region: its `id`, label, control (`from_name`) and keyframes."""
+    """One VideoRectangle region: its `id`, label, control (`from_name`) and keyframes
+    (sorted by frame)."""
 
     region_id: str
     label: str | None
     from_name: str
     to_name: str
     keyframes: list[Keyframe]
+
+    def start(self) -> int:
+        """Where tracking this object starts: its first keyframe not followed by one on the
+        next frame. A box on every frame (an accepted earlier answer) is already tracked, so
+        asking again continues after it; a single keyframe, or sparse ones, start at the
+        first."""
+        frames = {k.frame for k in self.keyframes}
+        return next(k.frame for k in self.keyframes if k.frame + 1 not in frames)
+
+    def prompts(self) -> list[Keyframe]:
+        """At most MAX_KEYFRAMES keyframes as prompts: the last half of that at or before
+        `start()`, then the first after it."""
+        start = self.start()
+        before = [k for k in self.keyframes if k.frame <= start][-(MAX_KEYFRAMES // 2) :]
+        after = [k for k in self.keyframes if k.frame > start]
+        return before + after[: MAX_KEYFRAMES - len(before)]
 
 
 def video_objects(results: Iterable[Any]) -> list[VideoObject]:

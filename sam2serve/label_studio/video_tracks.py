@@ -3,7 +3,9 @@ Studio `sequence` of per-frame boxes (1-based frames at the config's framerate, 
 
 One predict call: the clip is fetched and opened as a session (kept for the task, so the
 next call reuses its decoded frames while it lives), every object is prompted with its
-keyframe boxes, and the session is propagated forward from the first keyframe for at most
+keyframe boxes (`VideoObject.prompts`), and the session is propagated forward from where
+tracking starts (`VideoObject.start`: the first keyframe, or the end of a box-on-every-frame
+run such as an accepted earlier answer, so asking again continues) for at most
 SAM2SERVE_LABEL_STUDIO_VIDEO_MAX_FRAMES frames and SAM2SERVE_LABEL_STUDIO_BUDGET_S seconds
 (counted from the call's start; a frame is not begun when the last one's duration would take
 it past the budget), so the answer comes inside Label Studio's predict timeout; a clip cut
@@ -22,7 +24,7 @@ from sam2serve.config import Settings
 from sam2serve.errors import NotInCache
 from sam2serve.label_studio.labeling_config import Control, MediaObject
 from sam2serve.label_studio.media import LabelStudioMedia
-from sam2serve.label_studio.regions import MAX_KEYFRAMES, VideoObject, pct_box_to_pixels
+from sam2serve.label_studio.regions import VideoObject, pct_box_to_pixels
 from sam2serve.label_studio.results import mask_box_pct, pick_label
 from sam2serve.media import postprocess
 from sam2serve.media.fetch import ByteCap
@@ -72,13 +74,13 @@ class VideoTracks:
         sid = info.session_id
         clock = FrameClock(video.framerate, info.fps, info.num_frames)
         for object_id, obj in enumerate(objects):
-            for keyframe in obj.keyframes[:MAX_KEYFRAMES]:
+            for keyframe in obj.prompts():
                 box = pct_box_to_pixels(keyframe.box, info.width, info.height, "keyframe")
                 prompt = PromptRequest(
                     frame_index=clock.to_index(keyframe.frame), object_id=object_id, box=box
                 )
                 await self.video.add_prompt(namespace, sid, prompt)
-        first = min(clock.to_index(o.keyframes[0].frame) for o in objects)
+        first = min(clock.to_index(o.start()) for o in objects)
         cap = self.settings.label_studio_video_max_frames
         request = PropagateRequest(start_frame=first, max_frames=cap, format="rle")
         tracked: dict[int, FrameResult] = {}
@@ -115,8 +117,8 @@ class VideoTracks:
             )
             answer["note"] = (
                 f"tracked frames {clock.to_frame(first)}-{clock.to_frame(last)} of "
-                f"{clock.frames_count()}: cut short by {why}; add a keyframe later in the "
-                "clip as a new object or raise the setting to track further"
+                f"{clock.frames_count()}: cut short by {why}; to go on, accept these boxes "
+                "(they become keyframes) and ask again: tracking continues after them"
             )
             for region in result:
                 region["meta"] = {"text": [answer["note"]]}

@@ -284,3 +284,25 @@ def test_video_time_budget_cuts_short(make_client, clip_bytes: bytes) -> None:  
     assert "SAM2SERVE_LABEL_STUDIO_BUDGET_S" in prediction["note"]
     [disc] = prediction["result"]
     assert [item["frame"] for item in disc["value"]["sequence"]] == [1]
+
+
+@pytest.mark.video
+def test_video_asking_again_continues_after_an_accepted_answer(
+    make_client, clip_bytes: bytes
+) -> None:  # type: ignore[no-untyped-def]
+    with media_server({"/data/upload/2/clip.mp4": clip_bytes}, TOKEN) as media:
+        client = make_client(
+            label_studio_url=media.url, label_studio_api_key=TOKEN, label_studio_video_max_frames=2
+        )
+        task = {"id": 23, "data": {"video": "/data/upload/2/clip.mp4"}}
+        first = _predict(client, task, [_track("disc", "Disc", [DISC])], VIDEO_CONFIG)
+        [region] = first["results"][0]["result"]
+        assert "tracked frames 1-3 of 6" in first["results"][0]["note"]
+        # the annotator accepts it: every box is a keyframe now; asking again goes on from 3
+        accepted = [dict(region, value={**region["value"]})]
+        second = _predict(client, task, accepted, VIDEO_CONFIG)
+    [prediction] = second["results"]
+    assert "tracked frames 3-5 of 6" in prediction["note"]
+    sequence = prediction["result"][0]["value"]["sequence"]
+    assert [item["frame"] for item in sequence] == [1, 2, 3, 4, 5]
+    assert sequence[:3] == region["value"]["sequence"]  # the accepted boxes, as they were

@@ -12,7 +12,7 @@ from sam2serve.errors import BadRequest
 from sam2serve.image.schema import Box, Point, Prompt
 from sam2serve.label_studio import brush
 from sam2serve.label_studio.labeling_config import Control, parse_config
-from sam2serve.label_studio.regions import image_prompts, video_objects
+from sam2serve.label_studio.regions import Keyframe, VideoObject, image_prompts, video_objects
 from sam2serve.label_studio.results import mask_box_pct, mask_results
 from sam2serve.label_studio.video_tracks import FrameClock
 from sam2serve.media import postprocess
@@ -239,3 +239,25 @@ def test_odd_region_values_are_no_500(value: object) -> None:
     with pytest.raises(BadRequest):
         image_prompts([region], [])
     assert video_objects([{"type": "videorectangle", "value": value}]) == []
+
+
+def _object(frames: list[int]) -> VideoObject:
+    box = {"x": 1.0, "y": 1.0, "width": 5.0, "height": 5.0}
+    return VideoObject("r", None, "box", "video", [Keyframe(f, box) for f in frames])
+
+
+# (keyframe frames, where tracking starts, the keyframes used as prompts)
+STARTS = [
+    ([5], 5, [5]),
+    ([1, 50], 1, [1, 50]),  # a correction later on: tracked from the first, both prompts
+    (list(range(1, 31)), 30, [27, 28, 29, 30]),  # an accepted answer: continue after it
+    ([1, 2, 3, 40, 41, 60], 3, [1, 2, 3, 40, 41, 60]),
+    ([*range(1, 11), 20, 21, 22, 23, 24, 25], 10, [7, 8, 9, 10, 20, 21, 22, 23]),
+]
+
+
+@pytest.mark.parametrize(("frames", "start", "prompts"), STARTS)
+def test_tracking_start_and_prompts(frames: list[int], start: int, prompts: list[int]) -> None:
+    obj = _object(frames)
+    assert obj.start() == start
+    assert [k.frame for k in obj.prompts()] == prompts
