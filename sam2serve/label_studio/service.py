@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -49,7 +51,33 @@ NO_PRELABELS = (
     "smart tool, interactive mode); pre-labelling without marks needs SAM 3, not "
     "available on this server yet"
 )
+SKIPPED_VIDEO = (
+    "not tracked in this call: its time budget (SAM2SERVE_LABEL_STUDIO_BUDGET_S) went to "
+    "the tasks before it; ask again for the rest"
+)
 MAX_TASKS = 100
+
+
+@dataclass
+class TaskAnswer:
+    """One task's answer: its prediction, or None (no prediction: `[]` on the wire), and a
+    note saying what was done, cut short or skipped."""
+
+    prediction: dict[str, Any] | None
+    note: str | None = None
+
+
+@dataclass
+class CallBudget:
+    """The time one predict call may take (`deadline`, monotonic seconds), shared by its
+    tasks: the first video task always starts, a later one only while the time left is at
+    least what the last one took."""
+
+    deadline: float
+    last_task_s: float | None = None
+
+    def room_for_another(self) -> bool:
+        return self.last_task_s is None or time.monotonic() + self.last_task_s < self.deadline
 
 
 def _package_version() -> str:
@@ -88,6 +116,9 @@ class LabelStudioBackend:
     # -- predict -------------------------------------------------------------------------
 
     async def predict(self, body: dict[str, Any], namespace: str) -> dict[str, Any]:
+        """One answer per task, in order: a prediction, or `[]` (nothing to say: Label Studio
+        stores no prediction, so asking again later is not blocked); the notes of both
+        (what was done, cut short or skipped) in the answer's `note`."""
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("tasks: expected a list of task objects", field="tasks")
@@ -101,16 +132,31 @@ class LabelStudioBackend:
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
         context = params.get("context") if isinstance(params.get("context"), dict) else {}
         regions = context.get("result") if isinstance(context.get("result"), list) else []
-        results = [await self.predict_task(task, config, regions, namespace) for task in tasks]
-        notes = sorted({r["note"] for r in results if r.get("note")})
-        answer: dict[str, Any] = {"results": results, "model_version": self.model_version()}
+        call = CallBudget(time.monotonic() + self.settings.label_studio_budget_s)
+        results: list[dict[str, Any] | list[Any]] = []
+        notes: list[str] = []
+        for task in tasks:
+            answer = await self.predict_task(task, config, regions, namespace, call)
+            if answer.note and answer.note not in notes:
+                notes.append(answer.note)
+            if answer.prediction is None:
+                results.append([])
+            else:
+                note = {"note": answer.note} if answer.note else {}
+                results.append({**answer.prediction, **note})
+        out: dict[str, Any] = {"results": results, "model_version": self.model_version()}
         if notes:
-            answer["note"] = "; ".join(notes)
-        return answer
+            out["note"] = "; ".join(notes)
+        return out
 
     async def predict_task(
-        self, task: dict[str, Any], config: LabelingConfig, regions: list[Any], namespace: str
-    ) -> dict[str, Any]:
+        self,
+        task: dict[str, Any],
+        config: LabelingConfig,
+        regions: list[Any],
+        namespace: str,
+        call: CallBudget,
+    ) -> TaskAnswer:
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
         video = config.first_object("video")
         if video is not None and isinstance(data.get(video.data_key), str):
@@ -118,12 +164,19 @@ class LabelStudioBackend:
             objects = video_objects(regions) or video_objects(_latest_regions(task))
             if not controls or not objects:
                 why = "add a VideoRectangle control" if not controls else "draw a box"
-                return self._empty(f"no keyframe boxes to track: {why} on the video first")
-            answer = await self.video.track(task, video, controls[0], objects, namespace)
-            return {**answer, "model_version": self.model_version()}
+                return TaskAnswer(None, f"no keyframe boxes to track: {why} on the video first")
+            if not call.room_for_another():
+                return TaskAnswer(None, SKIPPED_VIDEO)
+            started = time.monotonic()
+            answer = await self.video.track(
+                task, video, controls[0], objects, namespace, call.deadline
+            )
+            call.last_task_s = time.monotonic() - started
+            note = answer.pop("note", None)
+            return TaskAnswer({**answer, "model_version": self.model_version()}, note)
         if not regions:
             found = await self.prelabel(task, config, namespace)
-            return found if found is not None else self._empty(NO_PRELABELS)
+            return TaskAnswer(found, None) if found is not None else TaskAnswer(None, NO_PRELABELS)
         return await self.segment_task(task, config, regions, namespace)
 
     async def prelabel(
@@ -135,7 +188,7 @@ class LabelStudioBackend:
 
     async def segment_task(
         self, task: dict[str, Any], config: LabelingConfig, regions: list[Any], namespace: str
-    ) -> dict[str, Any]:
+    ) -> TaskAnswer:
         found = image_prompts(regions, self.settings.label_studio_negative_labels)
         image = config.objects.get(found.to_name) or config.first_object("image")
         if image is None or image.kind != "image":
@@ -154,7 +207,7 @@ class LabelStudioBackend:
             for control in controls:
                 result += mask_results(mask, prediction.confidence, control, found.label)
         score = max(scores) if scores else 0.0
-        return {"result": result, "score": score, "model_version": self.model_version()}
+        return TaskAnswer({"result": result, "score": score, "model_version": self.model_version()})
 
     async def _segment(
         self, task: dict[str, Any], image: MediaObject, prompts: list[Any], namespace: str
@@ -199,8 +252,9 @@ class LabelStudioBackend:
         decode = functools.partial(decode_image_bytes, max_pixels=self.settings.max_image_pixels)
         return await self.images.decode_lane.run(decode, data, tenant=namespace)
 
-    def _empty(self, note: str) -> dict[str, Any]:
-        return {"result": [], "score": 0.0, "model_version": self.model_version(), "note": note}
+    def _empty(self, note: str) -> TaskAnswer:
+        """An interactive call's answer with no region (the annotator sees nothing new)."""
+        return TaskAnswer({"result": [], "score": 0.0, "model_version": self.model_version()}, note)
 
 
 def _optional_str(value: Any, field: str) -> str | None:

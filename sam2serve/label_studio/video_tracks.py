@@ -67,9 +67,9 @@ class VideoTracks:
         control: Control,
         objects: list[VideoObject],
         namespace: str,
+        deadline: float,
     ) -> dict[str, Any]:
-        started = time.monotonic()
-        deadline = started + self.settings.label_studio_budget_s
+        """`deadline`: monotonic seconds by which the call must have its answer."""
         info = await self._session(task, video, namespace)
         sid = info.session_id
         clock = FrameClock(video.framerate, info.fps, info.num_frames)
