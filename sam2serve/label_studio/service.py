@@ -212,7 +212,7 @@ class LabelStudioBackend:
     async def _segment(
         self, task: dict[str, Any], image: MediaObject, prompts: list[Any], namespace: str
     ) -> SegmentResponse:
-        data = task.get("data") or {}
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
         field = _task_field(task, image.data_key)
         reference = data.get(image.data_key)
         if not isinstance(reference, str) or not reference:

@@ -314,3 +314,27 @@ def test_video_asking_again_continues_after_an_accepted_answer(
     sequence = prediction["result"][0]["value"]["sequence"]
     assert [item["frame"] for item in sequence] == [1, 2, 3, 4, 5]
     assert sequence[:3] == region["value"]["sequence"]  # the accepted boxes, as they were
+
+
+def _clicked(data: object, click: dict | None = None) -> dict:
+    context = {"result": [click or _kp(5, 5)]}
+    return {"tasks": [{"data": data}], "label_config": IMAGE_CONFIG, "params": {"context": context}}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"tasks": "x"},
+        {"tasks": [1]},
+        _clicked([1]),
+        _clicked({"image": 7}),
+        _clicked({"image": "/a"}, {**_kp(5, 5), "original_width": 1e12}),
+        {"tasks": [{"data": {"image": "x.png"}}], "label_config": 5},
+        {"tasks": [{}], "label_config": "<View"},
+        [1, 2],
+    ],
+)
+def test_bad_predict_bodies_are_4xx(client, body: object) -> None:  # type: ignore[no-untyped-def]
+    r = client.post(LS + "/predict", json=body)
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["message"]
