@@ -85,7 +85,7 @@ def running_label_studio(
         "PYTHONUNBUFFERED": "1",
     }
     args = [
-        str(exe), "start", "--no-browser", "--host", ls.url, "--port", str(port),
+        str(exe), "start", "--no-browser", "--port", str(port),
         "--internal-host", "127.0.0.1", "--data-dir", str(data_dir),
         "--username", ls.email, "--password", ls.password,
         "--user-token", ls.token, "--enable-legacy-api-token",
