@@ -1,9 +1,10 @@
 """The Label Studio ML backend routes on the tiny model, with Label Studio's request shapes:
 auth (Basic, key as password), /setup without a model load, interactive image masks equal
 to /sam2/segment_image's for the same prompt (brush RLE decoded by label-studio-sdk,
-polygons), the second click on a task neither downloading nor embedding again, no-context
-image tasks answered empty with a note, and video keyframes tracked through a session with
-the tracks our video API gives, cut short at the per-call cap."""
+polygons), answers valid for label-studio-sdk's LabelInterface, the second click on a task
+neither downloading nor embedding again, no-context image tasks answered empty with a note,
+video keyframes tracked through a session with the tracks our video API gives, cut short at
+the per-call cap or time budget and continued when asked again, odd bodies answered 4xx."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import label_studio_sdk.converter.brush as ls_brush
 import pytest
+from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
 from sam2serve.media import postprocess
@@ -115,6 +117,9 @@ def test_interactive_image_masks_equal_segment_image(make_client, coffee_png: by
         regions = [_kp(50, 45), _kp(10, 10, positive=False)]
         answer = _predict(client, task, regions)
         [prediction] = answer["results"]
+        assert (
+            LabelInterface(IMAGE_CONFIG).validate_prediction(prediction, return_errors=True) == []
+        )
         by_type = {r["type"]: r for r in prediction["result"]}
         ours = client.post(
             "/sam2/segment_image",
@@ -234,6 +239,7 @@ def test_video_keyframes_become_tracks(make_client, clip_bytes: bytes, cap: int)
         answer = _predict(client, task, regions, VIDEO_CONFIG)
         expected = _api_tracks(client, clip_bytes)
     [prediction] = answer["results"]
+    assert LabelInterface(VIDEO_CONFIG).validate_prediction(prediction, return_errors=True) == []
     disc, square = prediction["result"]
     assert (disc["id"], disc["value"]["labels"], square["value"]["labels"]) == (
         "disc",
