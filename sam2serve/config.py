@@ -233,6 +233,19 @@ class Settings(BaseSettings):
         """The logits cache's share of cache_bytes (the embedding cache gets the rest)."""
         return max(0, min(self.logits_cache_bytes, self.cache_bytes // 4))
 
+    @field_validator("label_studio_url")
+    @classmethod
+    def _check_label_studio_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        scheme, sep, rest = value.partition("://")
+        if scheme.lower() not in ("http", "https") or not sep or not rest.split("/")[0]:
+            raise ValueError(
+                "label_studio_url must be Label Studio's base URL, e.g. http://label-studio:8080"
+            )
+        return value
+
     @field_validator("alias_family")
     @classmethod
     def _check_family(cls, value: str) -> str:

@@ -159,3 +159,21 @@ def test_personal_access_token_is_exchanged() -> None:
     refresh, get = calls
     assert refresh.url.path == "/api/token/refresh" and pat.encode() in refresh.content
     assert get.headers["authorization"] == f"Bearer {access}"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("http://ls:8080/", "http://ls:8080"),
+        (" https://ls.example.test ", "https://ls.example.test"),
+        ("", None),
+    ],
+)
+def test_label_studio_url_setting(given: str, kept: str | None) -> None:
+    assert Settings(label_studio_url=given).label_studio_url == kept
+
+
+@pytest.mark.parametrize("bad", ["ls:8080", "ftp://ls", "http://", "label-studio"])
+def test_bad_label_studio_url_setting(bad: str) -> None:
+    with pytest.raises(ValueError, match="label_studio_url"):
+        Settings(label_studio_url=bad)
