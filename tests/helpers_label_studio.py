@@ -1,6 +1,7 @@
 """A stand-in for Label Studio's media routes in integration tests: files served on a free
-loopback port to requests carrying `Authorization: Token <token>` (401 otherwise), every
-request recorded. The real Label Studio is in tests/e2e/test_label_studio.py."""
+loopback port to requests carrying `Authorization: Token <token>` (401 otherwise) and not
+asking for `Accept: image/*` only (406, as Label Studio's DRF views answer), every request
+recorded. The real Label Studio is in tests/e2e/test_label_studio.py."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def media_server(files: dict[str, bytes], token: str) -> Iterator[MediaServer]:
             state.requests.append((self.path, auth))
             body = state.files.get(self.path)
             status = 401 if auth != f"Token {token}" else 200 if body is not None else 404
+            if "image/*" in self.headers.get("Accept", ""):  # as Label Studio's file views
+                status = 406
             self.send_response(status)
             self.send_header("Content-Length", str(len(body or b"")))
             self.end_headers()

@@ -101,8 +101,9 @@ class LabelStudioMedia:
         `field` (never the token)."""
         url = self.resolve(reference, task_id, field)
         origin = None
-        if self.base is not None:
-            origin = TrustedOrigin.parse(self.base, await self._auth_headers())
+        if self.base is not None:  # Label Studio's file views refuse `Accept: image/*` (406)
+            headers = {"Accept": "*/*", **await self._auth_headers()}
+            origin = TrustedOrigin.parse(self.base, headers)
         return await self.fetcher.fetch(url, cap=cap, field=field, origin=origin)
 
     async def _auth_headers(self) -> dict[str, str]:

@@ -77,7 +77,10 @@ def running_label_studio(
     )
     env = {
         **os.environ,
-        "ML_BLOCK_LOCAL_IP": "false",  # sam2serve runs on loopback too
+        # sam2serve runs on loopback too: Label Studio refuses an ML backend there, and it
+        # also checks the webhook it creates for it (<url>/webhook) with its SSRF guard
+        "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false",
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         "SENTRY_DSN": "",
         "FRONTEND_SENTRY_DSN": "",

@@ -256,10 +256,12 @@ def _screenshot(label_studio: LabelStudio, project: int, task: int) -> None:
             page.fill("input[name=email]", label_studio.email)
             page.fill("input[name=password]", label_studio.password)
             page.click("button[type=submit]")
-            page.wait_for_url("**/projects/**")
+            page.wait_for_url(lambda url: "/user/login" not in url)
             page.goto(f"{label_studio.url}/projects/{project}/data?task={task}")
-            page.wait_for_selector("canvas", state="attached")
-            page.wait_for_timeout(5000)
-            page.screenshot(path=str(ARTIFACTS / "label-studio.png"))
+            try:
+                page.wait_for_selector("canvas", state="attached")
+                page.wait_for_timeout(5000)
+            finally:
+                page.screenshot(path=str(ARTIFACTS / "label-studio.png"))
         finally:
             browser.close()
