@@ -141,6 +141,18 @@ def test_image_project(label_studio: LabelStudio, sam2serve: str) -> None:
         [brush] = [r for r in result if r["type"] == "brushlabels"]
         assert (_brush_mask(brush) == expected).all()
         assert answer["data"]["score"] == pytest.approx(ours["confidence"])
+        assert label_studio.token not in json.dumps(answer)
+
+        # the second click on the task: the image's features are cached, no new embed
+        misses = _ok(api.get("/info"))["cache"]["misses"]
+        moved = {**click, "value": {**click["value"], "x": 30.0, "y": 60.0}}
+        second = _ok(
+            ls.post(
+                f"/api/ml/{made['ml']}/interactive-annotating",
+                json={"task": made["task"]["id"], "context": {"result": [moved]}},
+            )
+        )
+        assert second["data"]["result"] and _ok(api.get("/info"))["cache"]["misses"] == misses
 
         # stored as the annotator's annotation, read back from Label Studio, decoded
         stored = _ok(
