@@ -261,3 +261,18 @@ def test_tracking_start_and_prompts(frames: list[int], start: int, prompts: list
     obj = _object(frames)
     assert obj.start() == start
     assert [k.frame for k in obj.prompts()] == prompts
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [(1, 0)],
+        [(1, 3), (1, 4), (2, 5), (1, 3)],  # literal values between runs
+        [(8, 1), (9, 2), (16, 3), (17, 4), (256, 5), (257, 6)],  # each length field's edges
+        [(65536, 7), (65537, 8), (131072, 9), (131073, 10), (65536 * 3 + 200, 11)],
+    ],
+)
+def test_rle_encoder_is_label_studios_own(runs: list[tuple[int, int]]) -> None:
+    values = np.concatenate([np.full(n, v, dtype=np.uint8) for n, v in runs])
+    assert brush.encode(values) == list(ls_brush.encode_rle(values))
+    assert ls_brush.decode_rle(bytes(brush.encode(values))).tolist() == values.tolist()
