@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+#: a pre-labelling phrase's length cap (SAM 3 reads at most 32 tokens of a phrase)
+MAX_PHRASE_CHARS = 200
 
 #: a setting's nice increment: Linux's range, 0 (the clicks' priority) to 19 (the lowest)
 NiceIncrement = Annotated[int, Field(ge=0, le=19)]
@@ -193,6 +195,24 @@ class Settings(BaseSettings):
         ),
     )
 
+    label_studio_phrases: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Pre-labelling with SAM 3: JSON {"Label": "phrase"} of the noun phrase each '
+            "labeling-config label is searched for (default: the label, lower-cased), e.g. "
+            '{"Car": "car", "Person": "pedestrian"}.'
+        ),
+    )
+    label_studio_prelabel_threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "Pre-labelling with SAM 3: the score an instance needs to be answered (SAM 3's "
+            "default, 0.5)."
+        ),
+    )
+
     # scheduling
     embed_queue: int = Field(8, description="Embeds waiting beyond this answer 503 at once.")
     embed_queue_per_key: int = Field(
@@ -259,6 +279,18 @@ class Settings(BaseSettings):
                 "label_studio_url must be Label Studio's base URL, e.g. http://label-studio:8080"
             )
         return value
+
+    @field_validator("label_studio_phrases")
+    @classmethod
+    def _check_phrases(cls, value: dict[str, str]) -> dict[str, str]:
+        for label, phrase in value.items():
+            if not label.strip() or not phrase.strip() or len(phrase) > MAX_PHRASE_CHARS:
+                raise ValueError(
+                    f"label_studio_phrases: {label!r} -> {phrase!r}: every label and phrase "
+                    f"must be non-empty, a phrase at most {MAX_PHRASE_CHARS} characters "
+                    '(JSON like {"Car": "car", "Person": "pedestrian"})'
+                )
+        return {label: phrase.strip() for label, phrase in value.items()}
 
     @field_validator("alias_family")
     @classmethod

@@ -42,12 +42,12 @@ class Services:
     everything: EverythingService
     video: VideoService
     sam3: Sam3Service
-    #: the Label Studio ML backend, over `images` and `video` (built from them)
+    #: the Label Studio ML backend, over `images`, `video` and `sam3` (built from them)
     label_studio: LabelStudioBackend = field(init=False)
     closed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.label_studio = LabelStudioBackend(self.images, self.video)
+        self.label_studio = LabelStudioBackend(self.images, self.video, self.sam3)
 
     @property
     def settings(self) -> Settings:

@@ -6,8 +6,9 @@ predict, per task (Label Studio sends `tasks`, `label_config`, `params.context`)
   `/sam2/segment_image` gives for them, as every BrushLabels / PolygonLabels control on
   that image. The image is embedded once under a stable id of its reference (`image_id`),
   so the next click on the task costs a decoder call, not a download and an embed;
-- an image without context: SAM 3 pre-labels (`prelabel`, the seam for the SAM 3 service);
-  until that is built, an empty result with a note;
+- an image without context: SAM 3 pre-labels (`prelabel`): every instance of the config's
+  labels (as concept phrases), as one prediction; without a SAM 3 model, no prediction and
+  a note saying how to get one;
 - a video with VideoRectangle keyframes (the context's, else the latest annotation's or
   draft's): one sam2serve video session, every object prompted with its keyframe boxes and
   propagated forward (`video_tracks`).
@@ -36,24 +37,36 @@ from sam2serve.label_studio.labeling_config import (
     parse_config,
 )
 from sam2serve.label_studio.media import LabelStudioMedia
+from sam2serve.label_studio.prelabel import phrases_for, prelabel_controls, run_prelabel
 from sam2serve.label_studio.regions import image_prompts, video_objects
 from sam2serve.label_studio.results import mask_results
 from sam2serve.label_studio.video_tracks import VideoTracks
 from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage, decode_image_bytes
 from sam2serve.media.fetch import ByteCap
+from sam2serve.runtime.weights import WeightsError
+from sam2serve.sam3.schema import ConceptSegmentRequest, ConceptSegmentResponse
+from sam2serve.sam3.service import Sam3Service
 from sam2serve.video.service import VideoService
 from sam2serve.wire import ImageInput, schema_error
 
-#: the answer's note for an image task without context, until SAM 3 pre-labels land
-NO_PRELABELS = (
-    "no prompts: sam2serve segments what you mark (a keypoint or rectangle with a "
-    "smart tool, interactive mode); pre-labelling without marks needs SAM 3, not "
-    "available on this server yet"
+#: notes of an image task without context that gets no pre-label
+NO_PRELABEL_LABELS = (
+    "no labels to pre-label with SAM 3: add a BrushLabels, PolygonLabels or RectangleLabels "
+    "control with <Label> values on the image (or mark a region with a smart tool)"
+)
+NO_SAM3 = (
+    "pre-labelling needs SAM 3, not available on this server: put Meta's gated sam3.pt "
+    "(huggingface.co/facebook/sam3) in SAM2SERVE_WEIGHTS_DIR; meanwhile mark a keypoint "
+    "or rectangle with a smart tool (interactive SAM 2)"
 )
 SKIPPED_VIDEO = (
     "not tracked in this call: its time budget (SAM2SERVE_LABEL_STUDIO_BUDGET_S) went to "
     "the tasks before it; ask again for the rest"
+)
+SKIPPED_PRELABEL = (
+    "not pre-labelled in this call: its time budget (SAM2SERVE_LABEL_STUDIO_BUDGET_S) went "
+    "to the tasks before it; ask again for the rest"
 )
 MAX_TASKS = 100
 
@@ -70,8 +83,8 @@ class TaskAnswer:
 @dataclass
 class CallBudget:
     """The time one predict call may take (`deadline`, monotonic seconds), shared by its
-    tasks: the first video task always starts, a later one only while the time left is at
-    least what the last one took."""
+    tasks: the first video or pre-label task always starts, a later one only while the time
+    left is at least what the last one took."""
 
     deadline: float
     last_task_s: float | None = None
@@ -92,8 +105,11 @@ def _task_field(task: dict[str, Any], key: str) -> str:
 
 
 class LabelStudioBackend:
-    def __init__(self, images: ImageService, video: VideoService) -> None:
+    def __init__(
+        self, images: ImageService, video: VideoService, sam3: Sam3Service | None = None
+    ) -> None:
         self.images = images
+        self.sam3 = sam3
         self.settings: Settings = images.settings
         self.media = LabelStudioMedia(self.settings, images.fetcher)
         self.video = VideoTracks(video, self.media, self.settings)
@@ -175,16 +191,73 @@ class LabelStudioBackend:
             note = answer.pop("note", None)
             return TaskAnswer({**answer, "model_version": self.model_version()}, note)
         if not regions:
-            found = await self.prelabel(task, config, namespace)
-            return TaskAnswer(found, None) if found is not None else TaskAnswer(None, NO_PRELABELS)
+            return await self.prelabel(task, config, namespace, call)
         return await self.segment_task(task, config, regions, namespace)
 
     async def prelabel(
-        self, task: dict[str, Any], config: LabelingConfig, namespace: str
-    ) -> dict[str, Any] | None:
-        """SAM 3 seam: an image task without context -> every instance of the config's labels
-        (as concept prompts), as one prediction; None while no SAM 3 service is wired."""
-        return None
+        self, task: dict[str, Any], config: LabelingConfig, namespace: str, call: CallBudget
+    ) -> TaskAnswer:
+        """An image task without context -> every instance of the config's labels (SAM 3
+        concept prompts, `prelabel` module) as one prediction. No prediction, and a note,
+        when the config has no labels, SAM 3 is not available, or the call's time is spent."""
+        image = config.first_object("image")
+        controls = prelabel_controls(config, image.name) if image is not None else []
+        if image is None or not controls:
+            return TaskAnswer(None, NO_PRELABEL_LABELS)
+        if self.sam3 is None:
+            return TaskAnswer(None, NO_SAM3)
+        if not call.room_for_another():
+            return TaskAnswer(None, SKIPPED_PRELABEL)
+        sam3 = self.sam3
+        phrases = phrases_for(controls, self.settings.label_studio_phrases)
+        threshold = self.settings.label_studio_prelabel_threshold
+        field = _task_field(task, image.data_key)
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        if not isinstance(data.get(image.data_key), str) or not data[image.data_key]:
+            return TaskAnswer(None, f"{field}: the task has no image to pre-label")
+        reference = _reference(task, image, field)
+        image_id = "ls3-" + self.image_id(reference)[3:]
+
+        async def segment(texts: list[str]) -> ConceptSegmentResponse:
+            body = {
+                "image_id": image_id,
+                "format": "rle",
+                "output_prob_thresh": threshold,
+                "prompts": [{"type": "text", "text": text} for text in texts],
+            }
+            try:
+                request = ConceptSegmentRequest.model_validate(
+                    body, context={"sam3_limits": sam3.limits}
+                )
+            except ValidationError as exc:  # a label longer than SAM 3's phrase cap
+                raise schema_error(exc) from exc
+            try:  # embedded before: the phrases only
+                return await sam3.concept_segment(request, namespace)
+            except NotInCache:
+                pixels = await self.load_image(reference, task.get("id"), field, namespace)
+                return await sam3.concept_segment(request, namespace, pixels=pixels)
+
+        started = time.monotonic()
+        try:
+            found = await run_prelabel(
+                phrases, controls, sam3.settings.max_prompts, segment, call.deadline
+            )
+        except WeightsError:
+            return TaskAnswer(None, NO_SAM3)
+        call.last_task_s = time.monotonic() - started
+        if not found.scores:
+            texts = ", ".join(repr(p.text) for p in phrases)
+            found.notes.insert(
+                0,
+                f"SAM 3 found no instance of {texts} scoring over {threshold} "
+                "(SAM2SERVE_LABEL_STUDIO_PRELABEL_THRESHOLD)",
+            )
+        prediction = {
+            "result": found.result,
+            "score": found.score(),
+            "model_version": self.model_version(),
+        }
+        return TaskAnswer(prediction, "; ".join(found.notes) or None)
 
     async def segment_task(
         self, task: dict[str, Any], config: LabelingConfig, regions: list[Any], namespace: str
@@ -212,11 +285,8 @@ class LabelStudioBackend:
     async def _segment(
         self, task: dict[str, Any], image: MediaObject, prompts: list[Any], namespace: str
     ) -> SegmentResponse:
-        data = task.get("data") if isinstance(task.get("data"), dict) else {}
         field = _task_field(task, image.data_key)
-        reference = data.get(image.data_key)
-        if not isinstance(reference, str) or not reference:
-            raise BadRequest(f"{field}: the task has no image reference", field=field)
+        reference = _reference(task, image, field)
         s = self.settings
         try:
             request = SegmentRequest.model_validate(
@@ -255,6 +325,15 @@ class LabelStudioBackend:
     def _empty(self, note: str) -> TaskAnswer:
         """An interactive call's answer with no region (the annotator sees nothing new)."""
         return TaskAnswer({"result": [], "score": 0.0, "model_version": self.model_version()}, note)
+
+
+def _reference(task: dict[str, Any], image: MediaObject, field: str) -> str:
+    """The task's reference to its image (a URL, a Label Studio path, a data: URI)."""
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    reference = data.get(image.data_key)
+    if not isinstance(reference, str) or not reference:
+        raise BadRequest(f"{field}: the task has no image reference", field=field)
+    return reference
 
 
 def _optional_str(value: Any, field: str) -> str | None:
