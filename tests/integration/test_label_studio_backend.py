@@ -2,7 +2,8 @@
 auth (Basic, key as password), /setup without a model load, interactive image masks equal
 to /sam2/segment_image's for the same prompt (brush RLE decoded by label-studio-sdk,
 polygons), answers valid for label-studio-sdk's LabelInterface, the second click on a task
-neither downloading nor embedding again, no-context image tasks answered empty with a note,
+neither downloading nor embedding again, no-context image tasks without SAM 3 weights
+answered empty with a note,
 video keyframes tracked through a session with the tracks our video API gives, cut short at
 the per-call cap or time budget and continued when asked again, odd bodies answered 4xx."""
 
@@ -151,9 +152,11 @@ def test_interactive_image_masks_equal_segment_image(make_client, coffee_png: by
 
 
 def test_image_without_context_is_empty_with_a_note(client) -> None:  # type: ignore[no-untyped-def]
+    """No SAM 3 weights on this server: no pre-label, a note saying what to do (the image is
+    not even fetched: no Label Studio URL is configured, and no error says so)."""
     answer = _predict(client, {"id": 3, "data": {"image": "/data/upload/1/x.png"}}, None)
     assert answer["results"] == [[]]  # no prediction: Label Studio stores none, may ask again
-    assert "SAM 3" in answer["note"]
+    assert "pre-labelling needs SAM 3" in answer["note"] and "sam3.pt" in answer["note"]
 
 
 def test_missing_label_studio_url_says_which_setting(client) -> None:  # type: ignore[no-untyped-def]
