@@ -183,8 +183,9 @@ class Settings(BaseSettings):
         75.0,
         gt=0,
         description=(
-            "Seconds one predict call may spend tracking a video before it answers with the "
-            "frames done so far (keep it under Label Studio's ML_TIMEOUT_PREDICT, 100 s)."
+            "Seconds one predict call may spend tracking videos or pre-labelling images before "
+            "it answers with what is done so far (keep it under Label Studio's "
+            "ML_TIMEOUT_PREDICT, 100 s)."
         ),
     )
     label_studio_negative_labels: Annotated[list[str], NoDecode] = Field(

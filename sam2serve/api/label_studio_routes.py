@@ -55,7 +55,7 @@ async def setup(request: Request) -> dict[str, Any]:
 
 @router.post(
     "/predict",
-    summary="Label Studio predictions: interactive masks, video tracks",
+    summary="Label Studio predictions: interactive masks, SAM 3 pre-labels, video tracks",
     description=(
         "Label Studio's predict call (`tasks`, `label_config`, `params.context.result`). "
         "Answers `{results: [{result, score, model_version}, ...], model_version}`, one "
