@@ -19,7 +19,7 @@ from sam2serve.label_studio.results import mask_box_pct
 from sam2serve.media.postprocess import mask_to_polygons, rle_to_mask
 from sam2serve.testing import SAM3_TEST_MODEL_ID
 from tests.conftest import encode_image, photos
-from tests.helpers_sam3 import both_registries, link_weights, sam3_settings
+from tests.helpers_sam3 import both_registries, link_weights, sam3_settings, threshold_in_band
 
 RGB = photos()["coffee"]  # 400 x 600
 H, W = RGB.shape[:2]
@@ -77,19 +77,11 @@ def runtime(make_sam3_client):  # type: ignore[no-untyped-def]
 
 
 def band_threshold(runtime, phrases: list[str], at_least: int = 1, at_most: int = 4) -> float:  # type: ignore[no-untyped-def]
-    """One threshold that some (`at_least` to `at_most`) but not all instances of every
-    phrase pass (random weights score in a band)."""
+    """A threshold `at_least` to `at_most` (not all) instances of every phrase pass."""
     features = runtime.embed(RGB)
     texts = runtime.encode_text(phrases)
     scores = [runtime.concept(features, t, NO_BOXES, NO_LABELS).scores for t in texts]
-    for candidate in np.sort(np.concatenate(scores))[::-1][1:]:
-        threshold = float(candidate) - 1e-6
-        passing = [int((s > threshold).sum()) for s in scores]
-        if all(
-            at_least <= n < min(len(s), at_most + 1) for n, s in zip(passing, scores, strict=True)
-        ):
-            return threshold
-    raise AssertionError(f"no threshold inside every phrase's band: {scores}")
+    return threshold_in_band(scores, at_least, at_most)
 
 
 def predict(client, config: str, task_id: int = 1) -> dict[str, Any]:  # type: ignore[no-untyped-def]
