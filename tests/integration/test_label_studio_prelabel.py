@@ -202,3 +202,16 @@ def test_prelabel_notes(make_sam3_client) -> None:  # type: ignore[no-untyped-de
       <KeyPointLabels name="kp" toName="image"><Label value="Cup"/></KeyPointLabels></View>"""
     answer = predict(client, keypoints_only)
     assert answer["results"] == [[]] and "no labels to pre-label" in answer["note"]
+
+
+def test_prelabel_time_budget(make_sam3_client) -> None:  # type: ignore[no-untyped-def]
+    """A spent budget: the first task stops after its first SAM 3 request (one phrase per
+    request here), the second task is not started; both say so."""
+    client = make_sam3_client(sam3={"max_prompts": 1}, label_studio_budget_s=0.001)
+    tasks = [{"id": i, "data": {"image": DATA_URI}} for i in (1, 2)]
+    r = client.post(LS + "/predict", json={"tasks": tasks, "label_config": BRUSH_CONFIG})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert "not searched for 'saucer'" in first["note"]
+    assert {item["value"]["brushlabels"][0] for item in first["result"]} <= {"Cup"}
+    assert second == [] and "not pre-labelled in this call" in r.json()["note"]
