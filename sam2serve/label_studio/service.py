@@ -55,10 +55,10 @@ NO_PRELABEL_LABELS = (
     "no labels to pre-label with SAM 3: add a BrushLabels, PolygonLabels or RectangleLabels "
     "control with <Label> values on the image (or mark a region with a smart tool)"
 )
+INTERACTIVE = "meanwhile mark a keypoint or rectangle with a smart tool (interactive SAM 2)"
 NO_SAM3 = (
     "pre-labelling needs SAM 3, not available on this server: put Meta's gated sam3.pt "
-    "(huggingface.co/facebook/sam3) in SAM2SERVE_WEIGHTS_DIR; meanwhile mark a keypoint "
-    "or rectangle with a smart tool (interactive SAM 2)"
+    f"(huggingface.co/facebook/sam3) in SAM2SERVE_WEIGHTS_DIR; {INTERACTIVE}"
 )
 SKIPPED_VIDEO = (
     "not tracked in this call: its time budget (SAM2SERVE_LABEL_STUDIO_BUDGET_S) went to "
@@ -210,6 +210,11 @@ class LabelStudioBackend:
             return TaskAnswer(None, SKIPPED_PRELABEL)
         sam3 = self.sam3
         phrases = phrases_for(controls, self.settings.label_studio_phrases)
+        cap = sam3.settings.max_phrase_chars
+        too_long = [p.text for p in phrases if len(p.text) > cap]
+        phrases = [p for p in phrases if len(p.text) <= cap]
+        if not phrases:
+            return TaskAnswer(None, _too_long_note(too_long, cap))
         threshold = self.settings.label_studio_prelabel_threshold
         field = _task_field(task, image.data_key)
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
@@ -229,7 +234,7 @@ class LabelStudioBackend:
                 request = ConceptSegmentRequest.model_validate(
                     body, context={"sam3_limits": sam3.limits}
                 )
-            except ValidationError as exc:  # a label longer than SAM 3's phrase cap
+            except ValidationError as exc:  # not expected: phrases are checked above
                 raise schema_error(exc) from exc
             try:  # embedded before: the phrases only
                 return await sam3.concept_segment(request, namespace)
@@ -242,8 +247,8 @@ class LabelStudioBackend:
             found = await run_prelabel(
                 phrases, controls, sam3.settings.max_prompts, segment, call.deadline
             )
-        except WeightsError:
-            return TaskAnswer(None, NO_SAM3)
+        except WeightsError as exc:  # what is missing or wrong, and where it goes
+            return TaskAnswer(None, f"pre-labelling needs SAM 3: {exc.message}; {INTERACTIVE}")
         call.last_task_s = time.monotonic() - started
         if not found.scores:
             texts = ", ".join(repr(p.text) for p in phrases)
@@ -252,6 +257,8 @@ class LabelStudioBackend:
                 f"SAM 3 found no instance of {texts} scoring over {threshold} "
                 "(SAM2SERVE_LABEL_STUDIO_PRELABEL_THRESHOLD)",
             )
+        if too_long:
+            found.notes.append(_too_long_note(too_long, cap))
         prediction = {
             "result": found.result,
             "score": found.score(),
@@ -325,6 +332,15 @@ class LabelStudioBackend:
     def _empty(self, note: str) -> TaskAnswer:
         """An interactive call's answer with no region (the annotator sees nothing new)."""
         return TaskAnswer({"result": [], "score": 0.0, "model_version": self.model_version()}, note)
+
+
+def _too_long_note(phrases: list[str], cap: int) -> str:
+    names = ", ".join(repr(p[:40] + "...") for p in phrases)
+    return (
+        f"not searched for {names}: over SAM 3's {cap} characters per phrase "
+        "(SAM2SERVE_SAM3_MAX_PHRASE_CHARS); map the label to a short noun phrase in "
+        "SAM2SERVE_LABEL_STUDIO_PHRASES"
+    )
 
 
 def _reference(task: dict[str, Any], image: MediaObject, field: str) -> str:

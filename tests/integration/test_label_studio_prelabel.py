@@ -202,6 +202,10 @@ def test_prelabel_notes(make_sam3_client) -> None:  # type: ignore[no-untyped-de
       <KeyPointLabels name="kp" toName="image"><Label value="Cup"/></KeyPointLabels></View>"""
     answer = predict(client, keypoints_only)
     assert answer["results"] == [[]] and "no labels to pre-label" in answer["note"]
+    long_label = BRUSH_CONFIG.replace("Saucer", "Saucer " + "x" * 200)
+    answer = predict(make_sam3_client(sam3={"max_phrase_chars": 100}), long_label)
+    assert "not searched for 'saucer xxx" in answer["note"] and "MAX_PHRASE_CHARS" in answer["note"]
+    assert "found no instance of 'cup' scoring" in answer["note"]  # 'cup' still searched for
 
 
 def test_prelabel_time_budget(make_sam3_client) -> None:  # type: ignore[no-untyped-def]
