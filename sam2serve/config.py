@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+#: a pre-labelling phrase's length cap (SAM 3 reads at most 32 tokens of a phrase)
+MAX_PHRASE_CHARS = 200
 
 #: a setting's nice increment: Linux's range, 0 (the clicks' priority) to 19 (the lowest)
 NiceIncrement = Annotated[int, Field(ge=0, le=19)]
@@ -151,6 +153,67 @@ class Settings(BaseSettings):
     url_max_bytes: int = 16 * MiB
     url_max_redirects: int = 5
 
+    # Label Studio ML backend (/label-studio/...): where task media live, and the budgets of
+    # one predict call (Label Studio waits ML_TIMEOUT_PREDICT = 100 s by default)
+    label_studio_url: str | None = Field(
+        None,
+        description=(
+            "Base URL of the Label Studio server whose task media (/data/upload/..., "
+            "/data/local-files/..., s3:// gs:// azure-blob:// links) sam2serve fetches, e.g. "
+            "http://label-studio:8080; that origin is allowed explicitly (http and private "
+            "addresses too), every other URL keeps the url_* policy."
+        ),
+    )
+    label_studio_api_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Label Studio access token sent to label_studio_url only (legacy token, or a "
+            "personal access token, exchanged for an access token); never logged or echoed."
+        ),
+    )
+    label_studio_video_max_frames: int = Field(
+        120,
+        ge=1,
+        description=(
+            "Frames one video predict call tracks at most (from the first keyframe); the "
+            "answer says when a clip was cut short."
+        ),
+    )
+    label_studio_budget_s: float = Field(
+        75.0,
+        gt=0,
+        description=(
+            "Seconds one predict call may spend tracking videos or pre-labelling images before "
+            "it answers with what is done so far (keep it under Label Studio's "
+            "ML_TIMEOUT_PREDICT, 100 s)."
+        ),
+    )
+    label_studio_negative_labels: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["negative", "background"],
+        description=(
+            "KeyPointLabels / RectangleLabels label names (case-insensitive) whose regions are "
+            "negative prompts (besides Label Studio's own negative keypoints, Alt+click)."
+        ),
+    )
+
+    label_studio_phrases: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Pre-labelling with SAM 3: JSON {"Label": "phrase"} of the noun phrase each '
+            "labeling-config label is searched for (default: the label, lower-cased), e.g. "
+            '{"Car": "car", "Person": "pedestrian"}.'
+        ),
+    )
+    label_studio_prelabel_threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "Pre-labelling with SAM 3: the score an instance needs to be answered (SAM 3's "
+            "default, 0.5)."
+        ),
+    )
+
     # scheduling
     embed_queue: int = Field(8, description="Embeds waiting beyond this answer 503 at once.")
     embed_queue_per_key: int = Field(
@@ -187,7 +250,13 @@ class Settings(BaseSettings):
     )
     everything_max_seconds: float = Field(300.0, description="Longer answers 503.")
 
-    @field_validator("api_keys", "url_allow_hosts", "url_deny_hosts", mode="before")
+    @field_validator(
+        "api_keys",
+        "url_allow_hosts",
+        "url_deny_hosts",
+        "label_studio_negative_labels",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -198,6 +267,31 @@ class Settings(BaseSettings):
     def logits_budget_bytes(self) -> int:
         """The logits cache's share of cache_bytes (the embedding cache gets the rest)."""
         return max(0, min(self.logits_cache_bytes, self.cache_bytes // 4))
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _check_label_studio_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        scheme, sep, rest = value.partition("://")
+        if scheme.lower() not in ("http", "https") or not sep or not rest.split("/")[0]:
+            raise ValueError(
+                "label_studio_url must be Label Studio's base URL, e.g. http://label-studio:8080"
+            )
+        return value
+
+    @field_validator("label_studio_phrases")
+    @classmethod
+    def _check_phrases(cls, value: dict[str, str]) -> dict[str, str]:
+        for label, phrase in value.items():
+            if not label.strip() or not phrase.strip() or len(phrase) > MAX_PHRASE_CHARS:
+                raise ValueError(
+                    f"label_studio_phrases: {label!r} -> {phrase!r}: every label and phrase "
+                    f"must be non-empty, a phrase at most {MAX_PHRASE_CHARS} characters "
+                    '(JSON like {"Car": "car", "Person": "pedestrian"})'
+                )
+        return {label: phrase.strip() for label, phrase in value.items()}
 
     @field_validator("alias_family")
     @classmethod

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sam2serve.config import Settings
 from sam2serve.everything.service import EverythingService
 from sam2serve.image.service import ImageService
+from sam2serve.label_studio.service import LabelStudioBackend
 from sam2serve.registry import ModelSpec, all_specs
 from sam2serve.runtime.factory import runtime_factory, sam3_factory
 from sam2serve.runtime.pool import ModelPool, pick_device
@@ -41,7 +42,12 @@ class Services:
     everything: EverythingService
     video: VideoService
     sam3: Sam3Service
+    #: the Label Studio ML backend, over `images`, `video` and `sam3` (built from them)
+    label_studio: LabelStudioBackend = field(init=False)
     closed: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.label_studio = LabelStudioBackend(self.images, self.video, self.sam3)
 
     @property
     def settings(self) -> Settings:

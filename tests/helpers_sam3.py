@@ -4,7 +4,10 @@ and the registry that knows them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from sam2serve.registry import ModelSpec
 from sam2serve.testing import (
@@ -33,3 +36,16 @@ def link_weights(target: Path, sam2_dir: Path, sam3_dir: Path) -> Path:
 def sam3_settings(weights_dir: Path, **overrides: object):  # type: ignore[no-untyped-def]
     """`tiny_settings` with the tiny SAM 3 model as the /sam3 routes' default."""
     return tiny_settings(weights_dir, sam3_model=SAM3_TEST_MODEL_ID, **overrides)
+
+
+def threshold_in_band(scores: Sequence[np.ndarray], at_least: int = 1, at_most: int = 4) -> float:
+    """One score threshold that `at_least` to `at_most` (and not all) of every prompt's
+    instance `scores` pass (random weights score each phrase in its own narrow band)."""
+    for candidate in np.sort(np.concatenate(scores))[::-1][1:]:
+        threshold = float(candidate) - 1e-6
+        passing = [int((s > threshold).sum()) for s in scores]
+        if all(
+            at_least <= n < min(len(s), at_most + 1) for n, s in zip(passing, scores, strict=True)
+        ):
+            return threshold
+    raise AssertionError(f"no threshold inside every prompt's band: {scores}")

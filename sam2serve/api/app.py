@@ -20,6 +20,7 @@ from sam2serve.api.admission import image_admission
 from sam2serve.api.everything_routes import router as everything_router
 from sam2serve.api.guard import RequestGuard
 from sam2serve.api.image_routes import router
+from sam2serve.api.label_studio_routes import router as label_studio_router
 from sam2serve.api.metrics import Metrics
 from sam2serve.api.openapi import install as install_openapi
 from sam2serve.api.readiness import start_preload
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(everything_router)
     app.include_router(video_router)
     app.include_router(sam3_router)
+    app.include_router(label_studio_router)
     _install_error_handlers(app)
     # request ids, replica header, JSON 500s, metrics, access log
     app.add_middleware(RequestGuard, replica=app.state.replica)

@@ -1,10 +1,14 @@
-"""API keys: from the body's `api_key`, the `api_key` query parameter, or a Bearer header.
+"""API keys: from the body's `api_key`, the `api_key` query parameter, or a Bearer header;
+on the Label Studio backend routes also as the password of HTTP Basic auth (all Label Studio
+can send to an ML backend).
 
 Keys are compared in constant time and never logged; each key gets its own cache namespace.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from typing import Any
@@ -62,3 +66,32 @@ def early_namespace(keys: list[SecretStr], request: Request) -> str | None:
         return namespace_for(keys, presented)
     except Unauthorized:
         return None
+
+
+def basic_password(request: Request) -> str | None:
+    """The password of an `Authorization: Basic` header (the user name is not checked), or
+    None when there is none or it does not decode."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not token.strip():
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, sep, password = decoded.partition(":")
+    return password if sep and password else None
+
+
+def label_studio_namespace(keys: list[SecretStr], request: Request) -> str:
+    """The namespace of a Label Studio backend call: a key as Basic auth password (or as on
+    every route); 401 telling the admin where Label Studio takes it."""
+    presented = presented_key(request, None) or basic_password(request)
+    try:
+        return namespace_for(keys, presented)
+    except Unauthorized as exc:
+        what = "is not valid for this server" if presented else "is required"
+        raise Unauthorized(
+            f"an API key {what}: in Label Studio's model connection turn on 'Use Basic "
+            "Authentication', any user name, the API key as the password",
+            field="authorization",
+        ) from exc

@@ -14,6 +14,12 @@
 - one deadline (url_timeout_s) for the whole fetch incl. redirects; the body is streamed and
   cut off past url_max_bytes; no environment proxies, no cookies, no keep-alive (a pinned
   connection is never reused for another name), Accept-Encoding: identity only.
+
+One exception, per call: a `TrustedOrigin` (the Label Studio server an admin configured,
+SAM2SERVE_LABEL_STUDIO_URL) may be plain http and on a loopback/private address, and only
+hops to exactly that scheme://host:port carry its headers (the token); every other hop (a
+redirect to a presigned storage URL, say) gets the ordinary policy and no token. Metadata,
+unspecified, multicast and reserved addresses stay refused for it too.
 """
 
 from __future__ import annotations
@@ -71,6 +77,37 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 @dataclass(frozen=True)
+class TrustedOrigin:
+    """A server an admin configured explicitly: `scheme`://`host`:`port` (host lowercase, no
+    trailing dot; port explicit). Hops to exactly this origin skip the https-only rule, the
+    private-address block and the allow list, and carry `headers` (e.g. its API token); no
+    other hop ever sees `headers`. `repr` never shows them."""
+
+    scheme: str
+    host: str
+    port: int
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"TrustedOrigin({self.scheme}://{self.host}:{self.port})"
+
+    @classmethod
+    def parse(cls, url: str, headers: dict[str, str] | None = None) -> TrustedOrigin:
+        """From a base URL such as http://label-studio:8080 (a path is ignored)."""
+        parsed = httpx.URL(url.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"{url!r} is not an http(s) URL with a host")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        host = parsed.host.lower().rstrip(".")
+        return cls(parsed.scheme, host, port, tuple((headers or {}).items()))
+
+    def matches(self, url: httpx.URL) -> bool:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        host = url.host.lower().rstrip(".")
+        return (url.scheme, host, port) == (self.scheme, self.host, self.port)
+
+
+@dataclass(frozen=True)
 class _Target:
     """One checked hop: `url` as written, `pinned` with its host replaced by the checked IP."""
 
@@ -78,6 +115,7 @@ class _Target:
     pinned: httpx.URL
     host_header: str
     sni: str | None
+    trusted: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,11 +166,20 @@ class UrlFetcher:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def fetch(self, url: str, *, cap: ByteCap | None = None, field: str = FIELD) -> bytes:
+    async def fetch(
+        self,
+        url: str,
+        *,
+        cap: ByteCap | None = None,
+        field: str = FIELD,
+        origin: TrustedOrigin | None = None,
+    ) -> bytes:
         """GET `url` (following up to url_max_redirects checked redirects) -> body bytes.
 
         `cap`: this download's byte cap (default: url_max_bytes, for images); `field`: the
-        request field the URL came in, named by every error (default image.value).
+        request field the URL came in, named by every error (default image.value);
+        `origin`: a server the admin configured, see `TrustedOrigin` (its headers go to it
+        only).
 
         Raises:
             BadRequest (field `field`): refused by policy, unreachable, non-2xx status,
@@ -140,16 +187,18 @@ class UrlFetcher:
             PayloadTooLarge (field `field`): body over the cap.
         """
         try:
-            return await self._fetch_within_deadline(url, cap or ByteCap(self.max_bytes))
+            return await self._fetch_within_deadline(url, cap or ByteCap(self.max_bytes), origin)
         except (BadRequest, PayloadTooLarge) as exc:
             if field == FIELD or exc.field != FIELD:
                 raise
             raise type(exc)(field + exc.message[len(FIELD) :], field=field) from exc
 
-    async def _fetch_within_deadline(self, url: str, cap: ByteCap) -> bytes:
+    async def _fetch_within_deadline(
+        self, url: str, cap: ByteCap, origin: TrustedOrigin | None
+    ) -> bytes:
         try:
             with anyio.fail_after(self.timeout_s):
-                return await self._fetch(url, cap)
+                return await self._fetch(url, cap, origin)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise BadRequest(
                 f"{FIELD}: fetching the URL timed out after {self.timeout_s:g} s "
@@ -164,14 +213,17 @@ class UrlFetcher:
                 field=FIELD,
             ) from exc
 
-    async def _fetch(self, url: str, cap: ByteCap) -> bytes:
+    async def _fetch(self, url: str, cap: ByteCap, origin: TrustedOrigin | None) -> bytes:
         current: str | httpx.URL = url
         for hop in range(self.max_redirects + 1):
-            target = await self._check(current, hop)
+            target = await self._check(current, hop, origin)
+            headers = {"Host": target.host_header}
+            if target.trusted and origin is not None:  # its token goes to it, nowhere else
+                headers.update(origin.headers)
             request = self._client.build_request(
                 "GET",
                 target.pinned,
-                headers={"Host": target.host_header},
+                headers=headers,
                 extensions={"sni_hostname": target.sni} if target.sni else None,
             )
             response = await self._client.send(request, stream=True)
@@ -205,7 +257,9 @@ class UrlFetcher:
                 raise _too_large(cap, "")
         return bytes(body)
 
-    async def _check(self, raw: str | httpx.URL, hop: int) -> _Target:
+    async def _check(
+        self, raw: str | httpx.URL, hop: int, origin: TrustedOrigin | None = None
+    ) -> _Target:
         """Apply the whole policy to one URL; return where to connect. Raises BadRequest."""
         if isinstance(raw, str):
             if len(raw) > MAX_URL_CHARS:
@@ -216,7 +270,8 @@ class UrlFetcher:
                 raise _refuse("not a valid URL", hop) from exc
         else:
             url = raw
-        allowed = ("https", "http") if self.allow_http else ("https",)
+        trusted = origin is not None and bool(url.host) and origin.matches(url)
+        allowed = ("https", "http") if self.allow_http or trusted else ("https",)
         if url.scheme not in allowed:
             shown = f"scheme is {url.scheme!r}" if url.scheme else "has no scheme"
             need = "http:// or https://" if self.allow_http else "https://"
@@ -224,17 +279,18 @@ class UrlFetcher:
         if url.userinfo:
             raise _refuse("URLs with a user name or password (user@host) are refused", hop)
         host, literal = _parse_host(url.raw_host.decode("ascii", "replace"), hop)
-        self._check_lists(host, literal, hop)
+        allow_private = self.allow_private or trusted
+        self._check_lists(host, literal, hop, trusted=trusted)
         if host in _METADATA_NAMES:
             raise _refuse("the host is a cloud metadata endpoint", hop)
-        if (host == "localhost" or host.endswith(".localhost")) and not self.allow_private:
+        if (host == "localhost" or host.endswith(".localhost")) and not allow_private:
             raise _refuse(_PRIVATE_WHY, hop)
         port = url.port or (443 if url.scheme == "https" else 80)
         addresses = (
             [literal] if literal is not None else await self._resolve_checked(host, port, hop)
         )
         for ip in addresses:
-            why = blocked_reason(ip, allow_private=self.allow_private)
+            why = blocked_reason(ip, allow_private=allow_private)
             if why is not None:
                 raise _refuse(why, hop)
             if any(ip in net for net in self.deny_hosts if not isinstance(net, str)):
@@ -249,6 +305,7 @@ class UrlFetcher:
             pinned=url.copy_with(host=str(pinned_ip)),
             host_header=host_header,
             sni=host if literal is None and url.scheme == "https" else None,
+            trusted=trusted,
         )
 
     async def _resolve_checked(self, host: str, port: int, hop: int) -> list[IPAddress]:
@@ -260,10 +317,16 @@ class UrlFetcher:
             raise _refuse("the host name could not be resolved", hop)
         return addresses
 
-    def _check_lists(self, host: str, literal: IPAddress | None, hop: int) -> None:
+    def _check_lists(
+        self, host: str, literal: IPAddress | None, hop: int, *, trusted: bool = False
+    ) -> None:
         if any(_matches(p, host, literal) for p in self.deny_hosts):
             raise _refuse("the host is on this server's deny list (url_deny_hosts)", hop)
-        if self.allow_hosts and not any(_matches(p, host, literal) for p in self.allow_hosts):
+        if (
+            self.allow_hosts
+            and not trusted
+            and not any(_matches(p, host, literal) for p in self.allow_hosts)
+        ):
             raise _refuse(
                 "the host is not on this server's allow list (url_allow_hosts); "
                 "send the image as base64 instead",

@@ -227,6 +227,19 @@ class VideoService:
             height=info.height,
         )
 
+    def session_info(self, namespace: str, session_id: str) -> SessionInfo:
+        """An open session's description (404 when it is gone)."""
+        session = self.store.get(namespace, session_id)
+        i = session.info
+        return SessionInfo(
+            session_id=session.session_id,
+            model_id=session.tracker.model_id,
+            num_frames=i.num_frames,
+            fps=i.fps,
+            width=i.width,
+            height=i.height,
+        )
+
     def delete(self, namespace: str, session_id: str) -> None:
         self.store.delete(namespace, session_id)
 
