@@ -7,6 +7,7 @@ video tracker's fast parts (`video_parts`) follow the same choice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
@@ -17,6 +18,8 @@ from sam2serve.config import RuntimeName, Settings
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.pool import RuntimeFactory, sam3_runtime_factory, torch_runtime_factory
 from sam2serve.runtime.video_tracker import ModelParts
+
+log = logging.getLogger(__name__)
 
 #: Every accepted `Settings.runtime` value, in the settings type's order.
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
