@@ -31,7 +31,7 @@ import httpx
 
 from bench.load import (
     embed_body,
-    five_boxes,
+    five_box_prompts,
     free_port,
     median_time,
     post,
@@ -74,18 +74,7 @@ def one_round(client: httpx.Client, image: str, base_url: str, h: int, w: int) -
     """One embed of a distinct image, then clicks / 5 prompts / 4-client throughput on it."""
     out = {"embed_server_s": post(client, "/sam2/embed_image", embed_body(image, "ab"))["time"]}
     click = segment_body("ab", [{"points": [{"x": 0.5 * w, "y": 0.4 * h, "positive": True}]}])
-    boxes = [
-        {
-            "box": {
-                "x": float(b[0] + b[2]) / 2,
-                "y": float(b[1] + b[3]) / 2,
-                "width": float(b[2] - b[0]),
-                "height": float(b[3] - b[1]),
-            }
-        }
-        for b in five_boxes(h, w)
-    ]
-    five = segment_body("ab", boxes)
+    five = segment_body("ab", five_box_prompts(h, w))
     # warm-up 1: the first click after an embed is left out of the warm figure
     out["click_rtt_s"] = median_time(lambda: post(client, "/sam2/segment_image", click), 9)
     out["five_rtt_s"] = median_time(lambda: post(client, "/sam2/segment_image", five), 5)

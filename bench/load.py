@@ -70,6 +70,21 @@ def five_boxes(h: int, w: int) -> list[np.ndarray]:
 # -- server -------------------------------------------------------------------------------
 
 
+def five_box_prompts(h: int, w: int) -> list[dict]:
+    """`five_boxes` as API prompts (center-based boxes), one box each."""
+    return [
+        {
+            "box": {
+                "x": float(b[0] + b[2]) / 2,
+                "y": float(b[1] + b[3]) / 2,
+                "width": float(b[2] - b[0]),
+                "height": float(b[3] - b[1]),
+            }
+        }
+        for b in five_boxes(h, w)
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -242,18 +257,7 @@ def measure_server(
     )
     click = segment_body("astro", [{"points": [{"x": 0.5 * w, "y": 0.4 * h, "positive": True}]}])
     out["click_rtt_s"] = median_time(lambda: post(client, "/sam2/segment_image", click), 30, 3)
-    boxes = [
-        {
-            "box": {
-                "x": float(b[0] + b[2]) / 2,
-                "y": float(b[1] + b[3]) / 2,
-                "width": float(b[2] - b[0]),
-                "height": float(b[3] - b[1]),
-            }
-        }
-        for b in five_boxes(h, w)
-    ]
-    five = segment_body("astro", boxes)
+    five = segment_body("astro", five_box_prompts(h, w))
     out["five_rtt_s"] = median_time(lambda: post(client, "/sam2/segment_image", five), 15, 2)
 
     # throughput: 4 clients clicking for 8 s
