@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from sam2serve.runtime import tensor_bytes
+
 #: Version prefix of `Sam3Features.to_bytes` values; anything else is refused on read.
 FEATURES_MAGIC = b"S3FT"
 FEATURES_VERSION = 1
 _PREFIX = struct.Struct("<4sHI")
 _MAX_HEADER = 64 * 1024
-_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
-    "float32": (torch.float32, np.dtype("<f4")),
-    "float16": (torch.float16, np.dtype("<f2")),
-    "bfloat16": (torch.bfloat16, np.dtype("<i2")),  # numpy has no bf16: carried as int16 bits
-}
-_NAMES = {torch_dtype: name for name, (torch_dtype, _) in _DTYPES.items()}
 
 
 def _nbytes(tensors: tuple[torch.Tensor, ...]) -> int:
@@ -75,23 +72,7 @@ class Sam3Features:
         CRC32 of the tensor bytes. ~133 MB on the real config; `Sam3Runtime.pack` is the
         compact (21 MB) form for a shared tier.
         """
-        arrays = []
-        specs = []
-        for t in self.tensors:
-            t = t.detach().cpu()
-            name = _NAMES.get(t.dtype)
-            if name is None:
-                raise ValueError(f"cannot store dtype {t.dtype}")
-            # keep the memory layout (the necks' outputs are channels-last): the heads'
-            # results depend on it in the last bits, so a dense NCHW copy would not be exact
-            order = sorted(range(t.ndim), key=lambda d: -t.stride(d))
-            dense = t.permute(order).contiguous()
-            raw = dense.view(torch.int16) if t.dtype == torch.bfloat16 else dense
-            arrays.append(raw.numpy())
-            specs.append({"dtype": name, "shape": list(t.shape), "order": order})
-        crc = 0
-        for a in arrays:
-            crc = zlib.crc32(memoryview(a).cast("B"), crc)
+        specs, arrays, crc = tensor_bytes.write(self.tensors)
         header = json.dumps(
             {
                 "orig_hw": list(self.orig_hw),
@@ -127,35 +108,21 @@ class Sam3Features:
             raise ValueError(f"SAM 3 features value: bad header ({exc})") from exc
         if n_fpn < 1 or n_inst < -1 or n_fpn + max(n_inst, 0) != len(specs):
             raise ValueError("SAM 3 features value: tensor counts do not add up")
+        try:
+            parsed = tensor_bytes.parse(specs)
+        except ValueError as exc:
+            raise ValueError(f"SAM 3 features value: {exc}") from exc
         offset = _PREFIX.size + hlen
-        tensors: list[torch.Tensor] = []
-        crc = 0
-        for spec in specs:
-            dtypes = _DTYPES.get(spec.get("dtype") if isinstance(spec, dict) else None)
-            if dtypes is None:
-                raise ValueError(f"SAM 3 features value: bad tensor spec {spec!r}")
-            torch_dtype, np_dtype = dtypes
-            try:
-                shape = [int(d) for d in spec["shape"]]
-                order = [int(d) for d in spec["order"]]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"SAM 3 features value: bad tensor spec ({exc})") from exc
-            if any(d < 0 for d in shape) or sorted(order) != list(range(len(shape))):
-                raise ValueError("SAM 3 features value: bad shape or dimension order")
-            size = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
-            if offset + size > len(view):
-                raise ValueError("SAM 3 features value: truncated")
-            chunk = view[offset : offset + size]
-            crc = zlib.crc32(chunk, crc)
-            arr = np.frombuffer(chunk, dtype=np_dtype).reshape([shape[d] for d in order]).copy()
-            t = torch.from_numpy(arr)
-            t = t.view(torch.bfloat16) if torch_dtype == torch.bfloat16 else t
-            tensors.append(t.permute(np.argsort(order).tolist()))
-            offset += size
-        if offset != len(view):
+        size = sum(spec.nbytes for spec in parsed)
+        if offset + size > len(view):
+            raise ValueError("SAM 3 features value: truncated")
+        if offset + size != len(view):
             raise ValueError("SAM 3 features value: trailing bytes")
-        if crc != crc_expected:
+        if zlib.crc32(view[offset:]) != crc_expected:
             raise ValueError("SAM 3 features value: checksum mismatch")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only buffer: cloned below
+            tensors = [t.clone() for t in tensor_bytes.read(view, offset, parsed)]
         inst = None if n_inst < 0 else tuple(tensors[n_fpn:])
         return cls(fpn=tuple(tensors[:n_fpn]), inst=inst, orig_hw=orig_hw)
 

@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
+from sam2serve.runtime import tensor_bytes
 from sam2serve.runtime.base import Features
 from sam2serve.store.logits import PromptKey
 
@@ -35,12 +35,6 @@ MAGIC = b"S2SF"
 VERSION = 1
 _PREFIX = struct.Struct("<4sHI")
 _MAX_HEADER = 64 * 1024
-_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
-    "float32": (torch.float32, np.dtype("<f4")),
-    "float16": (torch.float16, np.dtype("<f2")),
-    "bfloat16": (torch.bfloat16, np.dtype("<i2")),  # numpy has no bf16: carried as int16 bits
-}
-_NAMES = {torch_dtype: name for name, (torch_dtype, _) in _DTYPES.items()}
 
 
 class CodecError(ValueError):
@@ -59,24 +53,11 @@ class Identity:
 def encode(
     kind: str, identity: Identity, content_hash: str, tensors: list[torch.Tensor], **extra: object
 ) -> bytes:
-    """One value: prefix + header + the tensors' bytes (CPU, contiguous), in order."""
-    arrays = []
-    specs = []
-    for t in tensors:
-        t = t.detach().cpu()
-        name = _NAMES.get(t.dtype)
-        if name is None:
-            raise CodecError(f"cannot store dtype {t.dtype}")
-        # keep the memory layout (e.g. channels-last conv outputs): decoder results depend
-        # on it in the last bit, and a dense permuted tensor then needs no copy here
-        order = sorted(range(t.ndim), key=lambda d: -t.stride(d))
-        dense = t.permute(order).contiguous()
-        raw = dense.view(torch.int16) if t.dtype == torch.bfloat16 else dense
-        arrays.append(raw.numpy())
-        specs.append({"dtype": name, "shape": list(t.shape), "order": order})
-    crc = 0
-    for a in arrays:
-        crc = zlib.crc32(memoryview(a).cast("B"), crc)
+    """One value: prefix + header + the tensors' bytes (`runtime.tensor_bytes`), in order."""
+    try:
+        specs, arrays, crc = tensor_bytes.write(tensors)
+    except ValueError as exc:
+        raise CodecError(str(exc)) from exc
     header = {
         "kind": kind,
         "model_id": identity.model_id,
@@ -117,10 +98,7 @@ def decode(
         raise CodecError("header length out of range")
     try:
         header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + head_len]))
-        specs = [
-            (_DTYPES[s["dtype"]], tuple(int(d) for d in s["shape"]), _order(s))
-            for s in header["tensors"]
-        ]
+        specs = tensor_bytes.parse(header["tensors"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CodecError(f"unreadable header: {exc}") from exc
     expected = {
@@ -135,30 +113,17 @@ def decode(
         if header.get(field) != want:
             raise CodecError(f"{field} is {header.get(field)!r}, expected {want!r}")
     offset = _PREFIX.size + head_len
-    sizes = [int(np.prod(shape)) * np_dtype.itemsize for (_, np_dtype), shape, _ in specs]
-    if offset + sum(sizes) != len(view):
+    if offset + sum(spec.nbytes for spec in specs) != len(view):
         raise CodecError("tensor bytes do not match the header's shapes")
     crc = zlib.crc32(view[offset:])
     if crc != header.get("crc32"):
         raise CodecError("checksum mismatch (corrupt value)")
-    tensors = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # read-only buffer: never written to
-        for ((torch_dtype, np_dtype), shape, order), size in zip(specs, sizes, strict=True):
-            count = size // np_dtype.itemsize
-            arr = np.frombuffer(view, dtype=np_dtype, count=count, offset=offset)
-            dense = torch.from_numpy(arr).view(torch_dtype).reshape([shape[d] for d in order])
-            t = dense.permute([order.index(d) for d in range(len(order))])
-            tensors.append(t.to(device) if device is not None and device.type != "cpu" else t)
-            offset += size
+        tensors = tensor_bytes.read(view, offset, specs)
+    if device is not None and device.type != "cpu":
+        tensors = [t.to(device) for t in tensors]
     return tensors, header
-
-
-def _order(spec: dict) -> list[int]:
-    order = [int(d) for d in spec.get("order", range(len(spec["shape"])))]
-    if sorted(order) != list(range(len(spec["shape"]))):
-        raise CodecError("tensor order is not a permutation of its dimensions")
-    return order
 
 
 def encode_features(identity: Identity, content_hash: str, features: Any) -> bytes:
