@@ -12,18 +12,25 @@ from sam2serve.api.server import serve
 from sam2serve.config import Settings
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.memory import pin_mmap_threshold
-from sam2serve.testing import registry_with_test_model, tiny_test_spec
+from sam2serve.testing import (
+    registry_with_test_model,
+    sam3_registry_with_test_model,
+    sam3_tiny_spec,
+    tiny_test_spec,
+)
 from sam2serve.wiring import build_services
 
 
 def registry() -> dict[str, ModelSpec]:
-    """The test registry, where the default alias (hiera_tiny -> sam2.1_hiera_tiny) also
-    names the tiny architecture, so the ids in the OpenAPI examples resolve to weights
-    that are present (an API fuzzer sends them)."""
-    tiny = tiny_test_spec()
+    """The test registry of both families, where the default ids (hiera_tiny ->
+    sam2.1_hiera_tiny; sam3/sam3_final -> sam3) also name the tiny architectures, so the ids
+    in the OpenAPI examples resolve to weights that are present (an API fuzzer sends them;
+    the tiny SAM 3 checkpoint is there only where the caller put it)."""
     return {
         **registry_with_test_model(),
-        "sam2.1_hiera_tiny": replace(tiny, model_id="sam2.1_hiera_tiny"),
+        **sam3_registry_with_test_model(),
+        "sam2.1_hiera_tiny": replace(tiny_test_spec(), model_id="sam2.1_hiera_tiny"),
+        "sam3": replace(sam3_tiny_spec(), model_id="sam3"),
     }
 
 

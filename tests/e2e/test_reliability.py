@@ -32,6 +32,7 @@ from tests.helpers_reliability import (
     reliability_server,
     scrape_requests,
 )
+from tests.helpers_sam3 import link_weights
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
 
@@ -257,13 +258,19 @@ RAW: list[tuple[str, bytes]] = [
 
 
 @pytest.fixture(scope="module")
-def server(tiny_weights_dir: Path) -> Iterator[Server]:
+def server(
+    tiny_weights_dir: Path, sam3_tiny_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     # segment_everything: generated grids over 256 points are refused (413) before any
     # work, so the fuzzer's largest parameters cannot make it a long run. The fuzzer opens
     # video sessions (the documented example works) and never closes them; the session cap's
     # 503 is tested on its own (test_video_api), so it is out of reach here.
+    # both families' tiny checkpoints: the fuzzer sends the /sam3 examples' model ids too
+    weights = link_weights(
+        tmp_path_factory.mktemp("weights-both"), tiny_weights_dir, sam3_tiny_weights_dir
+    )
     with reliability_server(
-        tiny_weights_dir,
+        weights,
         SAM2SERVE_MAX_BODY_BYTES=str(MAX_BODY),
         SAM2SERVE_EVERYTHING_MAX_POINTS="256",
         SAM2SERVE_VIDEO_MAX_SESSIONS="100000",
