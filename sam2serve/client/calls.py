@@ -50,14 +50,21 @@ class CallBuilder:
         self._max_kept_bytes = max_kept_bytes
 
     def embed_body(
-        self, image: ImageLike, image_id: str | None, model: str | None, bgr: bool
+        self,
+        image: ImageLike,
+        image_id: str | None,
+        model: str | None,
+        bgr: bool,
+        model_field: str = "sam2_version_id",
     ) -> tuple[dict[str, Any], tuple[int, int] | None]:
+        """An embed body and the image's (height, width) when known; `model` goes under
+        `model_field` (SAM 2's `sam2_version_id`, SAM 3's `model_id`)."""
         encoded = encode_image(image, bgr=bgr)
         body: dict[str, Any] = {"image": encoded.payload}
         if image_id is not None:
             body["image_id"] = image_id
         if model is not None:
-            body["sam2_version_id"] = model
+            body[model_field] = model
         return body, encoded.size
 
     def keep(self, image_id: str, payload: dict[str, Any]) -> None:

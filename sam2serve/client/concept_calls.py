@@ -14,21 +14,8 @@ from sam2serve.client.concept import (
     concept_call,
     concept_prompts,
 )
-from sam2serve.client.image_encode import ImageLike, encode_image
+from sam2serve.client.image_encode import ImageLike
 from sam2serve.client.results import EmbedResult
-
-
-def sam3_embed_body(
-    image: ImageLike, image_id: str | None, model: str | None, bgr: bool
-) -> tuple[dict[str, Any], tuple[int, int] | None]:
-    """A /sam3/embed_image body and the image's (height, width) when known."""
-    encoded = encode_image(image, bgr=bgr)
-    body: dict[str, Any] = {"image": encoded.payload}
-    if image_id is not None:
-        body["image_id"] = image_id
-    if model is not None:
-        body["model_id"] = model
-    return body, encoded.size
 
 
 class ConceptCalls:
@@ -51,7 +38,7 @@ class ConceptCalls:
     ) -> EmbedResult:
         """Embed an image for SAM 3 once; later `concept_segment(image_id=...)` calls skip
         the upload and the image encoder. `model`: a SAM 3 model id (None: the server's)."""
-        body, size = sam3_embed_body(image, image_id, model, bgr)
+        body, size = self._calls.embed_body(image, image_id, model, bgr, "model_id")
         route = self._route(body, image, bgr)
         result = embed_result(self._json(self._post(SAM3_EMBED_PATH, body, route)))
         if self.resend_on_miss:
@@ -110,7 +97,7 @@ class AsyncConceptCalls:
         bgr: bool = False,
     ) -> EmbedResult:
         """See `Sam2Client.sam3_embed_image`."""
-        body, size = sam3_embed_body(image, image_id, model, bgr)
+        body, size = self._calls.embed_body(image, image_id, model, bgr, "model_id")
         route = self._route(body, image, bgr)
         result = embed_result(self._json(await self._post(SAM3_EMBED_PATH, body, route)))
         if self.resend_on_miss:
