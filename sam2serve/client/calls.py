@@ -12,7 +12,7 @@ from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult, parse_segment
 
 if TYPE_CHECKING:
-    from sam2serve.client.everything import EverythingCall
+    from sam2serve.client.mask_calls import MasksCall
 
 
 @dataclass
@@ -80,10 +80,10 @@ class CallBuilder:
             _, dropped = self._kept.popitem(last=False)
             self._kept_bytes -= len(dropped["value"])
 
-    def resend_body(self, call: SegmentCall | EverythingCall, status: int) -> dict[str, Any] | None:
-        """The body to send once more after a 404 on an id-only segment (or segment
-        everything), when this client
-        still has the image it embedded under that id; None otherwise."""
+    def resend_body(self, call: SegmentCall | MasksCall, status: int) -> dict[str, Any] | None:
+        """The body to send once more after a 404 on an id-only segment (segment
+        everything, concept segment), when this client still has the image it embedded
+        under that id; None otherwise."""
         image_id = call.body.get("image_id")
         if status != 404 or "image" in call.body or image_id is None:
             return None

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sam2serve.client.everything import distinct_colour
-from sam2serve.client.image_encode import ImageLike, encode_image
-from sam2serve.client.results import MaskPrediction, SegmentResult, _mask_box
+from sam2serve.client.image_encode import ImageLike
+from sam2serve.client.mask_calls import MasksCall, paint_masks, rle_fields, with_image
+from sam2serve.client.results import MaskPrediction, SegmentResult
 
 if TYPE_CHECKING:
     import supervision
@@ -62,22 +62,10 @@ class ConceptResult(SegmentResult):
         """A `supervision.Detections`: masks (N, H, W) bool, xyxy boxes from the masks,
         confidence, ``class_id`` = prompt index and ``data["class_name"]`` = its phrase (so
         `sv.LabelAnnotator` writes "car 0.87")."""
-        try:
-            import supervision as sv
-        except ImportError as exc:
-            raise ImportError(
-                "to_detections() needs supervision: pip install 'sam2serve[supervision]'"
-            ) from exc
-        masks = self.masks
-        boxes = [_mask_box(m) or (0, 0, 0, 0) for m in masks]
         ids = np.array([getattr(p, "prompt_index", 0) for p in self.predictions], dtype=int)
         names = self.class_names
-        return sv.Detections(
-            xyxy=np.array(boxes, dtype=np.float32).reshape(-1, 4),
-            mask=masks,
-            confidence=self.confidences,
-            class_id=ids,
-            data={"class_name": np.array([names[i] for i in ids], dtype=object)},
+        return self._detections(
+            ids, {"class_name": np.array([names[i] for i in ids], dtype=object)}
         )
 
     def annotate(self, image: ImageLike | None = None, *, bgr: bool = False) -> np.ndarray:
@@ -85,29 +73,13 @@ class ConceptResult(SegmentResult):
         outline and its phrase and score written at its box's corner."""
         import cv2
 
-        from sam2serve.client.image_encode import load_rgb
-
-        if image is None:
-            if self.source is None:
-                raise ValueError(
-                    "this result was made from an image_id: pass the image to annotate()"
-                )
-            image, bgr = self.source, self.source_bgr
-        out = load_rgb(image, bgr=bgr).astype(np.float32)
         preds = list(self.predictions)
-        for p in preds:
-            colour = np.array(distinct_colour(getattr(p, "prompt_index", 0)))
-            out[p.mask] = out[p.mask] * 0.45 + colour * 0.55
-        drawn = np.clip(out, 0, 255).astype(np.uint8)
+        colours = [getattr(p, "prompt_index", 0) for p in preds]
+        drawn = paint_masks(self.source_rgb(image, bgr=bgr), self.masks, colours)
         names = self.class_names
-        for p in preds:
-            contours, _ = cv2.findContours(
-                p.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
-            )
-            cv2.drawContours(drawn, contours, -1, (255, 255, 255), 1)
+        for p, index in zip(preds, colours, strict=True):
             box = p.box_xyxy
             if box is not None:
-                index = getattr(p, "prompt_index", 0)
                 label = f"{names[index] if index < len(names) else index} {p.confidence:.2f}"
                 origin = (box[0], max(10, box[1] - 3))
                 cv2.putText(drawn, label, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3)
@@ -152,11 +124,8 @@ def concept_prompts(
     return out
 
 
-@dataclass
-class ConceptCall:
-    body: dict[str, Any]
-    source: Any
-    bgr: bool
+class ConceptCall(MasksCall):
+    """A concept_segment request and its answer's parser."""
 
     def parse(self, answer: dict[str, Any]) -> ConceptResult:
         preds: list[MaskPrediction] = []
@@ -170,32 +139,11 @@ class ConceptCall:
             phrases.append(phrase)
             found.append(int(result.get("found", len(result.get("predictions", [])))))
             notes.append(result.get("note"))
-            for p in result.get("predictions", []):
-                rle = p["masks"]
-                preds.append(
-                    ConceptPrediction(
-                        confidence=float(p["confidence"]),
-                        format="rle",
-                        image_size=(int(rle["size"][0]), int(rle["size"][1])),
-                        rle=rle,
-                        prompt_index=index,
-                        phrase=phrase,
-                    )
-                )
-        size = preds[0].image_size if preds else None
-        time = answer.get("time")
-        return ConceptResult(
-            preds,
-            float(time) if time is not None else None,
-            image_id=self.body.get("image_id"),
-            image_size=size,
-            raw=answer,
-            source=self.source,
-            source_bgr=self.bgr,
-            phrases=phrases,
-            found=found,
-            notes=notes,
-        )
+            preds += [
+                ConceptPrediction(**rle_fields(p), prompt_index=index, phrase=phrase)
+                for p in result.get("predictions", [])
+            ]
+        return self.result(ConceptResult, preds, answer, phrases=phrases, found=found, notes=notes)
 
 
 def concept_body(
@@ -228,10 +176,6 @@ def concept_call(
     threshold: float | None,
     nms_iou_threshold: float | None,
 ) -> ConceptCall:
-    """Body of a concept_segment request (the image encoded here, if given)."""
-    if image is None and image_id is None:
-        raise ValueError("give an image, or the image_id of an image embedded before")
+    """A concept_segment request (the image encoded here, if given)."""
     body = concept_body(image_id, model, prompts, threshold, nms_iou_threshold)
-    if image is not None:
-        body["image"] = encode_image(image, bgr=bgr).payload
-    return ConceptCall(body, image, bgr)
+    return ConceptCall(CONCEPT_PATH, with_image(body, image, image_id, bgr), image, bgr)

@@ -8,7 +8,6 @@ from typing import Any
 
 from sam2serve.client.calls import embed_result
 from sam2serve.client.concept import (
-    CONCEPT_PATH,
     SAM3_EMBED_PATH,
     ConceptResult,
     concept_call,
@@ -74,7 +73,7 @@ class ConceptCalls:
         """
         asked = concept_prompts(text, texts, boxes, box_labels, prompts)
         call = concept_call(image, image_id, model, bgr, asked, threshold, nms_iou_threshold)
-        response = self._post_resending(CONCEPT_PATH, call)
+        response = self._post_resending(call.path, call)
         return call.parse(self._json(response))
 
 
@@ -122,5 +121,5 @@ class AsyncConceptCalls:
         """See `Sam2Client.concept_segment`."""
         asked = concept_prompts(text, texts, boxes, box_labels, prompts)
         call = concept_call(image, image_id, model, bgr, asked, threshold, nms_iou_threshold)
-        response = await self._post_resending(CONCEPT_PATH, call)
+        response = await self._post_resending(call.path, call)
         return call.parse(self._json(response))

@@ -1,7 +1,13 @@
-"""Segment-everything for the SDK: request body and typed result, shared by the HTTP
-clients and the in-process Segmenter.
+"""Segment-everything for the SDK, on SAM 2 or SAM 3: request body and typed result,
+shared by the HTTP clients and the in-process Segmenter.
 
-The SDK always asks for ``format=rle`` (exact masks that carry their size).
+    client.segment_everything("photo.jpg")                          # SAM 2 (the server's)
+    client.segment_everything("photo.jpg", model="sam3/sam3_final")  # SAM 3 (the server's)
+
+`model` picks the family: an id that starts with "sam3" (``sam3``, Roboflow's
+``sam3/sam3_final``) goes to ``/sam3/segment_everything`` as its ``model_id``; any other id
+(or None) to ``/sam2/segment_everything`` as its ``sam2_version_id``. Both answer the same
+records, so both give an `EverythingResult`. The SDK always asks for ``format=rle``.
 """
 
 from __future__ import annotations
@@ -11,10 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from sam2serve.client.image_encode import ImageLike, encode_image
+from sam2serve.client.image_encode import ImageLike
+from sam2serve.client.mask_calls import MasksCall, paint_masks, rle_fields, with_image
 from sam2serve.client.results import MaskPrediction, SegmentResult
 
 EVERYTHING_PATH = "/sam2/segment_everything"
+SAM3_EVERYTHING_PATH = "/sam3/segment_everything"
+#: Roboflow's id of SAM 3, which every sam2serve server takes as "its SAM 3 model"
+SAM3_MODEL = "sam3/sam3_final"
 
 #: the generator's parameters the server takes (Meta's names)
 PARAMS = (
@@ -33,6 +43,14 @@ PARAMS = (
     "use_m2m",
     "multimask_output",
 )
+
+
+def is_sam3_model(model: str | None) -> bool:
+    """Whether `model` names a SAM 3 model: SAM 3's ids (ours and Roboflow's) start with
+    "sam3", SAM 2's never do (``sam2.1_hiera_*``, ``sam2_hiera_*``, ``hiera_*``). The client
+    cannot ask the server's registry before the call, so the name decides the route; a
+    wrong SAM 3 id still gets the server's 400 listing the valid ones."""
+    return model is not None and model.strip().lower().startswith("sam3")
 
 
 @dataclass(eq=False)
@@ -55,73 +73,26 @@ class EverythingResult(SegmentResult):
     def annotate(self, image: ImageLike | None = None, *, bgr: bool = False) -> np.ndarray:
         """``(H, W, 3)`` uint8 RGB: each mask filled in its own colour (smaller masks drawn
         over larger ones) with a white outline."""
-        import cv2
-
-        from sam2serve.client.image_encode import load_rgb
-
-        if image is None:
-            if self.source is None:
-                raise ValueError(
-                    "this result was made from an image_id: pass the image to annotate()"
-                )
-            image, bgr = self.source, self.source_bgr
-        out = load_rgb(image, bgr=bgr).astype(np.float32)
-        masks = self.masks
-        for i, mask in enumerate(masks):
-            out[mask] = out[mask] * 0.45 + np.array(distinct_colour(i)) * 0.55
-        drawn = np.clip(out, 0, 255).astype(np.uint8)
-        for mask in masks:
-            contours, _ = cv2.findContours(
-                mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
-            )
-            cv2.drawContours(drawn, contours, -1, (255, 255, 255), 1)
-        return drawn
+        rgb = self.source_rgb(image, bgr=bgr)
+        return paint_masks(rgb, self.masks, range(len(self.predictions)))
 
 
-def distinct_colour(i: int) -> tuple[int, int, int]:
-    """Colour i of an endless sequence of well-separated hues (golden-ratio steps), RGB."""
-    import colorsys
-
-    hue = (i * 0.618033988749895) % 1.0
-    sat = 0.65 + 0.35 * ((i // 7) % 2)
-    r, g, b = colorsys.hsv_to_rgb(hue, sat, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
-@dataclass
-class EverythingCall:
-    body: dict[str, Any]
-    source: Any
-    bgr: bool
+class EverythingCall(MasksCall):
+    """A segment-everything request (SAM 2's route or SAM 3's) and its answer's parser."""
 
     def parse(self, answer: dict[str, Any]) -> EverythingResult:
-        preds = []
-        for p in answer.get("predictions", []):
-            rle = p["masks"]
-            preds.append(
-                AutoMaskPrediction(
-                    confidence=float(p["confidence"]),
-                    format="rle",
-                    image_size=(int(rle["size"][0]), int(rle["size"][1])),
-                    rle=rle,
-                    stability_score=float(p["stability_score"]),
-                    bbox=[float(v) for v in p["bbox"]],
-                    mask_area=int(p["area"]),
-                    point=[float(v) for v in p["point"]],
-                    crop_box=[int(v) for v in p["crop_box"]],
-                )
+        preds: list[MaskPrediction] = [
+            AutoMaskPrediction(
+                **rle_fields(p),
+                stability_score=float(p["stability_score"]),
+                bbox=[float(v) for v in p["bbox"]],
+                mask_area=int(p["area"]),
+                point=[float(v) for v in p["point"]],
+                crop_box=[int(v) for v in p["crop_box"]],
             )
-        size = preds[0].image_size if preds else None
-        time = answer.get("time")
-        return EverythingResult(
-            preds,
-            float(time) if time is not None else None,
-            image_id=self.body.get("image_id"),
-            image_size=size,
-            raw=answer,
-            source=self.source,
-            source_bgr=self.bgr,
-        )
+            for p in answer.get("predictions", [])
+        ]
+        return self.result(EverythingResult, preds, answer)
 
 
 def everything_body(
@@ -138,8 +109,13 @@ def everything_body(
     if image_id is not None:
         body["image_id"] = image_id
     if model is not None:
-        body["sam2_version_id"] = model
+        body["model_id" if is_sam3_model(model) else "sam2_version_id"] = model
     return body
+
+
+def everything_path(model: str | None) -> str:
+    """The route that runs segment everything on `model`'s family."""
+    return SAM3_EVERYTHING_PATH if is_sam3_model(model) else EVERYTHING_PATH
 
 
 def everything_call(
@@ -149,10 +125,7 @@ def everything_call(
     bgr: bool,
     params: dict[str, Any],
 ) -> EverythingCall:
-    """Body of a segment_everything request; unknown parameter names are a ValueError."""
-    body = everything_body(image_id, model, params)
-    if image is None and image_id is None:
-        raise ValueError("give an image, or the image_id of an image embedded before")
-    if image is not None:
-        body["image"] = encode_image(image, bgr=bgr).payload
-    return EverythingCall(body, image, bgr)
+    """A segment_everything request (the image encoded here, if given); unknown parameter
+    names are a ValueError."""
+    body = with_image(everything_body(image_id, model, params), image, image_id, bgr)
+    return EverythingCall(everything_path(model), body, image, bgr)

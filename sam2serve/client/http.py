@@ -26,7 +26,7 @@ from sam2serve.client.affinity import RouteIds, affinity_headers
 from sam2serve.client.calls import CallBuilder, embed_result
 from sam2serve.client.concept_calls import AsyncConceptCalls, ConceptCalls
 from sam2serve.client.errors import error_from_response, parse_retry_after
-from sam2serve.client.everything import EVERYTHING_PATH, EverythingResult, everything_call
+from sam2serve.client.everything import EverythingResult, everything_call
 from sam2serve.client.image_encode import ImageLike
 from sam2serve.client.options import SegmentOptions
 from sam2serve.client.results import EmbedResult, SegmentResult
@@ -227,9 +227,15 @@ class Sam2Client(ConceptCalls, _Base):
         **params: Any,
     ) -> EverythingResult:
         """Every object of the image as a mask (Meta's automatic mask generator; `params`
-        under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
+        under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...).
+
+        `model`: a SAM 2 id (sam2_version_id; None = the server's default), or a SAM 3 id
+        (one that starts with "sam3"; ``"sam3/sam3_final"`` = the server's SAM 3 model) to
+        run the same generator on SAM 3's point predictor. `image_id`: an image embedded
+        for that family (`embed_image` for SAM 2, `sam3_embed_image` for SAM 3).
+        """
         call = everything_call(image, image_id, model, bgr, params)
-        response = self._post_resending(EVERYTHING_PATH, call)
+        response = self._post_resending(call.path, call)
         return call.parse(self._json(response))
 
 
@@ -336,8 +342,7 @@ class AsyncSam2Client(AsyncConceptCalls, _Base):
         bgr: bool = False,
         **params: Any,
     ) -> EverythingResult:
-        """Every object of the image as a mask (Meta's automatic mask generator; `params`
-        under its names: points_per_side=32, pred_iou_thresh=0.8, crop_n_layers=0, ...)."""
+        """See `Sam2Client.segment_everything` (SAM 2 or SAM 3, by `model`)."""
         call = everything_call(image, image_id, model, bgr, params)
-        response = await self._post_resending(EVERYTHING_PATH, call)
+        response = await self._post_resending(call.path, call)
         return call.parse(self._json(response))

@@ -136,6 +136,13 @@ class SegmentResult:
         """A `supervision.Detections`: masks ``(N, H, W)`` bool, xyxy boxes from the masks
         (``(N, 4)`` float32, inclusive pixel corners; zeros for an empty mask), confidence,
         and ``class_id`` = prompt index (so annotators give each prompt its own colour)."""
+        return self._detections(np.arange(len(self.predictions), dtype=int))
+
+    def _detections(
+        self, class_id: np.ndarray, data: dict[str, np.ndarray] | None = None
+    ) -> supervision.Detections:
+        """`to_detections` with the caller's class ids (and `data`, e.g. class names): what
+        differs between the result types is only how masks are grouped into classes."""
         try:
             import supervision as sv
         except ImportError as exc:
@@ -148,7 +155,8 @@ class SegmentResult:
             xyxy=np.array(boxes, dtype=np.float32).reshape(-1, 4),
             mask=masks,
             confidence=self.confidences,
-            class_id=np.arange(len(masks), dtype=int),
+            class_id=class_id,
+            data=data or {},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -169,8 +177,14 @@ class SegmentResult:
         `image` defaults to the image this result was computed from, when it was given as a
         path, bytes, PIL image or array (not for image_id-only requests).
         """
-        from sam2serve.client.image_encode import load_rgb
         from sam2serve.media.annotate import annotate
+
+        return annotate(self.source_rgb(image, bgr=bgr), self.masks, self.prompts)
+
+    def source_rgb(self, image: ImageLike | None = None, *, bgr: bool = False) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB of `image`, by default the image this result was computed
+        from (ValueError for an image_id-only request: there is no image to draw on)."""
+        from sam2serve.client.image_encode import load_rgb
 
         if image is None:
             if self.source is None:
@@ -178,8 +192,7 @@ class SegmentResult:
                     "this result was made from an image_id: pass the image to annotate()"
                 )
             image, bgr = self.source, self.source_bgr
-        rgb = load_rgb(image, bgr=bgr)
-        return annotate(rgb, self.masks, self.prompts)
+        return load_rgb(image, bgr=bgr)
 
     def save_annotated(
         self, path: str | Path, image: ImageLike | None = None, *, bgr: bool = False

@@ -3,20 +3,26 @@ request bodies and results as the HTTP clients, run on the Segmenter's own servi
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Protocol
 
 from sam2serve.client.calls import CallBuilder
 from sam2serve.client.concept import (
+    CONCEPT_PATH,
     ConceptCall,
     ConceptResult,
     concept_body,
-    concept_call,
     concept_prompts,
 )
 from sam2serve.client.image_encode import ImageLike, is_url
 from sam2serve.client.results import EmbedResult
+from sam2serve.local.bodies import service_body
 from sam2serve.media.decode import LoadedImage
-from sam2serve.sam3.schema import ConceptSegmentRequest, LocalSam3EmbedRequest, Sam3EmbedRequest
+from sam2serve.sam3.schema import (
+    ConceptSegmentRequest,
+    LocalSam3EmbedRequest,
+    Sam3EmbedRequest,
+)
 from sam2serve.wiring import PUBLIC_NAMESPACE, Services
 
 
@@ -30,7 +36,7 @@ class Segmenter(Protocol):
     def _pixels(self, image: ImageLike, bgr: bool) -> LoadedImage: ...
 
 
-def _check_model(seg: Segmenter, model: str | None) -> None:
+def check_model(seg: Segmenter, model: str | None) -> None:
     """An unknown or SAM 2 model is reported (typed error) before the image is decoded."""
 
     async def resolve() -> None:
@@ -65,7 +71,7 @@ def embed(
     else:
         fields = {"image_id": image_id, "model_id": model}
         request = seg._caller.validate(LocalSam3EmbedRequest, fields, context)
-        _check_model(seg, model)
+        check_model(seg, model)
         pixels = seg._pixels(image, bgr)
         size = pixels.hw
     response = seg._caller.call(sam3.embed(request, PUBLIC_NAMESPACE, pixels=pixels))
@@ -88,17 +94,11 @@ def concept_segment(
     bgr: bool = False,
 ) -> ConceptResult:
     asked = concept_prompts(text, texts, boxes, box_labels, prompts)
-    pixels: LoadedImage | None = None
-    if image is None or (isinstance(image, str) and is_url(image)):
-        call = concept_call(image, image_id, model, bgr, asked, threshold, nms_iou_threshold)
-        body = call.body
-    else:
-        request_body = concept_body(image_id, model, asked, threshold, nms_iou_threshold)
-        _check_model(seg, model)
-        pixels = seg._pixels(image, bgr)
-        call = ConceptCall(request_body, image, bgr)
-        # the pixels are cached under their content hash unless an id was given
-        body = {**request_body, "image_id": image_id or pixels.content_hash}
+    request_body = concept_body(image_id, model, asked, threshold, nms_iou_threshold)
+    body, pixels = service_body(
+        request_body, image, image_id, bgr, seg._pixels, partial(check_model, seg, model)
+    )
+    call = ConceptCall(CONCEPT_PATH, request_body, image, bgr)
     sam3 = seg._services.sam3
     request = seg._caller.validate(ConceptSegmentRequest, body, {"sam3_limits": sam3.limits})
     answer = seg._caller.call(sam3.concept_segment(request, PUBLIC_NAMESPACE, pixels=pixels))

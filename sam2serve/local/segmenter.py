@@ -22,7 +22,8 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,7 +38,8 @@ from sam2serve.client.everything import (
     EverythingCall,
     EverythingResult,
     everything_body,
-    everything_call,
+    everything_path,
+    is_sam3_model,
 )
 from sam2serve.client.image_encode import (
     ImageLike,
@@ -54,6 +56,7 @@ from sam2serve.errors import ServiceError, Unavailable
 from sam2serve.image.schema import EmbedRequest, LocalEmbedRequest, SegmentRequest
 from sam2serve.image.service import ImageService
 from sam2serve.local import sam3 as local_sam3
+from sam2serve.local.bodies import service_body
 from sam2serve.local.video import LocalVideoSession, open_local_session
 from sam2serve.media import decode as image_decode
 from sam2serve.media.decode import LoadedImage
@@ -188,19 +191,12 @@ class Segmenter:
         **fields: Any,
     ) -> SegmentResult:
         """See `Sam2Client.segment_image` (same arguments, same result)."""
-        opts = SegmentOptions.of(options, **fields)
-        pixels: LoadedImage | None = None
-        if image is None or (isinstance(image, str) and is_url(image)):
-            call = self._calls.segment_call(image, image_id, opts, bgr=bgr)
-            body = call.body
-        else:
-            pixels = self._pixels(image, bgr)
-            request_body, prompt_list = opts.body()
-            if image_id is not None:
-                request_body["image_id"] = image_id
-            call = SegmentCall(request_body, pixels.hw, prompt_list, image, bgr)
-            # the pixels are cached under their content hash unless an id was given
-            body = {**request_body, "image_id": image_id or pixels.content_hash}
+        request_body, prompt_list = SegmentOptions.of(options, **fields).body()
+        if image_id is not None:
+            request_body["image_id"] = image_id
+        body, pixels = service_body(request_body, image, image_id, bgr, self._pixels)
+        size = pixels.hw if pixels is not None else self._calls.size_of(image_id)
+        call = SegmentCall(request_body, size, prompt_list, image, bgr)
         request = self._caller.validate(SegmentRequest, body)
         answer = self._caller.call(self._service.segment(request, PUBLIC_NAMESPACE, pixels=pixels))
         if isinstance(answer, BinaryResult):
@@ -216,25 +212,28 @@ class Segmenter:
         bgr: bool = False,
         **params: Any,
     ) -> EverythingResult:
-        """See `Sam2Client.segment_everything` (same arguments, same result)."""
+        """See `Sam2Client.segment_everything` (same arguments, same result; a SAM 3
+        `model` runs it on this process's SAM 3 model)."""
         from sam2serve.everything.schema import EverythingRequest
+        from sam2serve.sam3.schema import Sam3EverythingRequest
 
-        pixels: LoadedImage | None = None
-        if image is None or (isinstance(image, str) and is_url(image)):
-            call = everything_call(image, image_id, model, bgr, params)
-            body = call.body
+        # one algorithm, two families: SAM 3's runs on its service (its own model ids,
+        # features and caps), SAM 2's on the everything use case
+        if is_sam3_model(model):
+            sam3 = self._services.sam3
+            kind: type[Any] = Sam3EverythingRequest
+            run: Any = sam3.segment_everything
+            context: dict[str, Any] | None = {"sam3_limits": sam3.limits}
+            check: Callable[[], object] = partial(local_sam3.check_model, self, model)
         else:
-            request_body = everything_body(image_id, model, params)
-            self.model_id(model)  # an unknown model is reported before the image is decoded
-            pixels = self._pixels(image, bgr)
-            call = EverythingCall(request_body, image, bgr)
-            # the pixels are cached under their content hash unless an id was given
-            body = {**request_body, "image_id": image_id or pixels.content_hash}
-        request = self._caller.validate(EverythingRequest, body)
-        answer = self._caller.call(
-            self._services.everything.segment(request, PUBLIC_NAMESPACE, pixels=pixels)
-        )
-        return call.parse(answer.model_dump(mode="json"))  # type: ignore[union-attr]
+            kind, run, context = EverythingRequest, self._services.everything.segment, None
+            check = partial(self.model_id, model)
+        request_body = everything_body(image_id, model, params)
+        body, pixels = service_body(request_body, image, image_id, bgr, self._pixels, check)
+        request = self._caller.validate(kind, body, context)
+        answer = self._caller.call(run(request, PUBLIC_NAMESPACE, pixels=pixels))
+        call = EverythingCall(everything_path(model), request_body, image, bgr)
+        return call.parse(answer.model_dump(mode="json"))
 
     def load_sam3(self, model: str | None = None) -> str:
         """Load a SAM 3 model now (default: SAM2SERVE_SAM3_MODEL) and return its id.
