@@ -3,24 +3,17 @@ one annotated PNG per image with every instance of each phrase and its score."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from sam2serve.cli.support import (
     ANNOTATED_SUFFIX,
-    IMAGE_SUFFIXES,
     expand_images,
     fail,
-    is_fatal,
-    is_handled,
-    is_usage,
-    one_line,
+    image_outputs,
     open_backend,
-    outputs,
-    progress,
+    run_batch,
+    write_outputs,
 )
 
 
@@ -47,60 +40,21 @@ def concept(
     if len(texts) > 1 and boxes:
         fail("exemplar --box goes with one --text (or none)")
     paths = expand_images(images)
-    batch = len(paths) > 1
-    pngs = outputs(paths, output, ANNOTATED_SUFFIX, "-o", IMAGE_SUFFIXES)
-    jsons = outputs(paths, json_out, ".json", "--json", (".json",)) if json_out else None
+    pngs, jsons = image_outputs(paths, output, json_out, ANNOTATED_SUFFIX)
     backend = open_backend(url, api_key, model, weights_dir, device, sam3=True)
-    failed = 0
-    bar = progress(len(paths), batch)
-    with bar:
-        for i, path in enumerate(paths):
-            try:
-                summary = concept_one(
-                    backend, path, texts, boxes, threshold, model, pngs[i], jsons and jsons[i]
-                )
-                bar.write(f"{pngs[i]}  {summary}", file=sys.stdout)
-            except Exception as exc:
-                if not is_handled(exc):
-                    raise
-                if is_fatal(exc):
-                    bar.close()
-                    fail(one_line(exc), 2 if is_usage(exc) else 1)
-                failed += 1
-                bar.write(f"error: {path}: {one_line(exc)}", file=sys.stderr)
-            bar.update()
-    if batch:
-        typer.echo(f"{len(paths) - failed} of {len(paths)} images done, {failed} failed", err=True)
-    if failed:
-        raise typer.Exit(1)
+
+    def one(i: int, path: Path) -> str:
+        result = backend.concept_segment(
+            path, texts=texts or None, boxes=boxes or None, threshold=threshold, model=model
+        )
+        write_outputs(result, pngs[i], jsons and jsons[i])
+        return f"{pngs[i]}  {summary(result)}"
+
+    run_batch(paths, one)
 
 
-def concept_one(
-    backend: Any,
-    path: Path,
-    texts: list[str],
-    boxes: list[tuple[float, float, float, float]],
-    threshold: float | None,
-    model: str | None,
-    png: Path,
-    json_path: Path | None,
-) -> str:
-    """SAM 3 on one image: every instance of each phrase (the boxes: exemplars), written as an
-    annotated PNG (and JSON); returns a one-line summary ("car: 3, person: 1")."""
-    import json
-
-    from PIL import Image
-
-    result = backend.concept_segment(
-        path,
-        texts=texts or None,
-        boxes=boxes or None,
-        threshold=threshold,
-        model=model,
-    )
-    Image.fromarray(result.annotate()).save(png)
-    if json_path is not None:
-        json_path.write_text(json.dumps(result.to_json()))
+def summary(result: Any) -> str:
+    """One line for a concept result: "car: 3, person: 1" (and why a prompt was cut)."""
     counts = [f"{name}: {len(result.of_prompt(i))}" for i, name in enumerate(result.class_names)]
     notes = [note for note in result.notes if note]
     return ", ".join(counts) + "".join(f" ({note})" for note in notes)

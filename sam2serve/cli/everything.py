@@ -3,23 +3,17 @@ own colour (and optionally the JSON)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from sam2serve.cli.support import (
-    IMAGE_SUFFIXES,
     expand_images,
-    fail,
-    is_fatal,
-    is_handled,
-    is_usage,
-    one_line,
+    image_outputs,
     open_backend,
-    outputs,
+    run_batch,
+    write_outputs,
 )
 
 SUFFIX = "_everything.png"
@@ -40,7 +34,15 @@ def everything(
     crop_n_layers: Annotated[int, typer.Option(help="Crop layers (<= 2)")] = 0,
     min_mask_region_area: Annotated[int, typer.Option(help="Fill holes/specks up to")] = 0,
     use_m2m: Annotated[bool, typer.Option(help="One mask-input refinement step")] = False,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="sam2_version_id")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A SAM 2 id (sam2_version_id), or a SAM 3 id (sam3..., e.g. sam3/sam3_final: "
+            "the server's SAM 3) to run it on SAM 3",
+        ),
+    ] = None,
     url: Annotated[
         str | None, typer.Option(help="Ask this server instead of a local model")
     ] = None,
@@ -52,7 +54,11 @@ def everything(
     its own colour.
 
     Example: sam2serve everything photo.jpg -o annotated.png
+
+    Example (on SAM 3): sam2serve everything photo.jpg --model sam3 -o annotated.png
     """
+    from sam2serve.client.everything import is_sam3_model
+
     params = {
         "points_per_side": points_per_side,
         "pred_iou_thresh": pred_iou_thresh,
@@ -62,24 +68,12 @@ def everything(
         "use_m2m": use_m2m,
     }
     paths = expand_images(images)
-    pngs = outputs(paths, output, SUFFIX, "-o", IMAGE_SUFFIXES)
-    jsons = outputs(paths, json_out, ".json", "--json", (".json",)) if json_out else None
-    backend = open_backend(url, api_key, model, weights_dir, device)
-    failed = 0
-    for i, path in enumerate(paths):
-        try:
-            result = backend.segment_everything(path, model=model, **params)
-            result.save_annotated(pngs[i])
-            if jsons is not None:
-                jsons[i].write_text(json.dumps(result.to_json()))
-            typer.echo(f"{pngs[i]}: {len(result)} masks")
-        except Exception as exc:
-            if not is_handled(exc):
-                raise
-            if is_fatal(exc):
-                fail(one_line(exc), 2 if is_usage(exc) else 1)
-            failed += 1
-            typer.echo(f"error: {path}: {one_line(exc)}", err=True)
-    if failed:
-        print(f"{failed} of {len(paths)} images failed", file=sys.stderr)
-        raise typer.Exit(1)
+    pngs, jsons = image_outputs(paths, output, json_out, SUFFIX)
+    backend = open_backend(url, api_key, model, weights_dir, device, sam3=is_sam3_model(model))
+
+    def one(i: int, path: Path) -> str:
+        result = backend.segment_everything(path, model=model, **params)
+        write_outputs(result, pngs[i], jsons and jsons[i])
+        return f"{pngs[i]}: {len(result)} masks"
+
+    run_batch(paths, one)

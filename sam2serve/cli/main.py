@@ -15,19 +15,17 @@ from sam2serve.cli.concept import concept
 from sam2serve.cli.everything import everything
 from sam2serve.cli.support import (
     ANNOTATED_SUFFIX,
-    IMAGE_SUFFIXES,
     expand_images,
     fail,
-    is_fatal,
+    image_outputs,
     is_handled,
     is_usage,
     one_line,
     open_backend,
-    outputs,
-    progress,
     read_prompts,
     require_server_extra,
-    segment_one,
+    run_batch,
+    write_outputs,
 )
 from sam2serve.cli.track import track
 from sam2serve.config import Settings
@@ -244,32 +242,17 @@ def segment(
     except (ValueError, TypeError) as exc:
         fail(str(exc))
     paths = expand_images(images)
-    batch = len(paths) > 1
-    pngs = outputs(paths, output, ANNOTATED_SUFFIX, "-o", IMAGE_SUFFIXES)
-    jsons = outputs(paths, json_out, ".json", "--json", (".json",)) if json_out else None
+    pngs, jsons = image_outputs(paths, output, json_out, ANNOTATED_SUFFIX)
     backend = open_backend(url, api_key, model, weights_dir, device)
-    failed = 0
-    bar = progress(len(paths), batch)
-    with bar:
-        for i, path in enumerate(paths):
-            try:
-                segment_one(
-                    backend, path, prompts, fmt, model, multimask, pngs[i], jsons and jsons[i]
-                )
-                bar.write(str(pngs[i]), file=sys.stdout)
-            except Exception as exc:
-                if not is_handled(exc):
-                    raise  # a bug, not a user error: keep the traceback
-                if is_fatal(exc):
-                    bar.close()
-                    fail(one_line(exc), 2 if is_usage(exc) else 1)
-                failed += 1
-                bar.write(f"error: {path}: {one_line(exc)}", file=sys.stderr)
-            bar.update()
-    if batch:
-        typer.echo(f"{len(paths) - failed} of {len(paths)} images done, {failed} failed", err=True)
-    if failed:
-        raise typer.Exit(1)
+
+    def one(i: int, path: Path) -> str:
+        result = backend.segment_image(
+            path, prompts=prompts, multimask_output=multimask, format=fmt, model=model
+        )
+        write_outputs(result, pngs[i], jsons and jsons[i])
+        return str(pngs[i])
+
+    run_batch(paths, one)
 
 
 @app.command(no_args_is_help=True)

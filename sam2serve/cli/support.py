@@ -1,4 +1,5 @@
-"""Helpers of the `segment` and `embed` commands: inputs, outputs, backends, error triage.
+"""Helpers of the image commands (`segment`, `segment --text`, `everything`, `embed`):
+inputs, outputs, backends, the batch loop, error triage.
 
 `fail` prints one line to stderr and exits (code 2 = usage error), so no user error ever
 shows a traceback.
@@ -7,6 +8,7 @@ shows a traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -81,6 +83,51 @@ def outputs(
     return out
 
 
+def image_outputs(
+    paths: list[Path], output: Path | None, json_out: Path | None, suffix: str
+) -> tuple[list[Path], list[Path] | None]:
+    """Each image's PNG (`-o`: a file for one image, or a folder) and, with `--json`, its
+    JSON path."""
+    pngs = outputs(paths, output, suffix, "-o", IMAGE_SUFFIXES)
+    jsons = outputs(paths, json_out, ".json", "--json", (".json",)) if json_out else None
+    return pngs, jsons
+
+
+def write_outputs(result: Any, png: Path, json_path: Path | None) -> None:
+    """A result's annotated PNG (its own drawing) and, if asked, its JSON."""
+    result.save_annotated(png)
+    if json_path is not None:
+        import json
+
+        json_path.write_text(json.dumps(result.to_json()))
+
+
+def run_batch(paths: list[Path], one: Callable[[int, Path], str]) -> None:
+    """`one(i, path)` over the images, printing the line it returns for each. A failed image
+    is reported on stderr and the rest go on; an error that would repeat for every image
+    stops the batch (exit 2 for a usage error, else 1); exit 1 if any image failed."""
+    batch = len(paths) > 1
+    failed = 0
+    bar = progress(len(paths), batch)
+    with bar:
+        for i, path in enumerate(paths):
+            try:
+                bar.write(one(i, path), file=sys.stdout)
+            except Exception as exc:
+                if not is_handled(exc):
+                    raise  # a bug, not a user error: keep the traceback
+                if is_fatal(exc):
+                    bar.close()
+                    fail(one_line(exc), 2 if is_usage(exc) else 1)
+                failed += 1
+                bar.write(f"error: {path}: {one_line(exc)}", file=sys.stderr)
+            bar.update()
+    if batch:
+        typer.echo(f"{len(paths) - failed} of {len(paths)} images done, {failed} failed", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
 def require_server_extra(what: str) -> None:
     """Exit with the install command when the [server] extra (torch, SAM2, FastAPI...) is
     missing: the base install is the client side only."""
@@ -130,28 +177,6 @@ def open_backend(
             raise
         fail(one_line(exc), 2 if is_usage(exc) else 1)
     return segmenter
-
-
-def segment_one(
-    backend: Any,
-    path: Path,
-    prompts: Any,
-    fmt: str,
-    model: str | None,
-    multimask: bool,
-    png: Path,
-    json_path: Path | None,
-) -> None:
-    import json
-
-    from PIL import Image
-
-    result = backend.segment_image(
-        path, prompts=prompts, multimask_output=multimask, format=fmt, model=model
-    )
-    Image.fromarray(result.annotate()).save(png)
-    if json_path is not None:
-        json_path.write_text(json.dumps(result.to_json()))
 
 
 def progress(total: int, show: bool) -> Any:
