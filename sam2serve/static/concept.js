@@ -2,15 +2,14 @@
 // score threshold; one POST /sam3/concept_segment by the image's id (the image itself is sent
 // only the first time, when the server answers 404: it is then embedded for SAM 3 under that
 // id); every instance found is painted in its phrase's colour and listed with its score.
+import { postByIdOrImage } from "./js/api.js";
+import { hue, imageContext, overlayCanvas, polygonPath, swatch } from "./js/overlay.js";
+
 (() => {
   const app = window.sam2serve;  // the few things app.js shares
   if (!app) return;
   const $ = (id) => document.getElementById(id);
-  const stage = $("stage");
-  const canvas = document.createElement("canvas");
-  canvas.id = "concept-canvas";
-  canvas.style.pointerEvents = "none";
-  stage.insertBefore(canvas, $("prompt-canvas"));
+  const canvas = overlayCanvas("concept-canvas");
 
   const card = document.createElement("div");
   card.className = "card";
@@ -53,34 +52,19 @@
   let found = [];  // [{polygons, color, phrase, confidence}]
   let busy = false;
 
-  function colour(i) {  // one hue per phrase
-    const hue = Math.round((i * 137.508 + 40) % 360);
-    return `hsl(${hue} 85% 55%)`;
-  }
+  const colour = (i) => hue(i, 40);  // one hue per phrase
 
   function draw() {
-    const mask = $("mask-canvas");
-    canvas.width = mask.width;
-    canvas.height = mask.height;
-    const ctx = canvas.getContext("2d");
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    const { natW, natH } = app.state;
-    if (!natW || !found.length) return;
-    ctx.setTransform(canvas.width / natW, 0, 0, canvas.height / natH, 0, 0);
+    const ctx = imageContext(canvas, app.state);
+    if (!ctx) return;
     for (const m of found) {
-      const path = new Path2D();
-      for (const poly of m.polygons) {
-        if (!poly.length) continue;
-        path.moveTo(poly[0][0] + 0.5, poly[0][1] + 0.5);
-        for (const [x, y] of poly.slice(1)) path.lineTo(x + 0.5, y + 0.5);
-        path.closePath();
-      }
+      const path = polygonPath(m.polygons, new Path2D());
       ctx.globalAlpha = 0.45;
       ctx.fillStyle = m.color;
       ctx.fill(path, "evenodd");
       ctx.globalAlpha = 1;
       ctx.strokeStyle = m.color;
-      ctx.lineWidth = Math.max(1, natW / canvas.width);
+      ctx.lineWidth = Math.max(1, app.state.natW / canvas.width);
       ctx.stroke(path);
     }
   }
@@ -93,15 +77,10 @@
     list.className = "concept-list";
     for (const r of results) {
       const li = document.createElement("li");
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.style.background = r.color;
-      swatch.style.display = "inline-block";
-      swatch.style.width = swatch.style.height = "0.9em";
       const scores = r.scores.map((s) => s.toFixed(2)).join(", ");
       const shown = r.scores.length;
       const count = r.found > shown ? `${shown} shown of ${r.found} found` : `${shown} found`;
-      li.append(swatch, ` ${r.phrase}: ${count}` + (scores ? ` (${scores})` : ""));
+      li.append(swatch(r.color), ` ${r.phrase}: ${count}` + (scores ? ` (${scores})` : ""));
       if (r.note) {
         const note = document.createElement("div");
         note.className = "hint";
@@ -137,14 +116,8 @@
       format: "json",
     };
     try {
-      let res;
-      try {
-        res = await app.api("/sam3/concept_segment", body);
-      } catch (err) {
-        if (err.status !== 404) throw err;  // not embedded for SAM 3 yet: send the image once
-        res = await app.api("/sam3/concept_segment",
-          { ...body, image: { type: "base64", value: state.dataUrl } });
-      }
+      const image = { type: "base64", value: state.dataUrl };
+      const res = await postByIdOrImage(app.api, "/sam3/concept_segment", body, image);
       const results = (res.prompt_results || []).map((r, i) => ({
         phrase: phrases[i], color: colour(i), note: r.note, found: r.found ?? 0,
         scores: r.predictions.map((p) => p.confidence),

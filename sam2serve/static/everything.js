@@ -1,17 +1,18 @@
 // "Segment everything" for the playground: one POST /sam2/segment_everything on the image
-// already embedded (by image_id, so the embedding is reused), the masks drawn each in its
-// own colour on their own canvas, a list to pick some, and "Keep" turns each picked mask
-// into an ordinary object (its grid point + its box as prompts), editable like any other.
+// already embedded (by image_id, so the embedding is reused), or, with "SAM 3" picked, one
+// POST /sam3/segment_everything by the same id (the image sent once, after the server's 404,
+// as "Find every…" does); the masks drawn each in its own colour on their own canvas, a list
+// to pick some, and "Keep" turns each picked mask into an ordinary object (its grid point +
+// its box as prompts), editable like any other.
+import { postByIdOrImage } from "./js/api.js";
+import { hue, imageContext, overlayCanvas, polygonPath, swatch } from "./js/overlay.js";
+
 (() => {
   const app = window.sam2serve;  // the few things app.js shares
   if (!app) return;
   const $ = (id) => document.getElementById(id);
   const button = $("segment-everything");
-  const stage = $("stage");
-  const canvas = document.createElement("canvas");
-  canvas.id = "everything-canvas";
-  canvas.style.pointerEvents = "none";
-  stage.insertBefore(canvas, $("prompt-canvas"));
+  const canvas = overlayCanvas("everything-canvas");
   const panel = document.createElement("div");
   panel.id = "everything";
   panel.hidden = true;
@@ -37,35 +38,27 @@
     knobs.append(wrap);
     inputs[name] = input;
   }
+  // which model family runs it: SAM 2 (the model picked above) or the server's SAM 3
+  const family = document.createElement("select");
+  family.id = "everything-family";
+  family.setAttribute("aria-label", "Segment everything with");
+  for (const [value, label] of [["sam2", "SAM 2"], ["sam3", "SAM 3"]]) {
+    family.append(new Option(label, value));
+  }
+  const on = document.createElement("label");
+  on.append("on ", family);
+  button.after(on);
   button.closest(".row").after(knobs);
   let masks = [];   // [{polygons, color, picked, bbox, point, area, confidence}]
   let busy = false;
 
-  function colour(i) {  // well-separated hues, one per mask
-    const hue = Math.round((i * 137.508) % 360);
-    return `hsl(${hue} 85% 55%)`;
-  }
-
   function draw() {
-    const mask = $("mask-canvas");
-    canvas.width = mask.width;
-    canvas.height = mask.height;
-    const ctx = canvas.getContext("2d");
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    const { natW, natH } = app.state;
-    if (!natW || !masks.length) return;
-    ctx.setTransform(canvas.width / natW, 0, 0, canvas.height / natH, 0, 0);
+    const ctx = imageContext(canvas, app.state);
+    if (!ctx) return;
     for (const m of masks) {
-      const path = new Path2D();
-      for (const poly of m.polygons) {
-        if (!poly.length) continue;
-        path.moveTo(poly[0][0] + 0.5, poly[0][1] + 0.5);
-        for (const [x, y] of poly.slice(1)) path.lineTo(x + 0.5, y + 0.5);
-        path.closePath();
-      }
       ctx.globalAlpha = m.picked ? 0.7 : 0.35;
       ctx.fillStyle = m.color;
-      ctx.fill(path, "evenodd");
+      ctx.fill(polygonPath(m.polygons, new Path2D()), "evenodd");
     }
     ctx.globalAlpha = 1;
   }
@@ -83,13 +76,8 @@
       box.checked = m.picked;
       box.setAttribute("aria-label", `mask ${i + 1}`);
       box.addEventListener("change", () => { m.picked = box.checked; draw(); });
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.style.background = m.color;
-      swatch.style.display = "inline-block";
-      swatch.style.width = swatch.style.height = "0.9em";
       const label = document.createElement("label");
-      label.append(box, swatch, ` ${m.area} px · IoU ${m.confidence.toFixed(2)}`);
+      label.append(box, swatch(m.color), ` ${m.area} px · IoU ${m.confidence.toFixed(2)}`);
       li.append(label);
       list.append(li);
     });
@@ -134,21 +122,38 @@
     app.changed();
   }
 
+  // the request for the picked family: SAM 2 by the embedded image's id (and model);
+  // SAM 3 by the page's id for the image, sending the image if SAM 3 does not have it yet
+  function request(state, body) {
+    if (family.value === "sam3") {
+      const image = { type: "base64", value: state.dataUrl };
+      return postByIdOrImage(app.api, "/sam3/segment_everything",
+        { ...body, image_id: state.chosenId }, image);
+    }
+    const sam2 = { ...body, image_id: state.imageId };
+    if (state.embeddedModel) sam2.sam2_version_id = state.embeddedModel;
+    return app.api("/sam2/segment_everything", sam2);
+  }
+
   async function run() {
     const { state } = app;
     if (busy) return;
-    if (!state.imageId) { app.showError(new Error("Open an image and wait for its embedding first.")); return; }
+    const sam3 = family.value === "sam3";
+    if (sam3 ? !state.dataUrl : !state.imageId) {
+      app.showError(new Error(sam3 ? "Open an image first."
+        : "Open an image and wait for its embedding first."));
+      return;
+    }
     busy = true;
     button.disabled = true;
     const started = performance.now();
-    app.setStatus("Segmenting everything…", true);
-    const body = { image_id: state.imageId, format: "json" };
+    app.setStatus(`Segmenting everything${sam3 ? " on SAM 3" : ""}…`, true);
+    const body = { format: "json" };
     for (const [name, input] of Object.entries(inputs)) body[name] = Number(input.value);
-    if (state.embeddedModel) body.sam2_version_id = state.embeddedModel;
     try {
-      const res = await app.api("/sam2/segment_everything", body);
+      const res = await request(state, body);
       masks = (res.predictions || []).map((p, i) => ({
-        polygons: p.masks, color: colour(i), picked: false, bbox: p.bbox, point: p.point,
+        polygons: p.masks, color: hue(i), picked: false, bbox: p.bbox, point: p.point,
         area: p.area, confidence: p.confidence,
       }));
       const total = (performance.now() - started) / 1000;

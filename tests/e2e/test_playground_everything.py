@@ -1,9 +1,11 @@
-"""The playground's "Segment everything": one request by image_id, masks painted, picked
+"""The playground's "Segment everything", on SAM 2 (by the embedded image's id) and on
+SAM 3 (by the same id; the image sent once, after the server's 404): masks painted, picked
 masks kept as ordinary objects (their point + box as prompts, segmented like any other)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,23 +15,51 @@ from tests.e2e.test_playground import (  # noqa: F401  (fixtures)
     photo,
     pytestmark,
 )
+from tests.helpers_sam3 import both_registries, link_weights, sam3_settings
+from tests.helpers_server import threaded_server
 
 pytestmark = [*pytestmark, pytest.mark.slow]
 
 
-def test_segment_everything_and_keep_masks(server: str, photo: Path, make_page) -> None:  # noqa: F811
+@pytest.fixture(scope="module")
+def both_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_weights_dir: Path, sam3_tiny_weights_dir: Path
+) -> Iterator[str]:
+    """A server with the tiny SAM 2 (default) and the tiny SAM 3 (SAM 3's default)."""
+    weights = link_weights(
+        tmp_path_factory.mktemp("weights-both"), tiny_weights_dir, sam3_tiny_weights_dir
+    )
+    with threaded_server(sam3_settings(weights), both_registries()) as url:
+        yield url
+
+
+@pytest.mark.parametrize("family", ["sam2", "sam3"])
+def test_segment_everything_and_keep_masks(
+    both_server: str,
+    photo: Path,  # noqa: F811
+    make_page,  # noqa: F811
+    family: str,
+) -> None:
     p = make_page()
     p.page.set_default_timeout(90_000)  # embed and segment-everything on a shared 2-core box
-    p.open(server, photo)
+    p.open(both_server, photo)
     page = p.page
     page.fill("#everything-points_per_side", "4")
     page.fill("#everything-pred_iou_thresh", "0")
     page.fill("#everything-stability_score_thresh", "0")
-    with page.expect_response("**/sam2/segment_everything") as resp:
+    page.select_option("#everything-family", family)
+    route = f"/{family}/segment_everything"
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if r.url.endswith(route) else None)
+    with page.expect_response(lambda r: r.url.endswith(route) and r.status != 404) as resp:
         page.click("#segment-everything")
     assert resp.value.status == 200, resp.value.text()
     body = json.loads(resp.value.request.post_data)
-    assert "image" not in body and body["image_id"] and body["points_per_side"] == 4
+    assert body["image_id"] and body["points_per_side"] == 4
+    if family == "sam2":  # the SAM 2 embedding is reused: no image
+        assert statuses == [200] and "image" not in body
+    else:  # by id first (SAM 3 has not seen it); then the image, once
+        assert statuses == [404, 200] and "image" in body and "sam2_version_id" not in body
     n = len(resp.value.json()["predictions"])
     assert n >= 1
     page.wait_for_selector("#everything-keep")
@@ -52,4 +82,10 @@ def test_segment_everything_and_keep_masks(server: str, photo: Path, make_page) 
     assert prompt["box"]["width"] == pytest.approx(first["bbox"][2])
     assert page.locator("#everything-keep").count() == 0  # the picker closed
     assert p.painted_mask_pixels() > 0
-    assert not p.errors, p.errors
+    if family == "sam3":  # a second run goes by id alone: SAM 3 has the image now
+        with page.expect_response(lambda r: r.url.endswith(route)) as again:
+            page.click("#segment-everything")
+        assert again.value.status == 200
+        assert "image" not in json.loads(again.value.request.post_data)
+    errors = [e for e in p.errors if "404" not in e]  # the expected by-id miss
+    assert not errors, errors

@@ -78,3 +78,18 @@ export async function postJson(path, body, { apiKey = "", signal, fetchImpl = fe
   if (data === null) throw new ApiError(res.status, "the server sent a reply that is not JSON");
   return data;
 }
+
+/**
+ * POST `body`, which names its image by `image_id`, with `post(path, body)`; if the server
+ * does not have that id (404: never embedded for this model family, or evicted), once more
+ * with `image` itself, which the server then embeds under the id. So the image travels only
+ * when it must, and a second request on the same image goes by id alone.
+ */
+export async function postByIdOrImage(post, path, body, image) {
+  try {
+    return await post(path, body);
+  } catch (err) {
+    if (err.status !== 404) throw err;
+    return post(path, { ...body, image });
+  }
+}
