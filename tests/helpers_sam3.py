@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sam2serve.registry import ModelSpec
 from sam2serve.testing import (
@@ -49,3 +50,32 @@ def threshold_in_band(scores: Sequence[np.ndarray], at_least: int = 1, at_most: 
         ):
             return threshold
     raise AssertionError(f"no threshold inside every prompt's band: {scores}")
+
+
+def cli_png_locally_and_from(
+    server: str, args: list[str], weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> np.ndarray:
+    """Run the CLI `args` against `server` (--url) and then on a local model (the tiny test
+    models from `weights`, as SAM2SERVE_* would name real ones); assert both succeed and
+    wrote the same PNG, and return it."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import sam2serve.wiring as wiring
+    from sam2serve.cli.main import app
+    from sam2serve.testing import TEST_MODEL_ID
+
+    remote = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "url.png"), "--url", server])
+    assert remote.exit_code == 0, remote.output
+    monkeypatch.setattr(wiring, "REGISTRY", both_registries())
+    for name, value in {
+        "SAM2SERVE_WEIGHTS_DIR": str(weights), "SAM2SERVE_DEFAULT_MODEL": TEST_MODEL_ID,
+        "SAM2SERVE_SAM3_MODEL": SAM3_TEST_MODEL_ID, "SAM2SERVE_DEVICE": "cpu",
+        "SAM2SERVE_RUNTIME": "torch", "SAM2SERVE_ALLOW_DOWNLOAD": "false",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    local = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "local.png")])
+    assert local.exit_code == 0, local.output
+    url_png = np.asarray(Image.open(tmp_path / "url.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "local.png")), url_png)
+    return url_png

@@ -5,7 +5,6 @@ masks kept as ordinary objects (their point + box as prompts, segmented like any
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,34 +14,21 @@ from tests.e2e.test_playground import (  # noqa: F401  (fixtures)
     photo,
     pytestmark,
 )
-from tests.helpers_sam3 import both_registries, link_weights, sam3_settings
-from tests.helpers_server import threaded_server
+from tests.e2e.test_playground_concept import sam3_server  # noqa: F401  (fixture)
 
 pytestmark = [*pytestmark, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def both_server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_weights_dir: Path, sam3_tiny_weights_dir: Path
-) -> Iterator[str]:
-    """A server with the tiny SAM 2 (default) and the tiny SAM 3 (SAM 3's default)."""
-    weights = link_weights(
-        tmp_path_factory.mktemp("weights-both"), tiny_weights_dir, sam3_tiny_weights_dir
-    )
-    with threaded_server(sam3_settings(weights), both_registries()) as url:
-        yield url
-
-
 @pytest.mark.parametrize("family", ["sam2", "sam3"])
 def test_segment_everything_and_keep_masks(
-    both_server: str,
+    sam3_server: str,  # noqa: F811  (SAM 2 and SAM 3 behind one server)
     photo: Path,  # noqa: F811
     make_page,  # noqa: F811
     family: str,
 ) -> None:
     p = make_page()
     p.page.set_default_timeout(90_000)  # embed and segment-everything on a shared 2-core box
-    p.open(both_server, photo)
+    p.open(sam3_server, photo)
     page = p.page
     page.fill("#everything-points_per_side", "4")
     page.fill("#everything-pred_iou_thresh", "0")

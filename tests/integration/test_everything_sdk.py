@@ -5,6 +5,7 @@ all give the same masks, as the same result type."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from sam2serve.client import (
     AsyncSam2Client,
@@ -26,7 +26,12 @@ from sam2serve.config import Settings
 from sam2serve.local.segmenter import Segmenter
 from sam2serve.testing import SAM3_TEST_MODEL_ID
 from tests.conftest import photos
-from tests.helpers_sam3 import both_registries, link_weights, sam3_settings
+from tests.helpers_sam3 import (
+    both_registries,
+    cli_png_locally_and_from,
+    link_weights,
+    sam3_settings,
+)
 from tests.helpers_server import threaded_server
 
 RGB = photos()["coffee"][::2, ::2].copy()  # 200 x 300
@@ -160,35 +165,14 @@ def test_an_unknown_model_is_a_400_naming_its_field(server: str, model: str, fie
 
 
 def test_cli_draws_the_same_png_locally_and_from_a_server(
-    server: str,
-    weights: Path,
-    family: Family,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    server: str, weights: Path, family: Family, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sam2serve.wiring as wiring
-    from sam2serve.cli.main import app
-
     src = tmp_path / "photo.png"
     Image.fromarray(RGB).save(src)
     model = ["--model", family.model] if family.model else []
     args = ["everything", str(src), "--points-per-side", "4", "--pred-iou-thresh", "0",
-            "--stability-score-thresh", "0", *model]  # fmt: skip
-    remote = CliRunner().invoke(
-        app, [*args, "-o", str(tmp_path / "url.png"), "--url", server,
-              "--json", str(tmp_path / "m.json")],
-    )  # fmt: skip
-    assert remote.exit_code == 0, remote.output
-    assert "masks" in remote.output and (tmp_path / "m.json").is_file()
-    monkeypatch.setattr(wiring, "REGISTRY", both_registries())
-    for name, value in {
-        "SAM2SERVE_WEIGHTS_DIR": str(weights), "SAM2SERVE_DEFAULT_MODEL": "test_tiny",
-        "SAM2SERVE_SAM3_MODEL": SAM3_TEST_MODEL_ID, "SAM2SERVE_DEVICE": "cpu",
-        "SAM2SERVE_RUNTIME": "torch", "SAM2SERVE_ALLOW_DOWNLOAD": "false",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
-    local = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "local.png")])
-    assert local.exit_code == 0, local.output
-    url_png = np.asarray(Image.open(tmp_path / "url.png"))
-    assert url_png.shape == RGB.shape
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "local.png")), url_png)
+            "--stability-score-thresh", "0", "--json", str(tmp_path / "m.json"),
+            *model]  # fmt: skip
+    png = cli_png_locally_and_from(server, args, weights, tmp_path, monkeypatch)
+    assert png.shape == RGB.shape
+    assert json.loads((tmp_path / "m.json").read_text())["predictions"]

@@ -20,7 +20,12 @@ from typer.testing import CliRunner
 from sam2serve.client import AsyncSam2Client, BadRequestError, Sam2Client
 from sam2serve.client.concept import ConceptResult, concept_prompts
 from tests.conftest import photos
-from tests.helpers_sam3 import both_registries, link_weights, sam3_settings
+from tests.helpers_sam3 import (
+    both_registries,
+    cli_png_locally_and_from,
+    link_weights,
+    sam3_settings,
+)
 from tests.helpers_server import threaded_server
 
 RGB = photos()["coffee"]  # 400 x 600
@@ -204,23 +209,8 @@ def test_cli_segment_text_writes_an_annotated_png(server: str, tmp_path: Path) -
 def test_cli_segment_text_local_model_draws_what_the_server_does(
     server: str, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sam2serve.wiring as wiring
-    from sam2serve.cli.main import app
-
     src = tmp_path / "photo.png"
     Image.fromarray(RGB).save(src)
     args = ["segment", str(src), "--text", "cup", "--threshold", "0"]
-    remote = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "url.png"), "--url", server])
-    assert remote.exit_code == 0, remote.output
-    monkeypatch.setattr(wiring, "REGISTRY", both_registries())
-    for name, value in {
-        "SAM2SERVE_WEIGHTS_DIR": str(weights), "SAM2SERVE_SAM3_MODEL": "sam3_test_tiny",
-        "SAM2SERVE_DEVICE": "cpu", "SAM2SERVE_RUNTIME": "torch",
-        "SAM2SERVE_ALLOW_DOWNLOAD": "false",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
-    local = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "local.png")])
-    assert local.exit_code == 0, local.output
-    url_png = np.asarray(Image.open(tmp_path / "url.png"))
-    assert url_png.shape == RGB.shape
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "local.png")), url_png)
+    png = cli_png_locally_and_from(server, args, weights, tmp_path, monkeypatch)
+    assert png.shape == RGB.shape
