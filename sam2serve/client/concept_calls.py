@@ -1,12 +1,11 @@
 """The SDK clients' SAM 3 methods (`sam3_embed_image`, `concept_segment`), mixed into
 `Sam2Client` and `AsyncSam2Client` (`client.http`): they post through the client's own
-retrying, resending `_post` / `_post_resending`."""
+embed (`_embed`: SAM 3's route and model field) and retrying, resending `_post_resending`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sam2serve.client.calls import embed_result
 from sam2serve.client.concept import (
     SAM3_EMBED_PATH,
     ConceptResult,
@@ -20,11 +19,8 @@ from sam2serve.client.results import EmbedResult
 class ConceptCalls:
     """SAM 3 methods of the blocking client."""
 
-    _calls: Any
-    resend_on_miss: bool
-    _route: Any
     _json: Any
-    _post: Any
+    _embed: Any
     _post_resending: Any
 
     def sam3_embed_image(
@@ -37,12 +33,7 @@ class ConceptCalls:
     ) -> EmbedResult:
         """Embed an image for SAM 3 once; later `concept_segment(image_id=...)` calls skip
         the upload and the image encoder. `model`: a SAM 3 model id (None: the server's)."""
-        body, size = self._calls.embed_body(image, image_id, model, bgr, "model_id")
-        route = self._route(body, image, bgr)
-        result = embed_result(self._json(self._post(SAM3_EMBED_PATH, body, route)))
-        if self.resend_on_miss:
-            self._calls.keep(result.image_id, body["image"])
-        return self._calls.embedded(result, size)
+        return self._embed(SAM3_EMBED_PATH, "model_id", image, image_id, model, bgr)
 
     def concept_segment(
         self,
@@ -80,11 +71,8 @@ class ConceptCalls:
 class AsyncConceptCalls:
     """SAM 3 methods of the asyncio client."""
 
-    _calls: Any
-    resend_on_miss: bool
-    _route: Any
     _json: Any
-    _post: Any
+    _embed: Any
     _post_resending: Any
 
     async def sam3_embed_image(
@@ -96,12 +84,7 @@ class AsyncConceptCalls:
         bgr: bool = False,
     ) -> EmbedResult:
         """See `Sam2Client.sam3_embed_image`."""
-        body, size = self._calls.embed_body(image, image_id, model, bgr, "model_id")
-        route = self._route(body, image, bgr)
-        result = embed_result(self._json(await self._post(SAM3_EMBED_PATH, body, route)))
-        if self.resend_on_miss:
-            self._calls.keep(result.image_id, body["image"])
-        return self._calls.embedded(result, size)
+        return await self._embed(SAM3_EMBED_PATH, "model_id", image, image_id, model, bgr)
 
     async def concept_segment(
         self,

@@ -184,9 +184,22 @@ class Sam2Client(ConceptCalls, _Base):
         `model` is a sam2_version_id (``hiera_tiny``, ``sam2.1_hiera_large``, ...);
         None = the server's default. `bgr=True` for OpenCV (BGR) arrays.
         """
-        body, size = self._calls.embed_body(image, image_id, model, bgr)
+        return self._embed(EMBED_PATH, "sam2_version_id", image, image_id, model, bgr)
+
+    def _embed(
+        self,
+        path: str,
+        model_field: str,
+        image: ImageLike,
+        image_id: str | None,
+        model: str | None,
+        bgr: bool,
+    ) -> EmbedResult:
+        """POST an embed of either family (`path`, the model under `model_field`); keep the
+        image for re-sending on a miss, and its size for polygon answers."""
+        body, size = self._calls.embed_body(image, image_id, model, bgr, model_field)
         route = self._route(body, image, bgr)
-        result = embed_result(self._json(self._post(EMBED_PATH, body, route)))
+        result = embed_result(self._json(self._post(path, body, route)))
         if self.resend_on_miss:
             self._calls.keep(result.image_id, body["image"])
         return self._calls.embedded(result, size)
@@ -310,9 +323,21 @@ class AsyncSam2Client(AsyncConceptCalls, _Base):
         bgr: bool = False,
     ) -> EmbedResult:
         """See `Sam2Client.embed_image`."""
-        body, size = self._calls.embed_body(image, image_id, model, bgr)
+        return await self._embed(EMBED_PATH, "sam2_version_id", image, image_id, model, bgr)
+
+    async def _embed(
+        self,
+        path: str,
+        model_field: str,
+        image: ImageLike,
+        image_id: str | None,
+        model: str | None,
+        bgr: bool,
+    ) -> EmbedResult:
+        """See `Sam2Client._embed`."""
+        body, size = self._calls.embed_body(image, image_id, model, bgr, model_field)
         route = self._route(body, image, bgr)
-        result = embed_result(self._json(await self._post(EMBED_PATH, body, route)))
+        result = embed_result(self._json(await self._post(path, body, route)))
         if self.resend_on_miss:
             self._calls.keep(result.image_id, body["image"])
         return self._calls.embedded(result, size)
