@@ -19,6 +19,7 @@ seconds of work, which must never sit in front of SAM 2 clicks.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from dataclasses import dataclass
@@ -266,7 +267,9 @@ class Sam3Service:
         self, scope: Scope, namespace: str, plans: list[PromptPlan]
     ) -> dict[str, TextEmbedding]:
         """Each distinct phrase's embedding ("visual" for box-only prompts): kept ones from
-        the cache, the rest in one text-encoder call on the embed lane."""
+        the cache, ones another request is encoding now from its call, the rest in one
+        text-encoder call on the embed lane (which finishes and fills the cache even if
+        this request goes away: others may be waiting for it)."""
         model_id = scope.spec.model_id
         source = self._text_source.get(model_id)
         if source is None or source() is not scope.runtime:
@@ -274,22 +277,35 @@ class Sam3Service:
             self._text_source[model_id] = weakref.ref(scope.runtime)
         phrases = list(dict.fromkeys(p.phrase or VISUAL_PHRASE for p in plans))
         found: dict[str, TextEmbedding] = {}
+        joined: dict[str, asyncio.Task[dict[str, Any]]] = {}
         missing = []
         for phrase in phrases:
             kept = self.texts.get(model_id, phrase)
-            if kept is None:
-                missing.append(phrase)
-            else:
+            task = None if kept is not None else self.texts.pending(model_id, phrase)
+            if kept is not None:
                 found[phrase] = kept
+            elif task is not None:
+                joined[phrase] = task
+            else:
+                missing.append(phrase)
         if missing:
-            runtime = scope.runtime
-            encoded = await self.images.embed_lane.run(
-                runtime.encode_text, missing, tenant=namespace
-            )
-            for phrase, embedding in zip(missing, encoded, strict=True):
-                self.texts.put(model_id, phrase, embedding)
-                found[phrase] = embedding
+            task = asyncio.get_running_loop().create_task(self._encode(scope, namespace, missing))
+            self.texts.track(model_id, missing, task)
+            joined.update(dict.fromkeys(missing, task))
+        for phrase, task in joined.items():
+            found[phrase] = (await asyncio.shield(task))[phrase]
         return found
+
+    async def _encode(
+        self, scope: Scope, namespace: str, phrases: list[str]
+    ) -> dict[str, TextEmbedding]:
+        """`phrases` through the text encoder in one embed-lane call, kept in the cache."""
+        encoded = await self.images.embed_lane.run(
+            scope.runtime.encode_text, phrases, tenant=namespace
+        )
+        for phrase, embedding in zip(phrases, encoded, strict=True):
+            self.texts.put(scope.spec.model_id, phrase, embedding)
+        return dict(zip(phrases, encoded, strict=True))
 
     def _answer(
         self,

@@ -1,9 +1,12 @@
 """Phrase embeddings kept between requests: a repeated phrase ("car" on every frame) skips
-SAM 3's text encoder. A byte- and entry-bounded LRU keyed by (model id, phrase); runs on the
-event loop thread only (no locks)."""
+SAM 3's text encoder. A byte- and entry-bounded LRU keyed by (model id, phrase), plus the
+encodings in flight, so that concurrent requests with the same new phrase (a Label Studio
+pre-labelling run sends many tasks with the same labels at once) encode it once. Runs on
+the event loop thread only (no locks)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -25,6 +28,8 @@ class TextCache:
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        # phrase -> the task encoding it (with others); bounded by the requests in flight
+        self._pending: dict[tuple[str, str], asyncio.Task[dict[str, Any]]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -34,11 +39,34 @@ class TextCache:
         key = (model_id, phrase)
         found = self._entries.get(key)
         if found is None:
-            self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
         return found
+
+    def pending(self, model_id: str, phrase: str) -> asyncio.Task[dict[str, Any]] | None:
+        """The task encoding `phrase` now (its result maps phrase -> embedding), or None.
+        Joining it counts as a hit: the text encoder runs once for all who wait."""
+        task = self._pending.get((model_id, phrase))
+        if task is not None:
+            self.hits += 1
+        return task
+
+    def track(self, model_id: str, phrases: list[str], task: asyncio.Task[dict[str, Any]]) -> None:
+        """Register `task` as the one encoding `phrases` (each a miss) until it ends."""
+        keys = [(model_id, phrase) for phrase in phrases]
+        self.misses += len(keys)
+        for key in keys:
+            self._pending[key] = task
+
+        def done(finished: asyncio.Task[dict[str, Any]]) -> None:
+            for key in keys:
+                if self._pending.get(key) is finished:
+                    del self._pending[key]
+            if not finished.cancelled():
+                finished.exception()  # retrieved: every waiter may have left
+
+        task.add_done_callback(done)
 
     def put(self, model_id: str, phrase: str, embedding: _Sized) -> None:
         """Keep `embedding`, evicting the least recently used entries over the bounds."""
@@ -70,4 +98,5 @@ class TextCache:
             "max_bytes": self.max_bytes,
             "hits": self.hits,
             "misses": self.misses,
+            "encoding": len(self._pending),
         }

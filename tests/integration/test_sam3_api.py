@@ -236,6 +236,44 @@ def test_embed_then_segment_by_id_and_phrase_cache(client) -> None:  # type: ign
     assert families[SAM3_TEST_MODEL_ID] == "sam3" and families[TEST_MODEL_ID] == "sam2"
 
 
+def test_concurrent_requests_encode_a_new_phrase_once(
+    client, runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Requests that arrive together with the same new phrase share one text-encoder call
+    (single-flight), and each gets the same answer as a request alone."""
+    import threading
+    import time
+
+    calls: list[list[str]] = []
+    encode = runtime.encode_text
+
+    def slow_encode(phrases: list[str]):  # type: ignore[no-untyped-def]
+        calls.append(list(phrases))
+        time.sleep(0.5)  # keeps the first call in flight while the others arrive
+        return encode(phrases)
+
+    monkeypatch.setattr(runtime, "encode_text", slow_encode)
+    assert (
+        client.post("/sam3/embed_image", json={"image": IMAGE, "image_id": "sf"}).status_code == 200
+    )
+    body = {"image_id": "sf", "prompts": [{"text": "teapot"}], "output_prob_thresh": 0.0}
+    answers: list[dict] = []
+
+    def ask() -> None:
+        r = client.post("/sam3/concept_segment", json={**body, "format": "rle"})
+        assert r.status_code == 200, r.text
+        answers.append(r.json()["prompt_results"])
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [["teapot"]]  # one encoder call for three requests
+    assert len(answers) == 3 and answers[0] == answers[1] == answers[2]
+    assert client.app.state.services.sam3.texts.describe()["encoding"] == 0  # nothing left
+
+
 def test_image_ids_never_cross_families(client) -> None:  # type: ignore[no-untyped-def]
     assert (
         client.post("/sam2/embed_image", json={"image": IMAGE, "image_id": "s2"}).status_code == 200

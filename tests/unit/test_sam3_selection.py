@@ -212,3 +212,36 @@ def test_refused_requests_name_the_problem(body, says) -> None:  # type: ignore[
     with pytest.raises(ValidationError, match=None) as info:
         _request(**body)
     assert says in str(info.value)
+
+
+def test_text_cache_tracks_encodings_in_flight() -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        cache = TextCache(max_entries=4, max_bytes=100)
+        gate = asyncio.Event()
+
+        async def encode() -> dict[str, _Emb]:
+            await gate.wait()
+            return {"car": _Emb(1), "bus": _Emb(2)}
+
+        task = asyncio.get_running_loop().create_task(encode())
+        cache.track("m", ["car", "bus"], task)
+        assert cache.pending("m", "car") is task and cache.pending("m", "dog") is None
+        assert cache.pending("n", "car") is None  # per model
+        assert cache.describe()["misses"] == 2 and cache.describe()["encoding"] == 2
+        gate.set()
+        await task
+        await asyncio.sleep(0)  # done callbacks run
+        assert cache.pending("m", "car") is None and cache.describe()["encoding"] == 0
+
+        async def fail() -> dict[str, _Emb]:
+            raise RuntimeError("lane full")
+
+        failing = asyncio.get_running_loop().create_task(fail())
+        cache.track("m", ["cat"], failing)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert cache.pending("m", "cat") is None  # a failed encoding is not joined later
+
+    asyncio.run(scenario())
