@@ -54,6 +54,8 @@ def main() -> None:
     from sam2serve.runtime import openvino_runtime as ovr
     from sam2serve.runtime.torch_runtime import build_model
 
+    evidence = emulate.evidence() if emulate.active() else None  # first: fails fast
+
     checkpoint = args.work_dir / "weights" / SPEC.filename
     if not checkpoint.exists():
         from sam2serve.testing import write_random_checkpoint
@@ -111,7 +113,7 @@ def main() -> None:
         "date": date.today().isoformat(),
         "machine": {**machine(), "load_average": load_start, "load_average_end": os.getloadavg()},
         "set_image_s": reference,
-        "emulation": emulate.evidence() if emulate.active() else None,
+        "emulation": evidence,
         "runtimes": {},
         "refused": refused,
     }

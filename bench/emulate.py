@@ -69,7 +69,10 @@ def evidence() -> dict[str, Any]:
     )
     flat = ops.reshape(conv, ops.constant(np.array([1024, 64], np.int64)), False)
     out = ops.matmul(flat, ops.constant(rng.random((64, 64), np.float32)), False, False)
-    compiled = ov.Core().compile_model(ov.Model([out], [x]), "CPU", {"PERF_COUNT": True})
+    # the hint is needed: without one the plugin defaults to bf16 (from cpuid), which the
+    # capped kernels refuse ("object is not initialized")
+    config = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(ov.Model([out], [x]), "CPU", config)
     request = compiled.create_infer_request()
     request.infer([np.zeros((1, 64, 32, 32), np.float32)])
     kernels = sorted(
@@ -82,6 +85,8 @@ def evidence() -> dict[str, Any]:
     return {
         "caps": {k: os.environ.get(k) for k in AVX2_CAPS},
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # from cpuid: still lists BF16 under the cap
+        "openvino_capabilities": ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
         "openvino_compiles_bf16": bf16_compiles(),
         "openvino_f32_kernels": kernels,
     }
