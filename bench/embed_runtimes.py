@@ -6,6 +6,11 @@ is starved by outside work more than an in-process reference: each round embeds 
 photos with the reference and with every runtime in turn, so load hits all alike. Reports,
 medians: embed (encoder + the decoder's per-image preparation) and its ratio to set_image,
 the preparation alone, and the first vs warm decode (1 point) right after an embed.
+`auto` as a runtime name loads the measured choice (its record is kept in the results).
+
+`--emulate-avx2`: the same run with the math libraries capped to AVX2 (bench/emulate.py), an
+emulation of a CPU without native bf16 (bf16 is then left out of the candidates); results go
+to `...-embed-runtimes-emulated-avx2.json` with the evidence that the caps took effect.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -22,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import emulate
 from bench.report import ROOT
 from bench.run import SPEC, machine, photos
 from sam2serve.runtime.base import PromptBatch
@@ -34,21 +41,45 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--runtimes", nargs="+", default=["f32", "bf16", "int8"])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--emulate-avx2",
+        action="store_true",
+        help="re-run under AVX2 caps (oneDNN, MKL, ATen): a CPU without bf16, emulated",
+    )
     args = parser.parse_args()
+    if args.emulate_avx2 and emulate.active() is None:
+        emulate.reexec("bench.embed_runtimes", sys.argv[1:])  # the caps act at library load
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     from sam2serve.runtime import openvino_runtime as ovr
     from sam2serve.runtime.torch_runtime import build_model
+
+    evidence = emulate.evidence() if emulate.active() else None  # first: fails fast
 
     checkpoint = args.work_dir / "weights" / SPEC.filename
     if not checkpoint.exists():
         from sam2serve.testing import write_random_checkpoint
 
         write_random_checkpoint(SPEC, checkpoint.parent, seed=1)
-    cache = args.work_dir / "runtime-cache"
+    # an emulated run keeps its own cache: OpenVINO's compiled blobs and the measured choice
+    # are then made under the caps, as on such a CPU, never shared with the uncapped runs
+    cache = args.work_dir / (
+        "runtime-cache" + (f"-emulated-{emulate.active()}" if emulate.active() else "")
+    )
     imgs = list(photos().values())
     predictor = SAM2ImagePredictor(build_model(SPEC, checkpoint, torch.device("cpu")))
-    runtimes = {name: ovr.load_runtime(SPEC, checkpoint, cache, name) for name in args.runtimes}
+    names = list(args.runtimes)
+    if "bf16" in names and ovr.probe("auto") != "bf16":
+        print("no native bf16 here: bf16 left out")
+        names.remove("bf16")
+    runtimes: dict[str, Any] = {}
+    refused: dict[str, str] = {}
+    for name in names:
+        try:
+            runtimes[name] = ovr.load_runtime(SPEC, checkpoint, cache, name)
+        except RuntimeError as exc:  # e.g. OpenVINO refusing the int8 graph under the caps
+            refused[name] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            print(f"{name}: refused: {refused[name]}")
     predictor.set_image(imgs[0])  # warm-ups
     for rt in runtimes.values():
         rt.decode(rt.embed(imgs[1]), POINT, True)
@@ -82,7 +113,9 @@ def main() -> None:
         "date": date.today().isoformat(),
         "machine": {**machine(), "load_average": load_start, "load_average_end": os.getloadavg()},
         "set_image_s": reference,
+        "emulation": evidence,
         "runtimes": {},
+        "refused": refused,
     }
     for name, rt in runtimes.items():
         embed = statistics.median(times[name])
@@ -94,7 +127,10 @@ def main() -> None:
             "first_decode_ms": statistics.median(first[name]) * 1000,
             "warm_decode_ms": statistics.median(warm[name]) * 1000,
         }
-    out = ROOT / "bench" / "results" / f"{results['date']}-embed-runtimes.json"
+        if rt.choice is not None:
+            results["runtimes"][name]["choice"] = rt.choice
+    suffix = f"-emulated-{emulate.active()}" if emulate.active() else ""
+    out = ROOT / "bench" / "results" / f"{results['date']}-embed-runtimes{suffix}.json"
     out.write_text(json.dumps(results, indent=1, default=str))
     print(json.dumps(results, indent=1, default=str))
     print(f"wrote {out.relative_to(ROOT)}")

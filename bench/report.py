@@ -139,7 +139,9 @@ def choice_line(results: dict[str, Any]) -> str:
         found = info.get("choice")
         if found:
             timings = ", ".join(
-                f"{name} {c['embed_s']:.3f} s (IoU {c['mean_iou']:.4f} / {c['min_iou']:.4f}"
+                f"{name} refused ({c['refused']})"
+                if "refused" in c
+                else f"{name} {c['embed_s']:.3f} s (IoU {c['mean_iou']:.4f} / {c['min_iou']:.4f}"
                 f"{'' if c['meets_tolerance'] else ', outside the tolerance'})"
                 for name, c in found["candidates"].items()
             )

@@ -92,11 +92,23 @@ def measure(
 ) -> dict[str, Any]:
     """Compile (`encoders[name]()`), time and check every candidate; pick the fastest that
     meets TOLERANCE. x: the check image as the encoder's (1, 3, S, S) float32 input, orig_hw
-    its size. encoders must include REFERENCE. Returns the record kept in the choice file."""
+    its size. encoders must include REFERENCE. A candidate other than the reference whose
+    compile raises is left out, recorded with the reason (`refused`): e.g. the int8 graph
+    under an ISA cap that OpenVINO's plugin and its kernels disagree about.
+    Returns the record kept in the choice file."""
     if REFERENCE not in encoders:
         raise ValueError(f"the candidates must include the {REFERENCE} reference")
     started = time.perf_counter()
-    fns = {name: make() for name, make in encoders.items()}
+    fns: dict[str, EncodeFn] = {}
+    refused: dict[str, str] = {}
+    for name, make in encoders.items():
+        try:
+            fns[name] = make()
+        except Exception as exc:  # the plugin cannot build this candidate here: leave it out
+            if name == REFERENCE:
+                raise
+            log.warning("fast runtime: the %s encoder does not compile here: %s", name, exc)
+            refused[name] = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
     outputs = {name: fn(x) for name, fn in fns.items()}  # warm-up; these are checked
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
@@ -121,6 +133,8 @@ def measure(
             "min_iou": round(low, 4),
             "meets_tolerance": mean >= TOLERANCE["mean_iou"] and low >= TOLERANCE["min_iou"],
         }
+    for name, reason in refused.items():
+        candidates[name] = {"refused": reason, "meets_tolerance": False}
     passing = [name for name, c in candidates.items() if c["meets_tolerance"]]
     chosen = min(passing or [REFERENCE], key=lambda name: candidates[name]["embed_s"])
     return {
@@ -157,7 +171,10 @@ def load_or_measure(
     log.info(
         "fast runtime: chose the %s encoder (%s) in %.1fs",
         record["chosen"],
-        ", ".join(f"{n} {c['embed_s']:.3f}s" for n, c in record["candidates"].items()),
+        ", ".join(
+            f"{n} {c['embed_s']:.3f}s" if "embed_s" in c else f"{n} refused"
+            for n, c in record["candidates"].items()
+        ),
         record["seconds"],
     )
     return record

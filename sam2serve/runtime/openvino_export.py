@@ -6,6 +6,7 @@ Also the cheap probe of whether OpenVINO can serve on this machine, and at which
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -52,18 +53,41 @@ def probe(precision: Requested = "auto") -> Precision:
     "auto" and "int8" (an int8 encoder; the rest of the graphs) give bf16 where the CPU
     computes bf16 natively, else f32. Raises BackendUnavailable when the backend is missing,
     or bf16 was asked for without support.
+
+    Native bf16 = the plugin lists BF16 and a bf16 graph compiles: the capability list
+    reads cpuid, while the kernels honour an ISA cap (ONEDNN_MAX_CPU_ISA=AVX2, as set to
+    emulate a CPU without bf16: `bench.embed_runtimes --emulate-avx2`); there the list still
+    says BF16 but every bf16 compile fails.
     """
     ov = _openvino()
     try:
         caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception as exc:
         raise BackendUnavailable(f"OpenVINO CPU plugin unusable: {exc}") from exc
-    has_bf16 = "BF16" in caps
+    has_bf16 = "BF16" in caps and bf16_compiles()
     if precision in ("auto", "int8"):
         return "bf16" if has_bf16 else "f32"
     if precision == "bf16" and not has_bf16:
         raise BackendUnavailable("this CPU has no native bf16 (AVX512-BF16/AMX); use f32")
     return precision
+
+
+@functools.cache
+def bf16_compiles() -> bool:
+    """Whether OpenVINO's CPU plugin compiles a (tiny) graph computing in bf16 here; checked
+    once per process (~0.2 s)."""
+    ov = _openvino()
+    try:
+        from openvino import opset13 as ops
+
+        x = ops.parameter([1, 16], ov.Type.f32)
+        w = ops.constant(ov.Tensor(ov.Type.f32, ov.Shape([16, 16])))
+        graph = ov.Model([ops.matmul(x, w, False, False)], [x])
+        compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+        return bool(compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16)
+    except Exception as exc:  # the plugin refuses bf16 (e.g. an ISA cap below AVX512-BF16)
+        log.info("OpenVINO does not compile bf16 here: %s", exc)
+        return False
 
 
 def cache_key_dir(

@@ -42,7 +42,11 @@ def describe_choice(record: dict[str, Any]) -> dict[str, Any]:
         "measured_at": record.get("measured_at"),
         "tolerance": record.get("tolerance"),
         "candidates": {
-            name: {k: c.get(k) for k in ("embed_s", "mean_iou", "min_iou", "meets_tolerance")}
+            name: {
+                k: c[k]
+                for k in ("embed_s", "mean_iou", "min_iou", "meets_tolerance", "refused")
+                if k in c
+            }
             for name, c in record["candidates"].items()
         },
     }

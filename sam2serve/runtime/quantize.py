@@ -9,7 +9,10 @@ reused by every process sharing the cache dir (file lock, atomic rename, as the 
 
 What stays in float: the FPN neck and the mask decoder's high-res projections (`conv_s0`,
 `conv_s1`: their outputs are the skip features the masks' edges come from) and the patch
-embedding (it sees raw pixels); the trunk's linear layers (most of the FLOPs) run in int8.
+embedding (it sees raw pixels); the trunk's linear layers (most of the FLOPs) run in int8,
+the qkv projections behind a window partition's Pad too (their own quantizer, added after
+NNCF: `quantize_behind_pads`). Tried and not kept (docs/benchmarks.md, issue 17): NNCF's
+performance preset (symmetric activations) and the neck in int8 (fidelity down, no speed).
 Fidelity (mask IoU vs Meta's fp32 predictor) is asserted in tests and recorded in
 docs/benchmarks.md; the measured runtime choice checks it again on the machine.
 """
@@ -51,6 +54,7 @@ RECIPE: dict[str, Any] = {
     "fast_bias_correction": True,
     "images": list(CALIBRATION),
     "mirrored": False,  # mirrored copies as extra samples: off (calibration time grows with them)
+    "quantize_behind_pads": True,  # see quantize_behind_pads
 }
 
 
@@ -133,6 +137,8 @@ def _quantize(
             smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)  # off
         ),
     )
+    if RECIPE["quantize_behind_pads"]:
+        quantize_behind_pads(quantized, samples)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.stem}.", dir=graphs_dir))
     try:
         ov.save_model(quantized, tmp / target.name, compress_to_fp16=False)
@@ -151,3 +157,70 @@ def _quantize(
     log.info(
         "quantized the encoder to int8 (%s) in %.1fs", target.name, time.perf_counter() - started
     )
+
+
+#: ops between a quantizer and its matmul that OpenVINO moves the dequantization through
+_LAYOUT_OPS = ("Reshape", "Transpose")
+
+
+def _int8_weights(matmul: Any) -> bool:
+    """Whether the matmul's weights are NNCF's int8 constants (Constant i8 -> Convert -> ...)."""
+    node = matmul.input_value(1).get_node()
+    while node.get_type_name() in ("Multiply", "Subtract", "Convert", *_LAYOUT_OPS):
+        if node.get_type_name() == "Convert":
+            return node.input_value(0).get_element_type().get_type_name() in ("i8", "u8")
+        node = node.input_value(0).get_node()
+    return False
+
+
+def _quantized_input(matmul: Any) -> bool:
+    node = matmul.input_value(0).get_node()
+    while node.get_type_name() in _LAYOUT_OPS:
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "FakeQuantize"
+
+
+def quantize_behind_pads(graph: Any, samples: list[np.ndarray]) -> list[str]:
+    """Give a FakeQuantize of its own to every int8-weight matmul whose activations reach it
+    through something other than layout ops; returns their names.
+
+    Why: in the Hiera trunk the windowed attentions whose window does not divide the
+    feature map (hiera_tiny: blocks 4, 6, 8, 10, 11) zero-pad before the window partition.
+    NNCF puts the qkv projection's activation quantizer before that Pad, and with its
+    asymmetric activations (zero point != 0) OpenVINO cannot carry the dequantization
+    through the Pad: those projections ran in bf16 on int8 weights (decompressed), 8% of
+    the int8 encoder's time. Their own quantizer (range: min/max over the calibration
+    samples, 0 included: the padding) makes them int8 matmuls like the others.
+    """
+    ov = _openvino()
+    from openvino import opset13 as ops
+
+    found = [
+        op
+        for op in graph.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and _int8_weights(op) and not _quantized_input(op)
+    ]
+    if not found:
+        return []
+    probe = graph.clone()  # the same nodes by name, with their inputs as extra outputs
+    names = [op.get_friendly_name() for op in found]
+    by_name = {op.get_friendly_name(): op for op in probe.get_ordered_ops()}
+    first_extra = len(probe.outputs)
+    probe.add_outputs([by_name[name].input_value(0) for name in names])
+    compiled = ov.Core().compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    low = np.zeros(len(found), np.float32)  # 0 stays inside the range: the padding is 0
+    high = np.zeros(len(found), np.float32)
+    for x in samples:
+        request.infer([x])
+        for i in range(len(found)):
+            values = request.get_output_tensor(first_extra + i).data
+            low[i] = min(low[i], float(values.min()))
+            high[i] = max(high[i], float(values.max()))
+    for op, lo, hi in zip(found, low, high, strict=True):
+        lo_c, hi_c = (ops.constant(np.array(v, np.float32)) for v in (lo, hi))
+        fq = ops.fake_quantize(op.input_value(0), lo_c, hi_c, lo_c, hi_c, 256)
+        op.input(0).replace_source_output(fq.output(0))
+    graph.validate_nodes_and_infer_types()
+    log.info("int8: own quantizers for %d matmuls behind a Pad", len(found))
+    return names

@@ -83,6 +83,30 @@ def test_the_reference_must_be_a_candidate() -> None:
         choice.measure({"int8": lambda: fake_encoder(0)}, X, HW, fake_decode)
 
 
+def _refuse() -> choice.EncodeFn:
+    raise RuntimeError("Exception from plugin.cpp:54:\ncould not create a primitive descriptor")
+
+
+def test_a_candidate_that_does_not_compile_is_left_out() -> None:
+    """e.g. the int8 graph under an ISA cap: the others are still measured and chosen from."""
+    encoders = {
+        "f32": lambda: fake_encoder(0.02),
+        "int8": _refuse,
+        "bf16": lambda: fake_encoder(0.01),
+    }
+    record = choice.measure(encoders, X, HW, fake_decode, rounds=1)
+    assert record["chosen"] == "bf16"
+    assert record["candidates"]["int8"] == {
+        "refused": "could not create a primitive descriptor",
+        "meets_tolerance": False,
+    }
+
+
+def test_the_reference_failing_to_compile_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="primitive"):
+        choice.measure({"f32": _refuse, "int8": lambda: fake_encoder(0)}, X, HW, fake_decode)
+
+
 def test_measured_once_per_cache_dir_and_reused(tmp_path: Path) -> None:
     path = choice.choice_path(tmp_path, "bf16")
     key = {"candidates": ["f32", "int8"], "int8_recipe": "abc", "embed_threads": 0}

@@ -12,6 +12,7 @@ architecture is in tests/integration/test_fast_runtime_fidelity.py.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import types
@@ -265,11 +266,48 @@ def test_probe_checks_native_bf16(
     monkeypatch: pytest.MonkeyPatch, caps: list[str], asked: str, expected: str | None
 ) -> None:
     monkeypatch.setattr(ovx, "_openvino", lambda: _fake_openvino(caps))
+    monkeypatch.setattr(ovx, "bf16_compiles", lambda: True)
     if expected is None:
         with pytest.raises(ovr.BackendUnavailable, match="bf16"):
             ovr.probe(asked)  # type: ignore[arg-type]
     else:
         assert ovr.probe(asked) == expected  # type: ignore[arg-type]
+
+
+def test_probe_refuses_bf16_when_a_bf16_graph_does_not_compile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ISA cap (ONEDNN_MAX_CPU_ISA=AVX2) leaves BF16 in the capability list but makes
+    every bf16 compile fail: the probe must then compute in f32."""
+    fake = _fake_openvino(["FP32", "BF16"])
+    tried: list[object] = []
+
+    def refuse(graph: object, device: str, config: dict[str, str]) -> None:
+        tried.append(config["INFERENCE_PRECISION_HINT"])
+        raise RuntimeError("object is not initialized")  # what OpenVINO says under the cap
+
+    import openvino
+
+    fake.Core().compile_model = refuse  # only the plugin is fake: the graph is built for real
+    for name in ("Type", "Shape", "Tensor", "Model"):
+        setattr(fake, name, getattr(openvino, name))
+    monkeypatch.setattr(ovx, "_openvino", lambda: fake)
+    assert ovx.bf16_compiles.__wrapped__() is False
+    assert tried == ["bf16"]
+    monkeypatch.setattr(ovx, "bf16_compiles", lambda: False)
+    assert ovr.probe("auto") == "f32"
+    with pytest.raises(ovr.BackendUnavailable, match="bf16"):
+        ovr.probe("bf16")
+
+
+def test_bf16_compile_check_agrees_with_the_capability_list() -> None:
+    """On an uncapped CPU the compile check says what OPTIMIZATION_CAPABILITIES says."""
+    if "ONEDNN_MAX_CPU_ISA" in os.environ or "DNNL_MAX_CPU_ISA" in os.environ:
+        pytest.skip("an ISA cap is set")
+    import openvino
+
+    caps = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert ovx.bf16_compiles.__wrapped__() == ("BF16" in caps)
 
 
 def test_factory_falls_back_without_bf16(
