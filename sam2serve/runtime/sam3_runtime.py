@@ -266,8 +266,13 @@ class Sam3Runtime(InstancePredictor):
     # ----- concept prompts --------------------------------------------------------------
 
     def _pos_enc(self, fpn: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Position encodings of the levels the detector reads (`num_feature_levels`, the
+        last ones: 1 on SAM 3): `forward_grounding` takes `vision_pos_enc[-n:]` and nothing
+        else reads them. Meta's set_image computes all three once per image; per call here,
+        the 288² level alone was a 85 MB copy (the encoding's cache hands out a `repeat`)."""
         pe = self.model.backbone.vision_backbone.position_encoding
-        return [pe(x).to(x.dtype) for x in fpn]
+        n = int(self.model.num_feature_levels)
+        return [pe(x).to(x.dtype) for x in fpn[-n:]]
 
     @torch.inference_mode()
     def concept(
