@@ -4,7 +4,9 @@ computes bf16 natively (AVX512-BF16 / AMX). The ViT trunk and the necks run so; 
 are kept in fp32 (same size and format as the exact runtime's). The text encoder and the
 concept heads run in bf16 too, but with every attention in fp32 (`sam3_heads`: torch's CPU
 flash attention is slower in bf16, which made plain autocast of the heads slower than fp32);
-text embeddings and concept outputs come back fp32. The instance predictor stays exact.
+text embeddings and concept outputs come back fp32. The segmentation head runs only when
+masks are asked for, for those queries (`sam3_heads.SegmentLater`). The instance predictor
+stays exact.
 
 Why not OpenVINO, as for SAM 2: measured on this machine (2 cores, Zen 4 with AVX512-BF16,
 docs/benchmarks.md), the OpenVINO bf16 graph of SAM 3's ViT trunk was no faster than torch's
@@ -18,12 +20,17 @@ test_sam3_fast.py on the tiny architecture; real-architecture figures in docs/be
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from sam2serve.registry import ModelSpec
-from sam2serve.runtime.sam3_heads import bf16_heads, install_fp32_attention
+from sam2serve.runtime.sam3_heads import (
+    bf16_heads,
+    ground_then_segment_later,
+    install_fp32_attention,
+)
 from sam2serve.runtime.sam3_runtime import Sam3Runtime, load_model
 from sam2serve.runtime.sam3_types import ConceptOutput, Sam3Features, TextEmbedding
 
@@ -91,6 +98,10 @@ class Sam3FastRuntime(Sam3Runtime):
         """The concept heads in bf16, attention fp32 (outputs fp32, as the exact ones)."""
         with bf16_heads(self.device):
             return super().concept(features, text, boxes_xyxy, box_labels)
+
+    def _ground(self, backbone_out: dict, prompt: object) -> tuple[dict, Any]:
+        """Scores and boxes now; the segmentation head only for the queries `masks` asks for."""
+        return ground_then_segment_later(self.model, backbone_out, self._find_stage, prompt)
 
 
 def build_sam3_fast_runtime(
