@@ -8,15 +8,24 @@ Reports, medians over rounds, on a 600 x 400 photo:
   on a CPU with native bf16), and their ratios to Meta's;
 - a new phrase on the cached image: Meta's `set_text_prompt` vs ours (`encode_text` +
   `concept` + the masks over Meta's default 0.5 threshold); a repeated phrase (text cached);
-- memory: resident set after each model loads and the peak (VmHWM), per-image feature bytes.
+- memory: resident set after each model loads and the peak (VmHWM), per-image feature bytes;
+- the load average before and after each round (the box is shared: only ratios count).
+
+`--keep-top K`: our side returns the K best queries' masks (seeded random weights put
+every score under Meta's 0.5, so without it no mask is ever made); `--phrases-only` skips
+the timed set_image / embed rounds (one warm-up embed per side, then phrases only: the
+heads' bench); `--phrases N` phrases per round.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -45,11 +54,66 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - started
 
 
+class SmallOpThreads:
+    """A runtime whose text encoder and decoder run with `n` intra-op threads (the rest with
+    the process's count): an experiment, not shipped. On a shared box every OpenMP parallel
+    region waits for descheduled threads, which costs the many small ops of these two parts
+    far more than their parallel speedup gives. `torch.set_num_threads` is process-wide,
+    which is why the server does not do this (it would throttle concurrent requests)."""
+
+    def __init__(self, runtime: Any, n: int) -> None:
+        self.runtime, self.n = runtime, n
+        model = runtime.model
+        self.parts = (model.backbone.language_backbone, model.transformer.decoder)
+
+    @contextlib.contextmanager
+    def _scoped(self) -> Iterator[None]:
+        before = torch.get_num_threads()
+        handles = []
+        for part in self.parts:
+            handles.append(part.register_forward_pre_hook(lambda *_: torch.set_num_threads(self.n)))
+            handles.append(part.register_forward_hook(lambda *_: torch.set_num_threads(before)))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            torch.set_num_threads(before)
+
+    def embed(self, rgb: np.ndarray) -> Any:
+        return self.runtime.embed(rgb)
+
+    def encode_text(self, phrases: list[str]) -> Any:
+        with self._scoped():
+            return self.runtime.encode_text(phrases)
+
+    def concept(self, *args: Any) -> Any:
+        with self._scoped():
+            return self.runtime.concept(*args)
+
+    def masks(self, *args: Any) -> Any:
+        return self.runtime.masks(*args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="results JSON path")
+    parser.add_argument(
+        "--small-op-threads",
+        type=int,
+        default=0,
+        help="also a fast variant whose text encoder and decoder (many small ops) run on N threads",
+    )
+    parser.add_argument(
+        "--keep-top",
+        type=int,
+        default=0,
+        help="our side returns the masks of the K best queries, not those over 0.5",
+    )
+    parser.add_argument("--phrases-only", action="store_true", help="skip the timed embeds")
+    parser.add_argument("--phrases", type=int, default=len(PHRASES), help="phrases per round")
     parser.add_argument(
         "--tiny", action="store_true", help="smoke run on the tiny architecture (no Meta builder)"
     )
@@ -103,24 +167,35 @@ def main() -> None:
     runtimes: dict[str, Any] = {"exact": exact}
     if native_bf16():  # shares the exact runtime's weights
         runtimes["fast_bf16"] = Sam3FastRuntime(spec.model_id, exact.model, cpu)
+        if args.small_op_threads:
+            runtimes["fast_bf16_small_t1"] = SmallOpThreads(
+                runtimes["fast_bf16"], args.small_op_threads
+            )
 
     rgb = np.ascontiguousarray(skimage.data.coffee())  # 400 x 600
     pil = Image.fromarray(rgb)
     with on_device(cpu):  # warm-ups
         state = processor.set_image(pil)
-    features = {name: rt.embed(rgb) for name, rt in runtimes.items()}
+    features = {
+        name: rt.embed(rgb) for name, rt in runtimes.items() if name != "fast_bf16_small_t1"
+    }
+    if "fast_bf16_small_t1" in runtimes:
+        features["fast_bf16_small_t1"] = features["fast_bf16"]
 
     times: dict[str, list[float]] = {"meta_set_image": [], "meta_set_text_prompt": []}
     for name in runtimes:
         for what in ("embed", "new_phrase", "repeated_phrase"):
             times[f"{name}_{what}"] = []
     boxes, labels = np.zeros((0, 4)), np.zeros(0, bool)
+    loadavg: list[dict[str, Any]] = []
     for r in range(args.rounds):
-        with on_device(cpu):
-            times["meta_set_image"].append(_timed(lambda: processor.set_image(pil, state)))
-        for name, rt in runtimes.items():
-            times[f"{name}_embed"].append(_timed(lambda rt=rt: rt.embed(rgb)))
-        for phrase in PHRASES:
+        before = os.getloadavg()[0]
+        if not args.phrases_only:
+            with on_device(cpu):
+                times["meta_set_image"].append(_timed(lambda: processor.set_image(pil, state)))
+            for name, rt in runtimes.items():
+                times[f"{name}_embed"].append(_timed(lambda rt=rt: rt.embed(rgb)))
+        for phrase in PHRASES[: args.phrases]:
             phrase = f"{phrase} {r}"  # new to every side
             processor.reset_all_prompts(state)
             with on_device(cpu):
@@ -132,7 +207,10 @@ def main() -> None:
 
                 def concept(text: Any, rt: Any = rt, f: Any = f) -> None:
                     out = rt.concept(f, text, boxes, labels)
-                    rt.masks(f, out, np.flatnonzero(out.scores > 0.5))
+                    keep = np.flatnonzero(out.scores > 0.5)
+                    if args.keep_top:  # as if K instances were found (random weights: ~none)
+                        keep = np.argsort(-out.scores)[: args.keep_top]
+                    rt.masks(f, out, keep)
 
                 texts: list[Any] = []
                 times[f"{name}_new_phrase"].append(
@@ -144,25 +222,43 @@ def main() -> None:
                     )
                 )
                 times[f"{name}_repeated_phrase"].append(_timed(lambda c=concept, t=texts: c(t[0])))
+        loadavg.append({"round": r, "before": before, "after": os.getloadavg()[0]})
+        print(json.dumps({"round": r, **loadavg[-1], "VmHWM_gib": _rss_gib()["VmHWM"]}))
     memory["peak"] = _rss_gib()["VmHWM"]
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
     ratios = {}
     for name in runtimes:
-        ratios[f"{name}_embed / meta_set_image"] = med[f"{name}_embed"] / med["meta_set_image"]
+        if not args.phrases_only:
+            ratios[f"{name}_embed / meta_set_image"] = med[f"{name}_embed"] / med["meta_set_image"]
         for what in ("new_phrase", "repeated_phrase"):
             ratios[f"{name}_{what} / meta_set_text_prompt"] = (
                 med[f"{name}_{what}"] / med["meta_set_text_prompt"]
             )
+    # the steadier figure on a shared box: each phrase's time over Meta's for the same phrase,
+    # taken back to back, then the median of those ratios
+    paired = {}
+    for name in runtimes:
+        for what in ("new_phrase", "repeated_phrase"):
+            per = [
+                a / b
+                for a, b in zip(times[f"{name}_{what}"], times["meta_set_text_prompt"], strict=True)
+            ]
+            paired[f"{name}_{what} / meta_set_text_prompt"] = statistics.median(per)
     result = {
         "date": date.today().isoformat(),
         "machine": machine(),
         "image": "skimage coffee, 600 x 400",
         "weights": "seeded random, real SAM 3 image architecture (~840 M parameters)",
         "rounds": args.rounds,
+        "phrases_per_round": args.phrases,
+        "phrases_only": args.phrases_only,
+        "keep_top": args.keep_top,
+        "loadavg_1min": loadavg,
         "load": load,
         "median_s": med,
         "ratios": ratios,
+        "paired_ratios_median": paired,
         "architecture": "tiny" if args.tiny else "real",
         "feature_bytes_per_image": {
             "fp32": config_for(spec).feature_nbytes(),
@@ -173,7 +269,8 @@ def main() -> None:
     }
     out = args.out or ROOT / "bench" / "results" / f"{date.today().isoformat()}-sam3.json"
     out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("median_s", "ratios", "memory_gib")}, indent=1))
+    shown = ("median_s", "ratios", "paired_ratios_median", "memory_gib")
+    print(json.dumps({k: result[k] for k in shown}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """SAM 3's fast CPU path: Meta's same torch modules under torch's CPU autocast in bf16
 (matmuls, convolutions and attention in bf16 through oneDNN, the rest fp32), on a CPU that
 computes bf16 natively (AVX512-BF16 / AMX). The ViT trunk and the necks run so; features
-are kept in fp32 (same size and format as the exact runtime's); the text encoder, the
-concept heads and the instance predictor stay exact (autocast made the concept heads slower
-on the real architecture: 1.24x Meta's set_text_prompt against the exact 1.01x).
+are kept in fp32 (same size and format as the exact runtime's). The text encoder and the
+concept heads run in bf16 too, but with every attention in fp32 (`sam3_heads`: torch's CPU
+flash attention is slower in bf16, which made plain autocast of the heads slower than fp32);
+text embeddings and concept outputs come back fp32. The segmentation head runs only when
+masks are asked for, for those queries (`sam3_heads.SegmentLater`). The instance predictor
+stays exact.
 
 Why not OpenVINO, as for SAM 2: measured on this machine (2 cores, Zen 4 with AVX512-BF16,
 docs/benchmarks.md), the OpenVINO bf16 graph of SAM 3's ViT trunk was no faster than torch's
@@ -17,13 +20,19 @@ test_sam3_fast.py on the tiny architecture; real-architecture figures in docs/be
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from sam2serve.registry import ModelSpec
+from sam2serve.runtime.sam3_heads import (
+    bf16_heads,
+    ground_then_segment_later,
+    install_fp32_attention,
+)
 from sam2serve.runtime.sam3_runtime import Sam3Runtime, load_model
-from sam2serve.runtime.sam3_types import Sam3Features
+from sam2serve.runtime.sam3_types import ConceptOutput, Sam3Features, TextEmbedding
 
 #: What the fast path promises against the exact one, checked by the tests: the trunk
 #: output's relative error (L2), the concept scores' largest absolute error, and the
@@ -40,10 +49,15 @@ def native_bf16() -> bool:
 
 
 class Sam3FastRuntime(Sam3Runtime):
-    """`Sam3Runtime` with the image backbone (trunk + necks) in bf16 autocast."""
+    """`Sam3Runtime` with the image backbone (trunk + necks) in bf16 autocast, the text
+    encoder and concept heads in bf16 with fp32 attention."""
 
     precision = "bf16"
     tolerance = TOLERANCE
+
+    def __init__(self, model_id: str, model: torch.nn.Module, device: torch.device) -> None:
+        super().__init__(model_id, model, device)
+        install_fp32_attention(model)  # inert outside bf16_heads(): a shared model stays exact
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -63,6 +77,31 @@ class Sam3FastRuntime(Sam3Runtime):
             inst=None if features.inst is None else tuple(t.float() for t in features.inst),
             orig_hw=features.orig_hw,
         )
+
+    @torch.inference_mode()
+    def encode_text(self, phrases: list[str]) -> list[TextEmbedding]:
+        """The text encoder in bf16 (attention fp32); embeddings fp32, as the exact ones."""
+        with bf16_heads(self.device):
+            texts = super().encode_text(phrases)
+        return [
+            TextEmbedding(phrase=t.phrase, features=t.features.float(), mask=t.mask) for t in texts
+        ]
+
+    @torch.inference_mode()
+    def concept(
+        self,
+        features: Sam3Features,
+        text: TextEmbedding | None,
+        boxes_xyxy: np.ndarray,
+        box_labels: np.ndarray,
+    ) -> ConceptOutput:
+        """The concept heads in bf16, attention fp32 (outputs fp32, as the exact ones)."""
+        with bf16_heads(self.device):
+            return super().concept(features, text, boxes_xyxy, box_labels)
+
+    def _ground(self, backbone_out: dict, prompt: object) -> tuple[dict, Any]:
+        """Scores and boxes now; the segmentation head only for the queries `masks` asks for."""
+        return ground_then_segment_later(self.model, backbone_out, self._find_stage, prompt)
 
 
 def build_sam3_fast_runtime(

@@ -16,6 +16,7 @@ cache), per-phrase state a `TextEmbedding`. Only `sam2serve.runtime` touches SAM
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -266,8 +267,13 @@ class Sam3Runtime(InstancePredictor):
     # ----- concept prompts --------------------------------------------------------------
 
     def _pos_enc(self, fpn: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Position encodings of the levels the detector reads (`num_feature_levels`, the
+        last ones: 1 on SAM 3): `forward_grounding` takes `vision_pos_enc[-n:]` and nothing
+        else reads them. Meta's set_image computes all three once per image; per call here,
+        the 288² level alone was a 85 MB copy (the encoding's cache hands out a `repeat`)."""
         pe = self.model.backbone.vision_backbone.position_encoding
-        return [pe(x).to(x.dtype) for x in fpn]
+        n = int(self.model.num_feature_levels)
+        return [pe(x).to(x.dtype) for x in fpn[-n:]]
 
     @torch.inference_mode()
     def concept(
@@ -312,12 +318,7 @@ class Sam3Runtime(InstancePredictor):
                 "language_features": text.features.to(self.device),
                 "language_mask": text.mask.to(self.device),
             }
-            outputs = self.model.forward_grounding(
-                backbone_out=backbone_out,
-                find_input=self._find_stage,
-                geometric_prompt=prompt,
-                find_target=None,
-            )
+            outputs, segment_later = self._ground(backbone_out, prompt)
             from sam3.model import box_ops
 
             out_probs = outputs["pred_logits"].sigmoid()
@@ -328,12 +329,25 @@ class Sam3Runtime(InstancePredictor):
             scale = torch.tensor([w, h, w, h]).to(self.device)
             boxes = boxes * scale[None, :]
         return ConceptOutput(
-            mask_logits=outputs["pred_masks"][0].float(),
+            mask_logits=None if segment_later else outputs["pred_masks"][0].float(),
             boxes_xyxy=boxes.float().cpu().numpy(),
             scores=scores.float().cpu().numpy(),
             logits=outputs["pred_logits"][0, :, 0].float().cpu().numpy(),
             presence=float(presence.reshape(-1)[0]),
+            segment_later=segment_later,
         )
+
+    def _ground(
+        self, backbone_out: dict, prompt: object
+    ) -> tuple[dict, Callable[[torch.Tensor], torch.Tensor] | None]:
+        """Meta's `forward_grounding` as is: masks of all Q queries at once (no deferral)."""
+        outputs = self.model.forward_grounding(
+            backbone_out=backbone_out,
+            find_input=self._find_stage,
+            geometric_prompt=prompt,
+            find_target=None,
+        )
+        return outputs, None
 
     @torch.inference_mode()
     def masks(self, features: Sam3Features, out: ConceptOutput, keep: np.ndarray) -> np.ndarray:
@@ -346,7 +360,7 @@ class Sam3Runtime(InstancePredictor):
         result = np.zeros((len(keep), h, w), dtype=bool)
         for start in range(0, len(keep), _MASK_CHUNK):
             idx = torch.as_tensor(keep[start : start + _MASK_CHUNK])
-            low = out.mask_logits[idx].unsqueeze(1)
+            low = out.low_res(idx).unsqueeze(1)
             up = interpolate(low, (h, w), mode="bilinear", align_corners=False).sigmoid()
             result[start : start + len(idx)] = (up[:, 0] > 0.5).cpu().numpy()
         return result

@@ -13,7 +13,8 @@ import json
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -147,15 +148,30 @@ class ConceptOutput:
     """The detector's answer for one prompt, before any threshold: all Q queries
     (Q = 200 on the real config), in query order.
 
-    mask_logits: (Q, h, w) float32 low-res mask logits (h = w = 4s: 288 on the real config)
+    mask_logits: (Q, h, w) float32 low-res mask logits (h = w = 4s: 288 on the real config);
+        None where the runtime defers the segmentation head (`segment_later`): read masks
+        through `low_res`, which works either way
     boxes_xyxy: (Q, 4) float32 boxes in absolute pixels of the original image
     scores: (Q,) float32 sigmoid(logit) * presence, exactly as `Sam3Processor` computes them
     logits: (Q,) float32 the raw class logits (pre-sigmoid, pre-presence)
     presence: sigmoid of the presence logit: how sure the model is the concept is present
     """
 
-    mask_logits: torch.Tensor
+    mask_logits: torch.Tensor | None
     boxes_xyxy: np.ndarray
     scores: np.ndarray
     logits: np.ndarray
     presence: float
+    #: (K,) query indices -> (K, h, w) float32 mask logits, running the segmentation head
+    #: on first use (the fast runtime: most phrases keep few queries, many none)
+    segment_later: Callable[[torch.Tensor], torch.Tensor] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def low_res(self, idx: torch.Tensor) -> torch.Tensor:
+        """(K, h, w) float32 low-res mask logits of the queries `idx` ((K,) int64)."""
+        if self.mask_logits is not None:
+            return self.mask_logits[idx]
+        if self.segment_later is None:
+            raise ValueError("ConceptOutput has neither mask_logits nor segment_later")
+        return self.segment_later(idx)

@@ -64,3 +64,52 @@ def test_settings_pick_the_sam3_runtime(sam3_tiny_weights_dir: Path, runtime, ex
         spec, sam3_tiny_weights_dir / spec.filename, CPU
     )
     assert type(built).__name__ == expected
+
+
+def test_bf16_heads_keep_attention_fp32_and_nothing_outside() -> None:
+    from sam2serve.runtime.sam3_heads import bf16_heads, install_fp32_attention
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict(
+        {"attn": torch.nn.MultiheadAttention(16, 2), "proj": torch.nn.Linear(16, 16)}
+    )
+    install_fp32_attention(model)
+    install_fp32_attention(model)  # once per model: a second call adds no hooks
+    assert len(model["attn"]._forward_pre_hooks) == 1
+    x = torch.randn(5, 1, 16)
+    with torch.inference_mode():
+        plain = model["attn"](x, x, x)[0]
+        with bf16_heads(CPU):
+            assert model["proj"](x).dtype == torch.bfloat16  # autocast is on...
+            inside = model["attn"](x.bfloat16(), x.bfloat16(), x.bfloat16())[0]
+            with pytest.raises(AssertionError):  # a failing attention leaves autocast on
+                model["attn"](x, x[:, :, :4], x)
+            assert model["proj"](x).dtype == torch.bfloat16
+        assert inside.dtype == torch.float32  # ...but not inside attention
+        assert torch.equal(model["attn"](x, x, x)[0], plain)  # outside: untouched
+        assert model["proj"](x).dtype == torch.float32
+
+
+@needs_bf16
+def test_fast_runtime_on_a_shared_model_leaves_the_exact_one_exact(
+    sam3_tiny_weights_dir: Path, photo_set
+) -> None:
+    spec = sam3_tiny_spec()
+    exact = build_sam3_runtime(spec, sam3_tiny_weights_dir / spec.filename, CPU)
+    rgb = photo_set["chelsea"]
+    features = exact.embed(rgb)
+    [text] = exact.encode_text(["cat"])
+    none = (np.zeros((0, 4)), np.zeros(0, bool))
+    before = exact.concept(features, text, *none)
+    fast = Sam3FastRuntime(spec.model_id, exact.model, CPU)  # hooks the shared modules
+    deferred = fast.concept(features, text, *none)
+    after = exact.concept(features, text, *none)
+    assert torch.equal(before.mask_logits, after.mask_logits)
+    assert np.array_equal(before.scores, after.scores)
+    idx = torch.tensor([3, 0, 7])
+    assert torch.equal(after.low_res(idx), after.mask_logits[idx])
+    # the fast path defers the segmentation head to the queries asked for
+    assert deferred.mask_logits is None
+    low = deferred.low_res(idx)
+    assert low.dtype == torch.float32 and low.shape == after.mask_logits[idx].shape
+    assert torch.equal(deferred.low_res(idx[:1]), low[:1])  # pixel embeddings computed once

@@ -1,0 +1,174 @@
+"""SAM 3's concept heads (text encoder, fusion encoder, decoder, segmentation head) in bf16 on
+a CPU with native bf16, attention excepted.
+
+Where a phrase's time goes on the real architecture (docs/benchmarks.md, "SAM 3 phrase: where
+the time goes"): the fusion encoder's self-attention over the 72 x 72 image tokens (~30 %),
+the 200-query decoder (~20 %, mostly small ops), the pixel decoder's 3x3 convolutions at
+144² and 288² (~12 %), the text encoder (~14 %), the encoder's FFN (~8 %).
+
+Why plain bf16 autocast of the heads was slower than fp32 (1.24x against 1.01x Meta's): torch's
+CPU flash-attention kernel is slower in bf16 than in fp32 at these shapes (8 heads x 5184
+tokens x 32 dims: 0.91 s against 0.63 s per call, measured on the Zen 4 box), and the encoder
+calls it 6 times per phrase. Convolutions and linear layers do gain (the 288² 3x3 conv 2.5 s
+-> 0.8-1.0 s, the FFN's linears 1.7x). So here autocast runs everything but attention:
+every `nn.MultiheadAttention` of the model runs with autocast off (fp32 in, fp32 out) while
+`bf16_heads()` is active in this thread, and the rest as autocast decides.
+
+The hooks are installed once per model and do nothing outside `bf16_heads()` (a context
+variable), so the exact runtime sharing the same modules stays exact, also from another thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("sam3_bf16_heads", default=False)
+_HOOKED = "_sam2serve_fp32_attention"
+_stacks = threading.local()
+
+
+def _stack() -> list[contextlib.AbstractContextManager]:
+    if not hasattr(_stacks, "items"):
+        _stacks.items = []
+    return _stacks.items
+
+
+def _attention_pre(module: torch.nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+    if not _ACTIVE.get():
+        return None
+    off = torch.autocast("cpu", enabled=False)
+    off.__enter__()
+    _stack().append(off)
+    # inputs may come straight out of a bf16 op (e.g. a linear): attention computes in fp32
+    up = [a.float() if torch.is_tensor(a) and a.dtype == torch.bfloat16 else a for a in args]
+    kw = {
+        k: v.float() if torch.is_tensor(v) and v.dtype == torch.bfloat16 else v
+        for k, v in kwargs.items()
+    }
+    return tuple(up), kw
+
+
+def _attention_post(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+    if _ACTIVE.get():
+        _stack().pop().__exit__(None, None, None)
+
+
+def install_fp32_attention(model: torch.nn.Module) -> None:
+    """Hook every `nn.MultiheadAttention` of `model` (once): inside `bf16_heads()` it runs with
+    autocast off; elsewhere the hooks return at once and change nothing."""
+    if getattr(model, _HOOKED, False):
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.MultiheadAttention):
+            module.register_forward_pre_hook(_attention_pre, with_kwargs=True)
+            module.register_forward_hook(_attention_post, with_kwargs=True, always_call=True)
+    setattr(model, _HOOKED, True)
+
+
+@contextlib.contextmanager
+def bf16_heads(device: torch.device) -> Iterator[None]:
+    """bf16 autocast for this thread's SAM 3 calls, attention kept fp32 (models hooked by
+    `install_fp32_attention`)."""
+    token = _ACTIVE.set(True)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def ground_then_segment_later(
+    model: torch.nn.Module, backbone_out: dict, find_input: Any, geometric_prompt: Any
+) -> tuple[dict, SegmentLater]:
+    """Meta's `Sam3Image.forward_grounding` (inference) up to the decoder: scores, boxes,
+    presence; the segmentation head comes back as a `SegmentLater`, run for the queries the
+    caller keeps. Meta runs the head for all 200 queries in every call, though its processor
+    returns only those above the threshold (often none: an absent concept pays the ~1/6 of
+    a phrase that the pixel decoder costs for nothing)."""
+    prompt, prompt_mask, backbone_out = model._encode_prompt(
+        backbone_out, find_input, geometric_prompt
+    )
+    backbone_out, encoder_out, _ = model._run_encoder(backbone_out, find_input, prompt, prompt_mask)
+    memory = encoder_out["encoder_hidden_states"]
+    out, hs = model._run_decoder(
+        memory=memory,
+        pos_embed=encoder_out["pos_embed"],
+        src_mask=encoder_out["padding_mask"],
+        out={"encoder_hidden_states": memory},
+        prompt=prompt,
+        prompt_mask=prompt_mask,
+        encoder_out=encoder_out,
+    )
+    later = SegmentLater(
+        head=model.segmentation_head,
+        fpn=list(backbone_out["backbone_fpn"]),
+        image_ids=find_input.img_ids,
+        memory=memory,
+        prompt=prompt,
+        prompt_mask=prompt_mask,
+        queries=hs[-1],
+        device=memory.device,
+    )
+    return out, later
+
+
+class SegmentLater:
+    """`UniversalSegmentationHead.forward` for chosen queries: the pixel decoder and the
+    instance projection once (on first use, then kept: (1, 256, 288, 288) bf16, 42 MB), the
+    mask einsum per call for the queries asked. Skips what the processor never reads (the
+    semantic head, the head's own presence logit). Same modules, bf16 as `bf16_heads`."""
+
+    def __init__(
+        self,
+        *,
+        head: torch.nn.Module,
+        fpn: list[torch.Tensor],
+        image_ids: torch.Tensor,
+        memory: torch.Tensor,
+        prompt: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        queries: torch.Tensor,
+        device: torch.device,
+    ) -> None:
+        self.head, self.fpn, self.image_ids = head, fpn, image_ids
+        self.memory, self.prompt, self.prompt_mask = memory, prompt, prompt_mask
+        self.queries = queries  # (1, Q, D): the last decoder layer's output
+        self.device = device
+        self._embeds: torch.Tensor | None = None
+        self._lock = threading.Lock()
+
+    @torch.inference_mode()
+    def _instance_embeds(self) -> torch.Tensor:
+        from sam2serve.runtime.sam3_device import on_device
+
+        head = self.head
+        with on_device(self.device), bf16_heads(self.device):
+            memory = self.memory
+            if head.cross_attend_prompt is not None:
+                attended = head.cross_attend_prompt(
+                    query=head.cross_attn_norm(memory),
+                    key=self.prompt,
+                    value=self.prompt,
+                    key_padding_mask=self.prompt_mask,
+                )[0]
+                memory = attended + memory
+            pixels = head._embed_pixels(
+                backbone_feats=self.fpn, image_ids=self.image_ids, encoder_hidden_states=memory
+            )
+            return head.instance_seg_head(pixels)
+
+    @torch.inference_mode()
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """(K,) int64 query indices -> (K, h, w) float32 low-res mask logits."""
+        with self._lock:
+            if self._embeds is None:
+                self._embeds = self._instance_embeds()
+        with bf16_heads(self.device):
+            masks = self.head.mask_predictor(self.queries[:, idx.to(self.device)], self._embeds)
+        return masks[0].float()
