@@ -15,8 +15,9 @@ trunk runs through a shallow copy whose blocks hold `Int8Linear`s instead.
 
 Why not torch's `quantize_dynamic` (deprecated) or OpenVINO + NNCF (as SAM 2's encoder):
 measured on this machine's kind (docs/benchmarks.md, "SAM 3 int8 trunk"), fbgemm's dynamic
-linear was slower than this kernel with bf16 output, and a whole-trunk OpenVINO export costs
-minutes and a 20 GB peak.
+linear (fp32 in and out, 7-bit activations unless told otherwise) was slower than this
+kernel writing bf16, and a whole-trunk OpenVINO export costs minutes and a 20 GB peak (per-
+block static int8 graphs were not tried: no time left in this round).
 
 Tolerance (`TOLERANCE`, tested on the tiny architecture; real-architecture figures in
 docs/benchmarks.md): looser on the trunk than bf16's, the same on scores and masks.
@@ -119,8 +120,16 @@ class Int8Linear(nn.Module):
 
 def _quantize_uint8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     """x -> (uint8 x, scale, zero point): asymmetric, per tensor, from x's own range (0
-    always inside it, so zero padding stays exact). One fused torch kernel for the rounding
-    (an elementwise chain of round / clamp / add cost as much as the int8 matmul itself)."""
+    always inside it, so zero padding stays exact).
+
+    The rounding is torch's fused `quantize_per_tensor` kernel (the same chain of div /
+    round / add / clamp ops in eager torch cost as much as the int8 matmul itself). It is
+    deprecated (quantized tensors, pytorch/pytorch#184982, warns once per process): when
+    torch removes it, replace this one function by `torch.ops.quantized_decomposed.
+    quantize_per_tensor` under `torch.compile` (inductor fuses it into one loop) or by
+    the eager chain (correct, slower); the matmul kernel (`onednn::qlinear_pointwise`,
+    what inductor itself emits for x86 int8) takes plain uint8 tensors and stays.
+    """
     x = x.float()
     lo, hi = torch.aminmax(x)
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
