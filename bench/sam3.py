@@ -5,7 +5,11 @@ real architecture, written on first use).
 
 Reports, medians over rounds, on a 600 x 400 photo:
 - set_image (Meta) vs embed (exact runtime, fp32) vs embed (fast runtime: bf16 autocast,
-  on a CPU with native bf16), and their ratios to Meta's;
+  on a CPU with native bf16) vs embed (int8 runtime: the trunk's linears in int8, on a CPU
+  with native bf16 + VNNI), and their ratios to Meta's;
+- each fast runtime's error against the exact one: the trunk output's relative L2 error, the
+  concept scores' largest absolute error and the smallest IoU of the top-decile masks (one
+  phrase + one box, the tests' measure);
 - a new phrase on the cached image: Meta's `set_text_prompt` vs ours (`encode_text` +
   `concept` + the masks over Meta's default 0.5 threshold); a repeated phrase (text cached);
 - memory: resident set after each model loads and the peak (VmHWM), per-image feature bytes;
@@ -115,9 +119,13 @@ def main() -> None:
     parser.add_argument("--phrases-only", action="store_true", help="skip the timed embeds")
     parser.add_argument("--phrases", type=int, default=len(PHRASES), help="phrases per round")
     parser.add_argument(
+        "--embed-only", action="store_true", help="skip the phrase timings (embeds + fidelity)"
+    )
+    parser.add_argument(
         "--tiny", action="store_true", help="smoke run on the tiny architecture (no Meta builder)"
     )
     args = parser.parse_args()
+    load_start = os.getloadavg()
     import skimage.data
     from PIL import Image
     from sam3.model.sam3_image_processor import Sam3Processor
@@ -127,6 +135,7 @@ def main() -> None:
     from sam2serve.runtime.sam3_build import bpe_path
     from sam2serve.runtime.sam3_device import on_device
     from sam2serve.runtime.sam3_fast import Sam3FastRuntime, native_bf16
+    from sam2serve.runtime.sam3_int8 import Sam3Int8Runtime, int8_available
     from sam2serve.runtime.sam3_runtime import build_sam3_runtime, config_for, load_model
 
     spec = SAM3_REGISTRY["sam3"]
@@ -171,16 +180,22 @@ def main() -> None:
             runtimes["fast_bf16_small_t1"] = SmallOpThreads(
                 runtimes["fast_bf16"], args.small_op_threads
             )
+    if int8_available(cpu):  # shares them too, plus its int8 copy of the trunk's linears
+        runtimes["fast_int8"] = Sam3Int8Runtime(spec.model_id, exact.model, cpu)
+    memory["after_fast_runtimes"] = _rss_gib()
 
     rgb = np.ascontiguousarray(skimage.data.coffee())  # 400 x 600
     pil = Image.fromarray(rgb)
     with on_device(cpu):  # warm-ups
         state = processor.set_image(pil)
-    features = {
-        name: rt.embed(rgb) for name, rt in runtimes.items() if name != "fast_bf16_small_t1"
-    }
+    hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+    measured = {n: rt for n, rt in runtimes.items() if n != "fast_bf16_small_t1"}
+    trunks = {name: rt.trunk(rgb) for name, rt in measured.items()}
+    features = {name: rt.expand(trunks[name], hw) for name, rt in measured.items()}
     if "fast_bf16_small_t1" in runtimes:
         features["fast_bf16_small_t1"] = features["fast_bf16"]
+    fidelity = _fidelity(measured, trunks, features)
+    print(json.dumps({"fidelity": fidelity}), flush=True)
 
     times: dict[str, list[float]] = {"meta_set_image": [], "meta_set_text_prompt": []}
     for name in runtimes:
@@ -195,7 +210,7 @@ def main() -> None:
                 times["meta_set_image"].append(_timed(lambda: processor.set_image(pil, state)))
             for name, rt in runtimes.items():
                 times[f"{name}_embed"].append(_timed(lambda rt=rt: rt.embed(rgb)))
-        for phrase in PHRASES[: args.phrases]:
+        for phrase in [] if args.embed_only else PHRASES[: args.phrases]:
             phrase = f"{phrase} {r}"  # new to every side
             processor.reset_all_prompts(state)
             with on_device(cpu):
@@ -231,7 +246,7 @@ def main() -> None:
     for name in runtimes:
         if not args.phrases_only:
             ratios[f"{name}_embed / meta_set_image"] = med[f"{name}_embed"] / med["meta_set_image"]
-        for what in ("new_phrase", "repeated_phrase"):
+        for what in () if args.embed_only else ("new_phrase", "repeated_phrase"):
             ratios[f"{name}_{what} / meta_set_text_prompt"] = (
                 med[f"{name}_{what}"] / med["meta_set_text_prompt"]
             )
@@ -239,12 +254,20 @@ def main() -> None:
     # taken back to back, then the median of those ratios
     paired = {}
     for name in runtimes:
-        for what in ("new_phrase", "repeated_phrase"):
+        for what in () if args.embed_only else ("new_phrase", "repeated_phrase"):
             per = [
                 a / b
                 for a, b in zip(times[f"{name}_{what}"], times["meta_set_text_prompt"], strict=True)
             ]
             paired[f"{name}_{what} / meta_set_text_prompt"] = statistics.median(per)
+    # each round's own embed ratio: a load spike hits one round's sides alike, not two rounds'
+    per_round = {
+        f"{name}_embed / meta_set_image": [
+            e / m for e, m in zip(times[f"{name}_embed"], times["meta_set_image"], strict=True)
+        ]
+        for name in runtimes
+        if not args.phrases_only
+    }
     result = {
         "date": date.today().isoformat(),
         "machine": machine(),
@@ -259,18 +282,60 @@ def main() -> None:
         "median_s": med,
         "ratios": ratios,
         "paired_ratios_median": paired,
+        "per_round_ratios": per_round,
         "architecture": "tiny" if args.tiny else "real",
         "feature_bytes_per_image": {
             "fp32": config_for(spec).feature_nbytes(),
             "packed": 4 * config_for(spec).vit_dim * config_for(spec).grid ** 2,
         },
         "memory_gib": memory,
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "fidelity_vs_exact": fidelity,
         "all_s": times,
     }
     out = args.out or ROOT / "bench" / "results" / f"{date.today().isoformat()}-sam3.json"
     out.write_text(json.dumps(result, indent=1))
-    shown = ("median_s", "ratios", "paired_ratios_median", "memory_gib")
+    shown = (
+        "median_s",
+        "ratios",
+        "paired_ratios_median",
+        "per_round_ratios",
+        "memory_gib",
+        "fidelity_vs_exact",
+    )
     print(json.dumps({k: result[k] for k in shown}, indent=1))
+
+
+def _fidelity(
+    runtimes: dict[str, Any], trunks: dict[str, torch.Tensor], features: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """Each fast runtime against the exact one on the bench photo: the trunk's relative L2
+    error, one concept prompt's (phrase + a box) largest score error and the smallest IoU
+    of the masks of the exact runtime's top-decile queries (random weights score every
+    query in a narrow band, so a fixed threshold would keep all or none)."""
+    exact = runtimes["exact"]
+    want = trunks["exact"].float()
+    [text] = exact.encode_text(["cup"])
+    boxes, labels = np.array([[200, 100, 400, 300]]), np.array([True])
+    a = exact.concept(features["exact"], text, boxes, labels)
+    keep = np.flatnonzero(a.scores > np.quantile(a.scores, 0.9))
+    ma = exact.masks(features["exact"], a, keep)
+    out = {}
+    for name, rt in runtimes.items():
+        if name == "exact":
+            continue
+        b = rt.concept(features[name], text, boxes, labels)
+        mb = rt.masks(features[name], b, keep)
+        union = (ma | mb).sum(axis=(1, 2))
+        iou = np.where(union > 0, (ma & mb).sum(axis=(1, 2)) / np.maximum(union, 1), 1.0)
+        out[name] = {
+            "trunk_rel_l2": float((trunks[name].float() - want).norm() / want.norm()),
+            "score_abs_max": float(np.abs(a.scores - b.scores).max()),
+            "mask_iou_min": float(iou.min()),
+            "masks_compared": len(keep),
+        }
+    return out
 
 
 if __name__ == "__main__":

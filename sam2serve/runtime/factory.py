@@ -85,20 +85,31 @@ def sam3_factory(settings: Settings) -> Callable[[ModelSpec, Path, torch.device]
     """The `ModelPool` factory for SAM 3 specs under `settings.runtime`:
 
     - "torch": Meta's fp32 model code, exact (`Sam3Runtime`);
-    - any other value ("auto", "openvino*"): on a CPU with native bf16, the fast path
-      (`sam3_fast.Sam3FastRuntime`: the image backbone and concept heads under torch's bf16
-      autocast, tolerance in `sam3_fast.TOLERANCE`); the exact runtime elsewhere (CUDA, a
-      CPU without native bf16, where bf16 would be emulated and slower). SAM 3 has no
-      OpenVINO graph: measured, it was no faster than autocast and costly to export.
+    - "openvino-bf16": on a CPU with native bf16, the bf16 fast path (`sam3_fast.
+      Sam3FastRuntime`: the image backbone under torch's bf16 autocast, tolerance in
+      `sam3_fast.TOLERANCE`);
+    - any other value ("auto", "openvino", "openvino-int8", "openvino-f32"): on a CPU with
+      native bf16 and int8 units (VNNI / AMX), the int8 path (`sam3_int8.Sam3Int8Runtime`:
+      the ViT trunk's linear layers in int8, the rest as the bf16 path; measured faster than
+      bf16 on such a CPU, docs/benchmarks.md; tolerance in `sam3_int8.TOLERANCE`), else the
+      bf16 fast path;
+    - the exact runtime wherever bf16 is not native (CUDA, older CPUs: emulated, slower).
+    SAM 3 has no OpenVINO graph: measured, it was no faster than autocast and costly to export.
     """
     if settings.runtime == "torch":
         return sam3_runtime_factory
+    want_int8 = settings.runtime != "openvino-bf16"
 
     def build(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Any:
         from sam2serve.runtime.sam3_fast import build_sam3_fast_runtime, native_bf16
 
         if device.type != "cpu" or not native_bf16():
             return sam3_runtime_factory(spec, checkpoint, device)
+        if want_int8:
+            from sam2serve.runtime.sam3_int8 import build_sam3_int8_runtime, native_int8
+
+            if native_int8():
+                return build_sam3_int8_runtime(spec, checkpoint, device)
         return build_sam3_fast_runtime(spec, checkpoint, device)
 
     return build

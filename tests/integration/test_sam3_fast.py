@@ -52,7 +52,7 @@ def test_fast_path_within_tolerance(pair, photo_set) -> None:
     ("runtime", "expected"),
     [
         ("torch", "Sam3Runtime"),
-        ("auto", "Sam3FastRuntime" if native_bf16() else "Sam3Runtime"),
+        ("openvino-bf16", "Sam3FastRuntime" if native_bf16() else "Sam3Runtime"),
     ],
 )
 def test_settings_pick_the_sam3_runtime(sam3_tiny_weights_dir: Path, runtime, expected) -> None:
