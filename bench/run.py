@@ -48,6 +48,7 @@ from bench.load import (
     server_env,
 )
 from sam2serve.registry import REGISTRY
+from sam2serve.runtime.cpu import fast_path_flags
 
 SPEC = REGISTRY["sam2.1_hiera_tiny"]
 ROOT = report.ROOT
@@ -141,7 +142,6 @@ def describe(cmd: list[str]) -> str:
 
 
 #: lscpu flags that decide which encoder precision runs fast (bf16, int8 dot products)
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 
 
 def cpu_kind(flags: list[str]) -> str:
@@ -166,8 +166,7 @@ def machine() -> dict[str, Any]:
     except ImportError:
         ov_version = "-"
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    line = next((ln for ln in lscpu.splitlines() if ln.startswith("Flags")), ":")
-    flags = [f for f in CPU_FLAGS if f in line.split(":", 1)[1].split()]
+    flags = fast_path_flags()
     return {
         "cpu": model,
         "cpu_flags": flags,

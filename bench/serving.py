@@ -131,12 +131,13 @@ def reset_peak(pid: int) -> None:
 def machine() -> dict[str, object]:
     import platform
 
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    from sam2serve.runtime.cpu import cpu_flags
+
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "load_average": os.getloadavg(),
-        "avx512_bf16": "avx512_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in cpu_flags(),
         "date": time.strftime("%Y-%m-%d"),
     }
 

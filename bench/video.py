@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from sam2serve.config import Settings
+from sam2serve.runtime.cpu import FAST_PATH_FLAGS, fast_path_flags
 from sam2serve.runtime.factory import video_parts
 from sam2serve.runtime.video_tracker import VideoTracker, build_video_model
 from sam2serve.testing import registry_with_test_model, write_random_checkpoint
@@ -53,19 +54,8 @@ from sam2serve.video.synthetic import (
 
 #: the model's parts a propagated frame runs through (everything else is bookkeeping)
 PARTS = ("image_encoder", "memory_attention", "sam_mask_decoder", "memory_encoder")
-CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx2")
 
 Masks = dict[int, np.ndarray]  # frame index -> (objects, H, W) bool
-
-
-def cpu_flags() -> list[str]:
-    """The CPU flags that decide the fast runtime's precision (Linux /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if "flags" in ln), [])
-    return [f for f in CPU_FLAGS if f in flags]
 
 
 @contextlib.contextmanager
@@ -290,7 +280,7 @@ def main() -> None:
         "model": spec.model_id,
         "device": args.device,
         "machine": platform.processor() or platform.machine(),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": fast_path_flags(),
         "threads": torch.get_num_threads(),
         "frames": args.frames,
         "rows": rows,
@@ -302,7 +292,7 @@ def main() -> None:
 
 
 def _print_tables(rows: list[dict]) -> None:
-    print(f"CPU flags: {' '.join(cpu_flags()) or 'none of ' + ', '.join(CPU_FLAGS)}")
+    print(f"CPU flags: {' '.join(fast_path_flags()) or 'none of ' + ', '.join(FAST_PATH_FLAGS)}")
     print("| runner | objects | s / frame | first frame s | vs reference | mean / min IoU | load |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -26,7 +26,6 @@ docs/benchmarks.md): looser on the trunk than bf16's, the same on scores and mas
 from __future__ import annotations
 
 import copy
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from sam2serve.registry import ModelSpec
+from sam2serve.runtime.cpu import cpu_flags
 from sam2serve.runtime.sam3_fast import Sam3FastRuntime, native_bf16
 from sam2serve.runtime.sam3_runtime import load_model
 
@@ -54,22 +54,10 @@ OUT_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-@cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 def native_int8() -> bool:
     """Whether this CPU has int8 dot-product units (AVX512-VNNI, AVX-VNNI or AMX) and torch
     has oneDNN's int8 linear: without them int8 is emulated and slower than bf16."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     has_units = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
     return has_units and hasattr(torch.ops.onednn, "qlinear_pointwise")
 

@@ -137,7 +137,7 @@ def test_int8_linear_matches_linear(in_features, out_features, gelu, out_dtype) 
     ],
 )
 def test_native_int8_needs_dot_product_units(monkeypatch, flags, expected) -> None:
-    monkeypatch.setattr(sam3_int8, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(sam3_int8, "cpu_flags", lambda: frozenset(flags))
     assert native_int8() is expected
 
 
