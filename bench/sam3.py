@@ -52,6 +52,19 @@ def _rss_gib() -> dict[str, float]:
     return out
 
 
+def bench_checkpoint(work_dir: Path, *, tiny: bool) -> tuple[Any, Path]:
+    """SAM 3's spec (the real architecture, or the tiny one) and its seeded random
+    checkpoint under `work_dir`/weights, written on first use (seed 1, as every SAM 3 bench)."""
+    from sam2serve.registry import SAM3_REGISTRY
+    from sam2serve.testing import sam3_tiny_spec, write_random_sam3_checkpoint
+
+    spec = sam3_tiny_spec() if tiny else SAM3_REGISTRY["sam3"]
+    checkpoint = work_dir / "weights" / spec.filename
+    if not checkpoint.exists():
+        write_random_sam3_checkpoint(spec, checkpoint.parent, seed=1)
+    return spec, checkpoint
+
+
 def _timed(fn: Any) -> float:
     started = time.perf_counter()
     fn()
@@ -131,23 +144,13 @@ def main() -> None:
     from sam3.model.sam3_image_processor import Sam3Processor
     from sam3.model_builder import build_sam3_image_model
 
-    from sam2serve.registry import SAM3_REGISTRY
     from sam2serve.runtime.sam3_build import bpe_path
     from sam2serve.runtime.sam3_device import on_device
     from sam2serve.runtime.sam3_fast import Sam3FastRuntime, native_bf16
     from sam2serve.runtime.sam3_int8 import Sam3Int8Runtime, int8_available
     from sam2serve.runtime.sam3_runtime import build_sam3_runtime, config_for, load_model
 
-    spec = SAM3_REGISTRY["sam3"]
-    if args.tiny:
-        from sam2serve.testing import sam3_tiny_spec
-
-        spec = sam3_tiny_spec()
-    checkpoint = args.work_dir / "weights" / spec.filename
-    if not checkpoint.exists():
-        from sam2serve.testing import write_random_sam3_checkpoint
-
-        write_random_sam3_checkpoint(spec, checkpoint.parent, seed=1)
+    spec, checkpoint = bench_checkpoint(args.work_dir, tiny=args.tiny)
     cpu = torch.device("cpu")
     memory: dict[str, Any] = {"start": _rss_gib()}
     load: dict[str, float] = {}

@@ -95,20 +95,11 @@ def main() -> None:
     args = parser.parse_args()
     import skimage.data
 
-    from sam2serve.registry import SAM3_REGISTRY
+    from bench.sam3 import bench_checkpoint
     from sam2serve.runtime.sam3_runtime import build_sam3_runtime
     from sam2serve.runtime.sam3_types import Sam3Features
 
-    spec = SAM3_REGISTRY["sam3"]
-    if args.tiny:
-        from sam2serve.testing import sam3_tiny_spec
-
-        spec = sam3_tiny_spec()
-    checkpoint = args.work_dir / "weights" / spec.filename
-    if not checkpoint.exists():
-        from sam2serve.testing import write_random_sam3_checkpoint
-
-        write_random_sam3_checkpoint(spec, checkpoint.parent, seed=1)
+    spec, checkpoint = bench_checkpoint(args.work_dir, tiny=args.tiny)
     runtime: Any = build_sam3_runtime(spec, checkpoint, torch.device("cpu"))
     if args.runtime == "fast":
         from sam2serve.runtime.sam3_fast import Sam3FastRuntime
