@@ -71,8 +71,9 @@ class Settings(BaseSettings):
             "auto: OpenVINO on CPU with the encoder measured fastest within the fast path's "
             "tolerance (f32, bf16 where the CPU has it, int8), torch on CUDA; "
             "torch: Meta's fp32 model code, exact; openvino-bf16 / -f32 / -int8 pin one. "
-            "SAM 3 (no OpenVINO graph): its ViT trunk's linear layers in int8 where the CPU "
-            "has bf16 + VNNI/AMX, its backbone in bf16 with openvino-bf16 or without VNNI"
+            "SAM 3 (no OpenVINO graph): exact fp32 with torch or openvino-f32, else its ViT "
+            "trunk's linear layers in int8 where the CPU has bf16 + VNNI/AMX, its backbone "
+            "in bf16 with openvino-bf16 or without VNNI"
         ),
     )
     runtime_cache_dir: Path = Field(

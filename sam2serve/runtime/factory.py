@@ -84,11 +84,12 @@ def video_parts(
 def sam3_factory(settings: Settings) -> Callable[[ModelSpec, Path, torch.device], Any]:
     """The `ModelPool` factory for SAM 3 specs under `settings.runtime`:
 
-    - "torch": Meta's fp32 model code, exact (`Sam3Runtime`);
+    - "torch" and "openvino-f32": Meta's fp32 model code, exact (`Sam3Runtime`): pinning
+      f32 asks for no reduced precision, and SAM 3 has no f32 graph faster than torch's;
     - "openvino-bf16": on a CPU with native bf16, the bf16 fast path (`sam3_fast.
       Sam3FastRuntime`: the image backbone under torch's bf16 autocast, tolerance in
       `sam3_fast.TOLERANCE`);
-    - any other value ("auto", "openvino", "openvino-int8", "openvino-f32"): on a CPU with
+    - any other value ("auto", "openvino", "openvino-int8"): on a CPU with
       native bf16 and int8 units (VNNI / AMX), the int8 path (`sam3_int8.Sam3Int8Runtime`:
       the ViT trunk's linear layers in int8, the rest as the bf16 path; measured faster than
       bf16 on such a CPU, docs/benchmarks.md; tolerance in `sam3_int8.TOLERANCE`), else the
@@ -96,7 +97,7 @@ def sam3_factory(settings: Settings) -> Callable[[ModelSpec, Path, torch.device]
     - the exact runtime wherever bf16 is not native (CUDA, older CPUs: emulated, slower).
     SAM 3 has no OpenVINO graph: measured, it was no faster than autocast and costly to export.
     """
-    if settings.runtime == "torch":
+    if settings.runtime in ("torch", "openvino-f32"):
         return sam3_runtime_factory
     want_int8 = settings.runtime != "openvino-bf16"
 

@@ -145,6 +145,7 @@ def test_native_int8_needs_dot_product_units(monkeypatch, flags, expected) -> No
     ("runtime", "expected"),
     [
         ("torch", "Sam3Runtime"),
+        ("openvino-f32", "Sam3Runtime"),  # pinned f32: no reduced precision for SAM 3 either
         ("openvino-bf16", "Sam3FastRuntime" if int8_available(CPU) else None),
         ("auto", "Sam3Int8Runtime" if int8_available(CPU) else None),
         ("openvino-int8", "Sam3Int8Runtime" if int8_available(CPU) else None),
