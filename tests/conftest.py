@@ -158,3 +158,36 @@ def make_client(tiny_weights_dir: Path) -> Iterator:
 @pytest.fixture
 def client(make_client):  # type: ignore[no-untyped-def]
     return make_client()
+
+
+@pytest.fixture(scope="module")
+def make_sam3_client(
+    tmp_path_factory: pytest.TempPathFactory, tiny_weights_dir: Path, sam3_tiny_weights_dir: Path
+) -> Iterator:
+    """Apps serving the tiny SAM 2 and the tiny SAM 3 (seeded random weights, one weights
+    directory): `make(sam3={...SAM 3 settings}, **Settings overrides)`."""
+    from fastapi.testclient import TestClient
+
+    from sam2serve.api.app import create_app
+    from sam2serve.sam3.config import Sam3Settings
+    from sam2serve.wiring import build_services
+    from tests.helpers_sam3 import both_registries, link_weights, sam3_settings
+
+    weights = link_weights(
+        tmp_path_factory.mktemp("weights-both"), tiny_weights_dir, sam3_tiny_weights_dir
+    )
+    clients: list[TestClient] = []
+
+    def make(sam3: dict | None = None, **overrides: object) -> TestClient:
+        settings = sam3_settings(weights, **overrides)
+        services = build_services(
+            settings, both_registries(), sam3_settings=Sam3Settings(**(sam3 or {}))
+        )
+        client = TestClient(create_app(settings, services), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

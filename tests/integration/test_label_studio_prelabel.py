@@ -6,8 +6,6 @@ labels and scores equal; the per-prompt cap and the prompts-per-request cap; the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import label_studio_sdk.converter.brush as ls_brush
@@ -19,7 +17,7 @@ from sam2serve.label_studio.results import mask_box_pct
 from sam2serve.media.postprocess import mask_to_polygons, rle_to_mask
 from sam2serve.testing import SAM3_TEST_MODEL_ID
 from tests.conftest import encode_image, photos
-from tests.helpers_sam3 import both_registries, link_weights, sam3_settings, threshold_in_band
+from tests.helpers_sam3 import threshold_in_band
 
 RGB = photos()["coffee"]  # 400 x 600
 H, W = RGB.shape[:2]
@@ -36,36 +34,6 @@ SHAPES_CONFIG = """<View>
 LS = "/label-studio"
 NO_BOXES = np.zeros((0, 4), dtype=np.float32)
 NO_LABELS = np.zeros((0,), dtype=bool)
-
-
-@pytest.fixture(scope="module")
-def make_sam3_client(
-    tmp_path_factory: pytest.TempPathFactory, tiny_weights_dir: Path, sam3_tiny_weights_dir: Path
-) -> Iterator:
-    from fastapi.testclient import TestClient
-
-    from sam2serve.api.app import create_app
-    from sam2serve.sam3.config import Sam3Settings
-    from sam2serve.wiring import build_services
-
-    weights = link_weights(
-        tmp_path_factory.mktemp("weights-both"), tiny_weights_dir, sam3_tiny_weights_dir
-    )
-    clients: list[TestClient] = []
-
-    def make(sam3: dict | None = None, **overrides: object) -> TestClient:
-        settings = sam3_settings(weights, **overrides)
-        services = build_services(
-            settings, both_registries(), sam3_settings=Sam3Settings(**(sam3 or {}))
-        )
-        client = TestClient(create_app(settings, services), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")

@@ -4,57 +4,18 @@ the documented selection (threshold, best first, NMS, caps), read back from the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from sam2serve.media.postprocess import polygons_to_mask, rle_to_mask
 from sam2serve.testing import SAM3_TEST_MODEL_ID, TEST_MODEL_ID
 from tests.conftest import encode_image, photos
-from tests.helpers_sam3 import both_registries, link_weights, sam3_settings
 
 RGB = photos()["coffee"]  # 400 x 600
 H, W = RGB.shape[:2]
 IMAGE = {"type": "base64", "value": encode_image(RGB)}
 NO_BOXES = np.zeros((0, 4), dtype=np.float32)
 NO_LABELS = np.zeros((0,), dtype=bool)
-
-
-@pytest.fixture(scope="module")
-def sam3_weights_dir(
-    tmp_path_factory: pytest.TempPathFactory, tiny_weights_dir: Path, sam3_tiny_weights_dir: Path
-) -> Path:
-    """The tiny SAM 2 and tiny SAM 3 checkpoints (seeded random weights), one directory."""
-    return link_weights(
-        tmp_path_factory.mktemp("weights-both"), tiny_weights_dir, sam3_tiny_weights_dir
-    )
-
-
-@pytest.fixture(scope="module")
-def make_sam3_client(sam3_weights_dir: Path) -> Iterator:
-    from fastapi.testclient import TestClient
-
-    from sam2serve.api.app import create_app
-    from sam2serve.sam3.config import Sam3Settings
-    from sam2serve.wiring import build_services
-
-    clients: list[TestClient] = []
-
-    def make(sam3: dict | None = None, **overrides: object) -> TestClient:
-        settings = sam3_settings(sam3_weights_dir, **overrides)
-        services = build_services(
-            settings, both_registries(), sam3_settings=Sam3Settings(**(sam3 or {}))
-        )
-        client = TestClient(create_app(settings, services), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
