@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -132,19 +133,17 @@ def tiny_settings(weights_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture
-def make_client(tiny_weights_dir: Path) -> Iterator:
-    """Factory: a TestClient over an app on the tiny model, with Settings overrides."""
+def _clients(build: Callable[..., tuple[Settings, Any]]) -> Iterator[Callable[..., Any]]:
+    """Yield a factory of entered TestClients over the apps `build(**kwargs)` describes
+    (settings, services); every one made is exited after."""
     from fastapi.testclient import TestClient
 
     from sam2serve.api.app import create_app
-    from sam2serve.wiring import build_services
 
     clients: list[TestClient] = []
 
-    def make(**overrides: object) -> TestClient:
-        settings = tiny_settings(tiny_weights_dir, **overrides)
-        services = build_services(settings, registry_with_test_model())
+    def make(**kwargs: object) -> TestClient:
+        settings, services = build(**kwargs)
         client = TestClient(create_app(settings, services), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
@@ -153,6 +152,18 @@ def make_client(tiny_weights_dir: Path) -> Iterator:
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def make_client(tiny_weights_dir: Path) -> Iterator:
+    """Factory: a TestClient over an app on the tiny model, with Settings overrides."""
+    from sam2serve.wiring import build_services
+
+    def build(**overrides: object) -> tuple[Settings, Any]:
+        settings = tiny_settings(tiny_weights_dir, **overrides)
+        return settings, build_services(settings, registry_with_test_model())
+
+    yield from _clients(build)
 
 
 @pytest.fixture
@@ -166,9 +177,6 @@ def make_sam3_client(
 ) -> Iterator:
     """Apps serving the tiny SAM 2 and the tiny SAM 3 (seeded random weights, one weights
     directory): `make(sam3={...SAM 3 settings}, **Settings overrides)`."""
-    from fastapi.testclient import TestClient
-
-    from sam2serve.api.app import create_app
     from sam2serve.sam3.config import Sam3Settings
     from sam2serve.wiring import build_services
     from tests.helpers_sam3 import both_registries, link_weights, sam3_settings
@@ -176,18 +184,12 @@ def make_sam3_client(
     weights = link_weights(
         tmp_path_factory.mktemp("weights-both"), tiny_weights_dir, sam3_tiny_weights_dir
     )
-    clients: list[TestClient] = []
 
-    def make(sam3: dict | None = None, **overrides: object) -> TestClient:
+    def build(sam3: dict | None = None, **overrides: object) -> tuple[Settings, Any]:
         settings = sam3_settings(weights, **overrides)
         services = build_services(
             settings, both_registries(), sam3_settings=Sam3Settings(**(sam3 or {}))
         )
-        client = TestClient(create_app(settings, services), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
+        return settings, services
 
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    yield from _clients(build)
