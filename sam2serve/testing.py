@@ -18,6 +18,7 @@ import httpx
 import torch
 
 from sam2serve.registry import REGISTRY, SAM3_REGISTRY, ModelSpec
+from sam2serve.runtime.bf16_attention import Bf16Attention
 from sam2serve.runtime.torch_runtime import build_model
 
 # A small architecture for fast tests: SAM 2.1 tiny with 256 px input and five blocks
@@ -131,3 +132,16 @@ def wait_until_ready(
         if time.monotonic() > deadline:
             raise RuntimeError(f"server not ready after {timeout_s:g} s")
         time.sleep(poll_s)
+
+
+class CountingAttention(Bf16Attention):
+    """The bf16 attention kernel routing every plain call (`min_tokens=1`: the tiny configs'
+    sequences are shorter than the real ones' threshold), counting them."""
+
+    def __init__(self) -> None:
+        super().__init__(threads=2, min_tokens=1)
+        self.calls = 0
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().__call__(q, k, v)

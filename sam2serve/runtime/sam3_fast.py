@@ -1,10 +1,11 @@
 """SAM 3's fast CPU path: Meta's same torch modules under torch's CPU autocast in bf16
-(matmuls, convolutions and attention in bf16 through oneDNN, the rest fp32), on a CPU that
-computes bf16 natively (AVX512-BF16 / AMX). The ViT trunk and the necks run so; features
-are kept in fp32 (same size and format as the exact runtime's). The text encoder and the
-concept heads run in bf16 too, but with every attention in fp32 (`sam3_heads`: torch's CPU
-flash attention is slower in bf16, which made plain autocast of the heads slower than fp32);
-text embeddings and concept outputs come back fp32. The segmentation head runs only when
+(matmuls and convolutions in bf16 through oneDNN, the rest fp32), on a CPU that computes bf16
+natively (AVX512-BF16 / AMX). The ViT trunk and the necks run so; features are kept in fp32
+(same size and format as the exact runtime's). The text encoder and the concept heads run in
+bf16 too, with attention kept out of autocast (`sam3_heads`: torch's CPU flash attention is
+slower in bf16). Long self-attention, the ViT's and the fusion encoder's, runs in bf16 on
+OpenVINO's attention kernel instead (`bf16_attention`: ~1.9x torch's), the rest in fp32.
+Text embeddings and concept outputs come back fp32. The segmentation head runs only when
 masks are asked for, for those queries (`sam3_heads.SegmentLater`). The instance predictor
 stays exact.
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from sam2serve.registry import ModelSpec
+from sam2serve.runtime.bf16_attention import Bf16Attention, routed
 from sam2serve.runtime.sam3_heads import (
     bf16_heads,
     ground_then_segment_later,
@@ -50,7 +52,7 @@ def native_bf16() -> bool:
 
 class Sam3FastRuntime(Sam3Runtime):
     """`Sam3Runtime` with the image backbone (trunk + necks) in bf16 autocast, the text
-    encoder and concept heads in bf16 with fp32 attention."""
+    encoder and concept heads in bf16; long self-attention on `attention` (bf16, OpenVINO)."""
 
     precision = "bf16"
     tolerance = TOLERANCE
@@ -58,13 +60,15 @@ class Sam3FastRuntime(Sam3Runtime):
     def __init__(self, model_id: str, model: torch.nn.Module, device: torch.device) -> None:
         super().__init__(model_id, model, device)
         install_fp32_attention(model)  # inert outside bf16_heads(): a shared model stays exact
+        # long self-attention (the trunk's, the fusion encoder's) in bf16 on OpenVINO's kernel
+        self.attention = Bf16Attention(torch.get_num_threads()) if device.type == "cpu" else None
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @torch.inference_mode()
     def trunk(self, rgb: np.ndarray) -> torch.Tensor:
-        with self._autocast():
+        with self._autocast(), routed(self.attention):
             return super().trunk(rgb)
 
     @torch.inference_mode()
@@ -80,8 +84,8 @@ class Sam3FastRuntime(Sam3Runtime):
 
     @torch.inference_mode()
     def encode_text(self, phrases: list[str]) -> list[TextEmbedding]:
-        """The text encoder in bf16 (attention fp32); embeddings fp32, as the exact ones."""
-        with bf16_heads(self.device):
+        """The text encoder in bf16 (attention fp32: causal); embeddings fp32, as the exact ones."""
+        with bf16_heads(self.device, self.attention):
             texts = super().encode_text(phrases)
         return [
             TextEmbedding(phrase=t.phrase, features=t.features.float(), mask=t.mask) for t in texts
@@ -95,8 +99,9 @@ class Sam3FastRuntime(Sam3Runtime):
         boxes_xyxy: np.ndarray,
         box_labels: np.ndarray,
     ) -> ConceptOutput:
-        """The concept heads in bf16, attention fp32 (outputs fp32, as the exact ones)."""
-        with bf16_heads(self.device):
+        """The concept heads in bf16, the fusion encoder's self-attention on `attention`, other
+        attention fp32 (outputs fp32, as the exact ones)."""
+        with bf16_heads(self.device, self.attention):
             return super().concept(features, text, boxes_xyxy, box_labels)
 
     def _ground(self, backbone_out: dict, prompt: object) -> tuple[dict, Any]:

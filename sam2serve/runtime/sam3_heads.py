@@ -12,7 +12,10 @@ tokens x 32 dims: 0.91 s against 0.63 s per call, measured on the Zen 4 box), an
 calls it 6 times per phrase. Convolutions and linear layers do gain (the 288² 3x3 conv 2.5 s
 -> 0.8-1.0 s, the FFN's linears 1.7x). So here autocast runs everything but attention:
 every `nn.MultiheadAttention` of the model runs with autocast off (fp32 in, fp32 out) while
-`bf16_heads()` is active in this thread, and the rest as autocast decides.
+`bf16_heads()` is active in this thread, and the rest as autocast decides. Inside those
+modules, the long self-attention (the fusion encoder's 5184 image tokens) goes to the bf16
+kernel `bf16_heads` is given (`bf16_attention`: OpenVINO's, ~1.7x torch's fp32 at that shape);
+masked and short attention stays fp32 torch.
 
 The hooks are installed once per model and do nothing outside `bf16_heads()` (a context
 variable), so the exact runtime sharing the same modules stays exact, also from another thread.
@@ -28,12 +31,18 @@ from typing import Any
 
 import torch
 
+from sam2serve.runtime.bf16_attention import Bf16Attention, routed
+
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("sam3_bf16_heads", default=False)
+#: The bf16 attention kernel the hooked attention sends its long self-attention to, if any.
+_KERNEL: contextvars.ContextVar[Bf16Attention | None] = contextvars.ContextVar(
+    "sam3_attention_kernel", default=None
+)
 _HOOKED = "_sam2serve_fp32_attention"
 _stacks = threading.local()
 
 
-def _stack() -> list[contextlib.AbstractContextManager]:
+def _stack() -> list[contextlib.ExitStack]:
     if not hasattr(_stacks, "items"):
         _stacks.items = []
     return _stacks.items
@@ -42,9 +51,10 @@ def _stack() -> list[contextlib.AbstractContextManager]:
 def _attention_pre(module: torch.nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
     if not _ACTIVE.get():
         return None
-    off = torch.autocast("cpu", enabled=False)
-    off.__enter__()
-    _stack().append(off)
+    scope = contextlib.ExitStack()
+    scope.enter_context(torch.autocast("cpu", enabled=False))
+    scope.enter_context(routed(_KERNEL.get()))
+    _stack().append(scope)
     # inputs may come straight out of a bf16 op (e.g. a linear): attention computes in fp32
     up = [a.float() if torch.is_tensor(a) and a.dtype == torch.bfloat16 else a for a in args]
     kw = {
@@ -56,7 +66,7 @@ def _attention_pre(module: torch.nn.Module, args: Any, kwargs: Any) -> tuple[Any
 
 def _attention_post(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
     if _ACTIVE.get():
-        _stack().pop().__exit__(None, None, None)
+        _stack().pop().close()
 
 
 def install_fp32_attention(model: torch.nn.Module) -> None:
@@ -72,14 +82,16 @@ def install_fp32_attention(model: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def bf16_heads(device: torch.device) -> Iterator[None]:
-    """bf16 autocast for this thread's SAM 3 calls, attention kept fp32 (models hooked by
-    `install_fp32_attention`)."""
-    token = _ACTIVE.set(True)
+def bf16_heads(device: torch.device, attention: Bf16Attention | None = None) -> Iterator[None]:
+    """bf16 autocast for this thread's SAM 3 calls, attention kept out of autocast (models
+    hooked by `install_fp32_attention`): fp32, except long self-attention, which goes to
+    `attention` (bf16 on OpenVINO's kernel) when one is given."""
+    token, kernel = _ACTIVE.set(True), _KERNEL.set(attention)
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
     finally:
+        _KERNEL.reset(kernel)
         _ACTIVE.reset(token)
 
 

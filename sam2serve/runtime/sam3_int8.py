@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from sam2serve.registry import ModelSpec
+from sam2serve.runtime.bf16_attention import routed
 from sam2serve.runtime.cpu import cpu_flags
 from sam2serve.runtime.sam3_fast import Sam3FastRuntime, native_bf16
 from sam2serve.runtime.sam3_runtime import load_model
@@ -171,7 +172,7 @@ class Sam3Int8Runtime(Sam3FastRuntime):
     def trunk(self, rgb: np.ndarray) -> torch.Tensor:
         from sam2serve.runtime.sam3_device import on_device
 
-        with on_device(self.device), self._autocast():
+        with on_device(self.device), self._autocast(), routed(self.attention):
             return self._trunk(self.preprocess(rgb))[-1]
 
 

@@ -11,7 +11,7 @@ import torch
 
 from sam2serve.runtime.sam3_fast import TOLERANCE, Sam3FastRuntime, native_bf16
 from sam2serve.runtime.sam3_runtime import Sam3Runtime, build_sam3_runtime, load_model
-from sam2serve.testing import sam3_tiny_spec
+from sam2serve.testing import CountingAttention, sam3_tiny_spec
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16")
@@ -26,10 +26,17 @@ def pair(sam3_tiny_weights_dir: Path) -> tuple[Sam3Runtime, Sam3FastRuntime]:
 
 
 @needs_bf16
-def test_fast_path_within_tolerance(pair, photo_set) -> None:
+@pytest.mark.parametrize("route_all", [False, True], ids=["as-shipped", "all-attention-bf16"])
+def test_fast_path_within_tolerance(pair, photo_set, monkeypatch, route_all) -> None:
+    """As shipped, the tiny config's sequences are too short for the bf16 attention kernel;
+    routing all of them to it checks the kernel's path end to end (the real config's)."""
     exact, fast = pair
+    kernel = CountingAttention()
+    if route_all:
+        monkeypatch.setattr(fast, "attention", kernel)
     rgb = photo_set["chelsea"]
     want, got = exact.trunk(rgb), fast.trunk(rgb)
+    assert (kernel.calls > 0) is route_all  # the ViT's attention
     assert got.shape == want.shape
     rel = float((got - want).norm() / want.norm())
     assert 0 < rel <= TOLERANCE["trunk_rel"]  # really bf16, and close
@@ -39,7 +46,9 @@ def test_fast_path_within_tolerance(pair, photo_set) -> None:
     [text] = exact.encode_text(["cat"])
     boxes, labels = np.array([[50, 40, 300, 250]]), np.array([True])
     a = exact.concept(fa, text, boxes, labels)
+    trunk_calls = kernel.calls
     b = fast.concept(fb, text, boxes, labels)
+    assert (kernel.calls > trunk_calls) is route_all  # the fusion encoder's self-attention
     assert 0 < float(np.abs(a.scores - b.scores).max()) <= TOLERANCE["score_abs"]
     keep = np.flatnonzero(a.scores > np.quantile(a.scores, 0.9))
     ma, mb = exact.masks(fa, a, keep), fast.masks(fb, b, keep)

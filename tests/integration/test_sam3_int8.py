@@ -23,7 +23,7 @@ from sam2serve.runtime.sam3_int8 import (
     native_int8,
 )
 from sam2serve.runtime.sam3_runtime import Sam3Runtime, build_sam3_runtime
-from sam2serve.testing import sam3_tiny_spec
+from sam2serve.testing import CountingAttention, sam3_tiny_spec
 
 CPU = torch.device("cpu")
 needs_int8 = pytest.mark.skipif(
@@ -71,9 +71,16 @@ def tiny_pair(sam3_tiny_weights_dir: Path) -> tuple[Sam3Runtime, Sam3Int8Runtime
 
 
 @needs_int8
-def test_int8_path_within_tolerance(tiny_pair, photo_set) -> None:
+@pytest.mark.parametrize("route_all", [False, True], ids=["as-shipped", "all-attention-bf16"])
+def test_int8_path_within_tolerance(tiny_pair, photo_set, monkeypatch, route_all) -> None:
+    """`route_all`: every attention on the bf16 kernel (the tiny config's sequences are too
+    short for it as shipped; the real config's are not)."""
     exact, fast = tiny_pair
+    kernel = CountingAttention()
+    if route_all:
+        monkeypatch.setattr(fast, "attention", kernel)
     _check_against_exact(exact, fast, photo_set["chelsea"], [50, 40, 300, 250])
+    assert (kernel.calls > 0) is route_all
 
 
 @needs_int8
