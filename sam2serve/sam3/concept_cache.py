@@ -14,10 +14,12 @@ entries when its runtime is replaced (as for the phrase cache).
 Bytes per entry (`ConceptOutput.nbytes`; the image's features are the store's and are not
 charged: an entry never outlives them), real config (200 queries, 72 x 72 tokens, d = 256,
 masks 288 x 288):
-  fast runtime (segmentation head deferred): fusion memory 5.3 MB + prompt, queries and
-  arrays ~0.3 MB + the pixel embedding (1, 256, 288, 288) bf16 42.5 MB = ~48 MB;
+  fast runtime (segmentation head deferred): fusion memory (5184, 1, 256) fp32 5.3 MB +
+  queries, prompt and arrays 0.25 MB + the pixel embedding (1, 256, 288, 288) bf16 42.5 MB
+  (charged from the start: it is kept once masks are asked) = 48.0 MB;
   exact runtime: all 200 mask logits (200, 288, 288) fp32 = 66.4 MB.
-The default 256 MiB keeps ~5 of those; 64 entries fit on the tiny test config.
+The default 256 MiB keeps 5 (4 exact). Tiny test config (8 x 8 tokens, masks 32 x 32),
+measured: 833,257 bytes (fast), 824,000 (exact).
 
 Runs on the event loop thread only; the features' finalizer hands its drop to the loop.
 """
