@@ -113,10 +113,16 @@ def ground_then_segment_later(
         memory=memory,
         prompt=prompt,
         prompt_mask=prompt_mask,
-        queries=hs[-1],
+        queries=hs[-1].clone(),  # a view would keep every decoder layer's output alive
         device=memory.device,
     )
     return out, later
+
+
+def storage_nbytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the storages `tensors` keep alive (a view keeps all of its base), each once."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
 
 
 class SegmentLater:
@@ -154,10 +160,10 @@ class SegmentLater:
         """Bytes held beyond the image's features (`fpn` is theirs), the pixel embedding
         counted from the start: (1, D, 4s, 4s) bf16, kept after first use, so a cache that
         charges this never grows past its budget when masks are asked later."""
-        own = (self.memory, self.prompt, self.prompt_mask, self.queries, self.image_ids)
-        held = sum(t.element_size() * t.nelement() for t in own)
+        own = [self.memory, self.prompt, self.prompt_mask, self.queries, self.image_ids]
         if self._embeds is not None:
-            return held + self._embeds.element_size() * self._embeds.nelement()
+            return storage_nbytes([*own, self._embeds])
+        held = storage_nbytes(own)
         channels = int(self.head.instance_seg_head.out_channels)
         height, width = self.fpn[0].shape[-2:]
         return held + channels * int(height) * int(width) * _BF16_BYTES

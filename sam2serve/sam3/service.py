@@ -296,8 +296,10 @@ class Sam3Service:
         texts = await self._text_embeddings(scope, namespace, [plans[i] for i in todo])
         outs: list[ConceptOutput] = []
         for i, (p, key) in enumerate(zip(plans, keys, strict=True)):
-            if i in found:
-                outs.append(found[i])
+            # kept now, maybe by a request that finished while this one encoded its phrases
+            kept = found[i] if i in found else self.concepts.get(key, features)
+            if kept is not None:
+                outs.append(kept)
                 continue
             task = self.concepts.pending(key)
             if task is None:

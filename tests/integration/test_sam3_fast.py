@@ -131,9 +131,9 @@ def test_a_deferred_output_charges_what_it_will_hold(pair, photo_set) -> None:
     charged = out.nbytes
     fast.masks(features, out, np.array([0, 5]))
     assert later._embeds is not None and out.nbytes == charged
-    held = (later.memory, later.prompt, later.prompt_mask, later.queries, later.image_ids)
+    held = (later.memory, later.prompt, later.prompt_mask, later.queries, later._embeds)
     arrays = out.scores.nbytes + out.boxes_xyxy.nbytes + out.logits.nbytes
-    tensors = sum(t.element_size() * t.nelement() for t in (*held, later._embeds))
-    assert charged == arrays + tensors
+    storages = sum(t.untyped_storage().nbytes() for t in held)  # views keep their bases
+    assert charged == arrays + storages + later.image_ids.untyped_storage().nbytes()
     full = exact.concept(exact.embed(photo_set["chelsea"]), text, boxes, labels)
     assert full.nbytes == arrays + full.mask_logits.nelement() * 4
