@@ -148,7 +148,8 @@ async def info(request: Request) -> dict[str, Any]:
     if not _has_valid_key(request, service):
         for private in _PRIVATE_INFO:
             body.pop(private, None)
-        body["sam3"].pop("text_cache", None)  # cache figures need a key
+        for figures in ("text_cache", "concept_cache"):  # cache figures need a key
+            body["sam3"].pop(figures, None)
         body["detail"] = (
             "send an API key for device, runtime, cache, shared tier and memory figures"
         )

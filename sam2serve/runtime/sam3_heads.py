@@ -39,6 +39,7 @@ _KERNEL: contextvars.ContextVar[Bf16Attention | None] = contextvars.ContextVar(
     "sam3_attention_kernel", default=None
 )
 _HOOKED = "_sam2serve_fp32_attention"
+_BF16_BYTES = torch.finfo(torch.bfloat16).bits // 8
 _stacks = threading.local()
 
 
@@ -124,17 +125,28 @@ def ground_then_segment_later(
         memory=memory,
         prompt=prompt,
         prompt_mask=prompt_mask,
-        queries=hs[-1],
+        queries=hs[-1].clone(),  # a view would keep every decoder layer's output alive
         device=memory.device,
     )
     return out, later
+
+
+def storage_nbytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the storages `tensors` keep alive (a view keeps all of its base), each once."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
 
 
 class SegmentLater:
     """`UniversalSegmentationHead.forward` for chosen queries: the pixel decoder and the
     instance projection once (on first use, then kept: (1, 256, 288, 288) bf16, 42 MB), the
     mask einsum per call for the queries asked. Skips what the processor never reads (the
-    semantic head, the head's own presence logit). Same modules, bf16 as `bf16_heads`."""
+    semantic head, the head's own presence logit). Same modules, bf16 as `bf16_heads`.
+
+    What it keeps alive (real config): the image's `fpn` (the features' own tensors: the
+    runtime's device is where the store keeps them, so nothing is copied), the fusion
+    encoder's `memory` (5184, 1, 256), the prompt (L, 1, 256), the decoder's queries
+    (1, 200, 256), and after first use the pixel embedding (see `nbytes`)."""
 
     def __init__(
         self,
@@ -154,6 +166,19 @@ class SegmentLater:
         self.device = device
         self._embeds: torch.Tensor | None = None
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held beyond the image's features (`fpn` is theirs), the pixel embedding
+        counted from the start: (1, D, 4s, 4s) bf16, kept after first use, so a cache that
+        charges this never grows past its budget when masks are asked later."""
+        own = [self.memory, self.prompt, self.prompt_mask, self.queries, self.image_ids]
+        if self._embeds is not None:
+            return storage_nbytes([*own, self._embeds])
+        held = storage_nbytes(own)
+        channels = int(self.head.instance_seg_head.out_channels)
+        height, width = self.fpn[0].shape[-2:]
+        return held + channels * int(height) * int(width) * _BF16_BYTES
 
     @torch.inference_mode()
     def _instance_embeds(self) -> torch.Tensor:

@@ -9,7 +9,9 @@ admission and lane bounds for both families). A concept request, in order:
   4. the phrases' text embeddings: kept ones reused, new ones  (text_cache; embed lane)
      encoded in one call
   5. each prompt through the concept heads: one embed-lane job (runtime.concept)
-     per prompt, so other work interleaves
+     per prompt, so other work interleaves; an output kept for (concept_cache)
+     this image, prompt and boxes is reused (a repeated prompt
+     skips the fusion encoder and decoder), one in flight joined
   6. thresholds, cross-prompt NMS, the caps, the masks and the (selection; embed lane)
      answer's format, in one embed-lane job
 
@@ -38,6 +40,7 @@ from sam2serve.media import postprocess
 from sam2serve.media.decode import LoadedImage
 from sam2serve.registry import SAM3_ALIASES, ModelSpec
 from sam2serve.runtime.sam3_types import ConceptOutput, Sam3Features, TextEmbedding
+from sam2serve.sam3.concept_cache import ConceptCache, ConceptKey
 from sam2serve.sam3.config import Sam3Settings
 from sam2serve.sam3.interactive import click_inst, inst_view
 from sam2serve.sam3.schema import (
@@ -89,10 +92,12 @@ class Sam3Service:
     def __init__(self, images: ImageService, settings: Sam3Settings | None = None) -> None:
         self.images = images
         self.settings = settings or Sam3Settings()
-        self.texts = TextCache(self.settings.text_cache_entries, self.settings.text_cache_bytes)
-        # model id -> the runtime its kept phrases came from (weakly: an evicted model is
-        # freed); another runtime under the id (a reload) starts with no phrases
-        self._text_source: dict[str, weakref.ref[Any]] = {}
+        s = self.settings
+        self.texts = TextCache(s.text_cache_entries, s.text_cache_bytes)
+        self.concepts = ConceptCache(s.concept_cache_entries, s.concept_cache_bytes)
+        # model id -> the runtime its kept phrases and outputs came from (weakly: an evicted
+        # model is freed); another runtime under the id (a reload) starts with none
+        self._source: dict[str, weakref.ref[Any]] = {}
 
     @property
     def limits(self) -> Sam3Limits:
@@ -120,6 +125,7 @@ class Sam3Service:
                 "max_mask_pixels": self.images.settings.max_mask_pixels,
             },
             "text_cache": self.texts.describe(),
+            "concept_cache": self.concepts.describe(),
         }
 
     def spec_for(self, requested: str | None) -> ModelSpec:
@@ -175,15 +181,9 @@ class Sam3Service:
         scope = got.scope
         features = got.stored.features
         plans = [plan(p) for p in request.prompts]
-        texts = await self._text_embeddings(scope, namespace, plans)
+        self._check_runtime(scope)
+        outs = await self._concepts(scope, got.stored, namespace, plans)
         lane = self.images.embed_lane
-        outs: list[ConceptOutput] = []
-        for p in plans:
-            text = texts[p.phrase if p.phrase is not None else VISUAL_PHRASE]
-            out = await lane.run(
-                scope.runtime.concept, features, text, p.boxes_xyxy, p.labels, tenant=namespace
-            )
-            outs.append(out)
         results = await lane.run(
             self._answer, scope, features, outs, request, budget, tenant=namespace
         )
@@ -263,6 +263,70 @@ class Sam3Service:
             )
         return _Got(scope, stored)
 
+    def _check_runtime(self, scope: Scope) -> None:
+        """Forget the model's kept phrases and outputs when its runtime is not the one they
+        came from (a reload: other weights or precision, maybe)."""
+        model_id = scope.spec.model_id
+        source = self._source.get(model_id)
+        if source is None or source() is not scope.runtime:
+            self.texts.drop_model(model_id)
+            self.concepts.drop_model(model_id)
+            self._source[model_id] = weakref.ref(scope.runtime)
+
+    async def _concepts(
+        self, scope: Scope, stored: StoredImage, namespace: str, plans: list[PromptPlan]
+    ) -> list[ConceptOutput]:
+        """Each prompt's concept output: kept ones from the cache, ones another request is
+        computing now from its task, the rest on the embed lane one prompt per job (each
+        finishes and fills the cache even if this request goes away: others may wait)."""
+        features = stored.features
+        assert isinstance(features, Sam3Features)  # checked by `_features`
+        precision = str(getattr(scope.runtime, "precision", type(scope.runtime).__name__))
+        keys = [
+            ConceptKey.of(stored.entry, precision, p.phrase, p.boxes_xyxy, p.labels) for p in plans
+        ]
+        found: dict[int, ConceptOutput] = {}
+        for i, key in enumerate(keys):
+            kept = self.concepts.get(key, features)
+            if kept is not None:
+                found[i] = kept
+        todo = [i for i in range(len(plans)) if i not in found]
+        if not todo:
+            return [found[i] for i in range(len(plans))]
+        texts = await self._text_embeddings(scope, namespace, [plans[i] for i in todo])
+        outs: list[ConceptOutput] = []
+        for i, (p, key) in enumerate(zip(plans, keys, strict=True)):
+            # kept now, maybe by a request that finished while this one encoded its phrases
+            kept = found[i] if i in found else self.concepts.get(key, features)
+            if kept is not None:
+                outs.append(kept)
+                continue
+            task = self.concepts.pending(key)
+            if task is None:
+                text = texts[p.phrase if p.phrase is not None else VISUAL_PHRASE]
+                task = asyncio.get_running_loop().create_task(
+                    self._concept(scope, features, key, p, text, namespace)
+                )
+                self.concepts.track(key, task)
+            outs.append(await asyncio.shield(task))
+        return outs
+
+    async def _concept(
+        self,
+        scope: Scope,
+        features: Sam3Features,
+        key: ConceptKey,
+        p: PromptPlan,
+        text: TextEmbedding,
+        namespace: str,
+    ) -> ConceptOutput:
+        """One prompt through the concept heads (an embed-lane job), kept in the cache."""
+        out = await self.images.embed_lane.run(
+            scope.runtime.concept, features, text, p.boxes_xyxy, p.labels, tenant=namespace
+        )
+        self.concepts.put(key, features, out)
+        return out
+
     async def _text_embeddings(
         self, scope: Scope, namespace: str, plans: list[PromptPlan]
     ) -> dict[str, TextEmbedding]:
@@ -271,10 +335,6 @@ class Sam3Service:
         text-encoder call on the embed lane (which finishes and fills the cache even if
         this request goes away: others may be waiting for it)."""
         model_id = scope.spec.model_id
-        source = self._text_source.get(model_id)
-        if source is None or source() is not scope.runtime:
-            self.texts.drop_model(model_id)
-            self._text_source[model_id] = weakref.ref(scope.runtime)
         phrases = list(dict.fromkeys(p.phrase or VISUAL_PHRASE for p in plans))
         found: dict[str, TextEmbedding] = {}
         joined: dict[str, asyncio.Task[dict[str, Any]]] = {}

@@ -122,3 +122,27 @@ def test_fast_runtime_on_a_shared_model_leaves_the_exact_one_exact(
     low = deferred.low_res(idx)
     assert low.dtype == torch.float32 and low.shape == after.mask_logits[idx].shape
     assert torch.equal(deferred.low_res(idx[:1]), low[:1])  # pixel embeddings computed once
+
+
+@needs_bf16
+def test_a_deferred_output_charges_what_it_will_hold(pair, photo_set) -> None:
+    """`ConceptOutput.nbytes` (what the concept cache charges): the exact runtime's mask
+    logits; the fast runtime's deferred head counts its pixel embedding before it exists,
+    so a cached output never outgrows its charge when masks are asked later. The image's
+    features (the deferred head reads them as they are) are not charged."""
+    exact, fast = pair
+    features = fast.embed(photo_set["chelsea"])
+    [text] = fast.encode_text(["cat"])
+    boxes, labels = np.array([[50, 40, 300, 250]]), np.array([True])
+    out = fast.concept(features, text, boxes, labels)
+    later = out.segment_later
+    assert all(a is b for a, b in zip(later.fpn, features.fpn, strict=True))  # not copies
+    charged = out.nbytes
+    fast.masks(features, out, np.array([0, 5]))
+    assert later._embeds is not None and out.nbytes == charged
+    held = (later.memory, later.prompt, later.prompt_mask, later.queries, later._embeds)
+    arrays = out.scores.nbytes + out.boxes_xyxy.nbytes + out.logits.nbytes
+    storages = sum(t.untyped_storage().nbytes() for t in held)  # views keep their bases
+    assert charged == arrays + storages + later.image_ids.untyped_storage().nbytes()
+    full = exact.concept(exact.embed(photo_set["chelsea"]), text, boxes, labels)
+    assert full.nbytes == arrays + full.mask_logits.nelement() * 4
