@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from sam2serve.runtime.sam3_types import ConceptOutput, Sam3Features
-from sam2serve.sam3.lru import BoundedLRU
+from sam2serve.sam3.lru import BoundedLRU, LruFront
 from sam2serve.store.keys import EntryKey
 
 
@@ -69,7 +69,7 @@ class _Kept:
     source: weakref.ref[Sam3Features]  # the features it was computed from
 
 
-class ConceptCache:
+class ConceptCache(LruFront):
     """LRU of concept outputs: at most `max_entries` entries and `max_bytes` bytes (either
     0 keeps nothing), plus the computations in flight (single-flight)."""
 
@@ -77,21 +77,6 @@ class ConceptCache:
         self._lru: BoundedLRU[ConceptKey, _Kept] = BoundedLRU(
             max_entries, max_bytes, lambda kept: kept.out.nbytes
         )
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    @property
-    def bytes_used(self) -> int:
-        return self._lru.bytes_used
-
-    @property
-    def hits(self) -> int:
-        return self._lru.hits
-
-    @property
-    def misses(self) -> int:
-        return self._lru.misses
 
     def kept(self) -> list[ConceptKey]:
         """The kept keys, least recently used first."""

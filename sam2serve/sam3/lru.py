@@ -114,3 +114,24 @@ class BoundedLRU(Generic[K, V]):
             "hits": self.hits,
             "misses": self.misses,
         }
+
+
+class LruFront:
+    """What a cache built on a `BoundedLRU` (`self._lru`) shows of it: size, bytes, counts."""
+
+    _lru: BoundedLRU[Any, Any]
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    @property
+    def bytes_used(self) -> int:
+        return self._lru.bytes_used
+
+    @property
+    def hits(self) -> int:
+        return self._lru.hits
+
+    @property
+    def misses(self) -> int:
+        return self._lru.misses

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from sam2serve.sam3.lru import BoundedLRU
+from sam2serve.sam3.lru import BoundedLRU, LruFront
 
 
 class _Sized(Protocol):
@@ -17,7 +17,7 @@ class _Sized(Protocol):
     def nbytes(self) -> int: ...
 
 
-class TextCache:
+class TextCache(LruFront):
     """LRU of text embeddings: at most `max_entries` entries and `max_bytes` bytes (either
     0 keeps nothing). Phrases are exact strings: "Car" and "car" are two entries, as the
     tokenizer may tell them apart."""
@@ -26,21 +26,6 @@ class TextCache:
         self._lru: BoundedLRU[tuple[str, str], Any] = BoundedLRU(
             max_entries, max_bytes, lambda e: int(e.nbytes)
         )
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    @property
-    def bytes_used(self) -> int:
-        return self._lru.bytes_used
-
-    @property
-    def hits(self) -> int:
-        return self._lru.hits
-
-    @property
-    def misses(self) -> int:
-        return self._lru.misses
 
     def get(self, model_id: str, phrase: str) -> Any | None:
         """The kept embedding of `phrase` for `model_id` (marked recently used), or None."""
