@@ -13,6 +13,12 @@ checkpoint sha256 and the producing runtime, the image content hash, and for eac
 its dtype (float32 | float16 | bfloat16) and shape; a CRC32 covers the tensor bytes.
 Decoding does not copy the tensor bytes: tensors are views over the received buffer
 (numpy `frombuffer` -> `torch.from_numpy`), read-only by contract.
+
+Version 2 (SAM 3 features only): fp32 tensors whose every value is a bf16 are stored as
+bf16 (header `widen`: their indices) and widened back on read, bit for bit. SAM 3's fast
+runtimes run the necks in bf16 and hand back fp32 features: 132.7 MB per image becomes
+~69 MB in the tier. Servers that read only version 1 refuse such a value (a miss) rather
+than misread it; this one reads both.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from sam2serve.store.logits import PromptKey
 
 MAGIC = b"S2SF"
 VERSION = 1
+VERSION_NARROWED = 2  # some tensors stored as bf16, widened on read (module docs)
+READABLE = (VERSION, VERSION_NARROWED)
 _PREFIX = struct.Struct("<4sHI")
 _MAX_HEADER = 64 * 1024
 
@@ -69,7 +77,8 @@ def encode(
         **extra,
     }
     head = json.dumps(header, separators=(",", ":")).encode()
-    parts = [_PREFIX.pack(MAGIC, VERSION, len(head)), head]
+    version = VERSION_NARROWED if header.get("widen") else VERSION
+    parts = [_PREFIX.pack(MAGIC, version, len(head)), head]
     parts += [memoryview(a).cast("B") for a in arrays]
     return b"".join(parts)  # the one copy: Redis takes a single value buffer
 
@@ -92,8 +101,8 @@ def decode(
     magic, version, head_len = _PREFIX.unpack_from(view)
     if magic != MAGIC:
         raise CodecError("not a sam2serve value (bad magic; a pickle or foreign data?)")
-    if version != VERSION:
-        raise CodecError(f"format version {version}, this server reads {VERSION}")
+    if version not in READABLE:
+        raise CodecError(f"format version {version}, this server reads {READABLE}")
     if head_len > _MAX_HEADER or _PREFIX.size + head_len > len(view):
         raise CodecError("header length out of range")
     try:
@@ -121,6 +130,7 @@ def decode(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # read-only buffer: never written to
         tensors = tensor_bytes.read(view, offset, specs)
+    tensors = _widened(tensors, header.get("widen") if version == VERSION_NARROWED else None)
     if device is not None and device.type != "cpu":
         tensors = [t.to(device) for t in tensors]
     return tensors, header
@@ -135,11 +145,13 @@ def encode_features(identity: Identity, content_hash: str, features: Any) -> byt
         fpn, inst = getattr(features, "fpn", None), getattr(features, "inst", None)
         if fpn is None:
             raise CodecError(f"cannot store features of type {type(features).__name__}")
+        tensors, widen = _narrowed([*fpn, *(inst or ())])
         return encode(
             "features",
             identity,
             content_hash,
-            [*fpn, *(inst or ())],
+            tensors,
+            widen=widen,
             orig_hw=list(features.orig_hw),
             family="sam3",
             n_fpn=len(fpn),
@@ -147,6 +159,35 @@ def encode_features(identity: Identity, content_hash: str, features: Any) -> byt
         )
     tensors = [features.image_embed, *features.high_res]
     return encode("features", identity, content_hash, tensors, orig_hw=list(features.orig_hw))
+
+
+def _narrowed(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """The tensors with each fp32 one whose every value is a bf16 as bf16 (layout kept), and
+    those ones' indices."""
+    out, widen = [], []
+    for i, t in enumerate(tensors):
+        if t.dtype == torch.float32:
+            narrow = t.to(torch.bfloat16)  # layout kept (preserve_format)
+            if torch.equal(narrow.float(), t):  # NaN compares unequal: such a tensor stays
+                out.append(narrow)
+                widen.append(i)
+                continue
+        out.append(t)
+    return out, widen
+
+
+def _widened(tensors: list[torch.Tensor], widen: Any) -> list[torch.Tensor]:
+    """`_narrowed` undone: the listed bf16 tensors back to fp32 (copies, layout kept)."""
+    if not widen:
+        return tensors
+    if not isinstance(widen, list) or not all(isinstance(i, int) for i in widen):
+        raise CodecError("unreadable header: widen must list tensor indices")
+    out = list(tensors)
+    for i in widen:
+        if not 0 <= i < len(out) or out[i].dtype != torch.bfloat16:
+            raise CodecError(f"widen names tensor {i}, which is not a stored bf16 tensor")
+        out[i] = out[i].float()
+    return out
 
 
 def decode_features(

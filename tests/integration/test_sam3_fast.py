@@ -146,3 +146,26 @@ def test_a_deferred_output_charges_what_it_will_hold(pair, photo_set) -> None:
     assert charged == arrays + storages + later.image_ids.untyped_storage().nbytes()
     full = exact.concept(exact.embed(photo_set["chelsea"]), text, boxes, labels)
     assert full.nbytes == arrays + full.mask_logits.nelement() * 4
+
+
+@needs_bf16
+def test_fast_features_travel_the_shared_tier_at_about_half_size(pair, photo_set) -> None:
+    """The necks run in bf16: the store's codec keeps their outputs as bf16 (version 2) and
+    gives them back as the same fp32 tensors, bit for bit, memory layout kept."""
+    from sam2serve.store import codec
+
+    _, fast = pair
+    identity = codec.Identity("sam3", "ab" * 32, "Sam3FastRuntime-bf16")
+    f = fast.embed(photo_set["chelsea"])
+    value = codec.encode_features(identity, "h1", f)
+    assert int.from_bytes(value[4:6], "little") == codec.VERSION_NARROWED
+    assert len(value) < 0.6 * f.nbytes
+    g = codec.decode_features(value, identity, "h1")
+    for a, b in zip(f.tensors, g.tensors, strict=True):
+        assert b.dtype == a.dtype == torch.float32 and _layout(a) == _layout(b)
+        assert torch.equal(a, b)
+
+
+def _layout(t: torch.Tensor) -> list[int]:
+    """The strides that place values in memory (a size-1 dim's stride places nothing)."""
+    return [s for s, n in zip(t.stride(), t.shape, strict=True) if n > 1]

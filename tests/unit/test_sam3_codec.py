@@ -61,3 +61,68 @@ def test_damaged_sam3_values_are_refused() -> None:
         codec.decode_features(miscounted, SAM3, "h1")
     with pytest.raises(codec.CodecError, match="cannot store"):
         codec.encode_features(SAM3, "h1", object())
+
+
+def _bf16_valued(t: torch.Tensor) -> torch.Tensor:
+    """fp32 holding bf16 values, layout kept: what the fast runtimes' necks hand back."""
+    return t.to(torch.bfloat16).float()
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "version", "narrowed"),
+    [
+        ("exact runtime: nothing narrows", lambda f: f, 1, 0),
+        (
+            "fast runtime: bf16-valued pyramid, fp32 instance features",
+            lambda f: Sam3Features(tuple(_bf16_valued(t) for t in f.fpn), f.inst, f.orig_hw),
+            2,
+            3,
+        ),
+        (
+            "a NaN stays fp32",
+            lambda f: Sam3Features(
+                (_bf16_valued(f.fpn[0]).index_fill(1, torch.tensor([0]), float("nan")),),
+                None,
+                f.orig_hw,
+            ),
+            1,
+            0,
+        ),
+    ],
+)
+def test_bf16_valued_tensors_are_stored_narrow_and_read_back_exactly(
+    name: str, make, version: int, narrowed: int
+) -> None:
+    f = make(sam3_features())
+    value = codec.encode_features(SAM3, "h1", f)
+    assert int.from_bytes(value[4:6], "little") == version
+    g = codec.decode_features(value, SAM3, "h1")
+    for a, b in zip(f.tensors, g.tensors, strict=True):
+        assert b.dtype == torch.float32 and a.stride() == b.stride()
+        assert torch.equal(a, b) or (a.isnan().any() and torch.equal(a.isnan(), b.isnan()))
+    payload = sum(t.nbytes for t in f.tensors) - sum(t.nbytes // 2 for t in f.tensors[:narrowed])
+    assert payload < len(value) < payload + 1024  # + prefix and JSON header
+
+
+def test_a_narrowed_value_is_refused_by_a_version_1_reader(monkeypatch) -> None:
+    f = sam3_features()
+    value = codec.encode_features(SAM3, "h1", Sam3Features(
+        tuple(_bf16_valued(t) for t in f.fpn), f.inst, f.orig_hw
+    ))  # fmt: skip
+    monkeypatch.setattr(codec, "READABLE", (codec.VERSION,))
+    with pytest.raises(codec.CodecError, match="format version 2"):
+        codec.decode_features(value, SAM3, "h1")
+
+
+@pytest.mark.parametrize(
+    ("widen", "match"),
+    [([5], "not a stored bf16"), ([1], "not a stored bf16"), (["0"], "indices")],
+)
+def test_a_bad_widen_list_is_refused(widen, match: str) -> None:
+    tensors = [torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2)]
+    value = codec.encode(
+        "features", SAM3, "h1", tensors, widen=widen, family="sam3", n_fpn=2, n_inst=-1,
+        orig_hw=[1, 1],
+    )  # fmt: skip
+    with pytest.raises(codec.CodecError, match=match):
+        codec.decode_features(value, SAM3, "h1")
