@@ -56,7 +56,8 @@ def _attention_pre(module: torch.nn.Module, args: Any, kwargs: Any) -> tuple[Any
     scope.enter_context(torch.autocast("cpu", enabled=False))
     scope.enter_context(routed(_KERNEL.get()))
     _stack().append(scope)
-    # inputs may come straight out of a bf16 op (e.g. a linear): attention computes in fp32
+    # inputs may come straight out of a bf16 op (e.g. a linear): attention takes fp32 (the
+    # bf16 kernel, where it takes a call, converts on its way in)
     up = [a.float() if torch.is_tensor(a) and a.dtype == torch.bfloat16 else a for a in args]
     kw = {
         k: v.float() if torch.is_tensor(v) and v.dtype == torch.bfloat16 else v
