@@ -151,7 +151,11 @@ def main() -> None:
     from sam2serve.runtime.sam3_build import bpe_path
     from sam2serve.runtime.sam3_device import on_device
     from sam2serve.runtime.sam3_fast import Sam3FastRuntime, native_bf16
-    from sam2serve.runtime.sam3_int8 import Sam3Int8Runtime, int8_available
+    from sam2serve.runtime.sam3_int8 import (
+        Sam3Int8Fp32Runtime,
+        Sam3Int8Runtime,
+        int8_available,
+    )
     from sam2serve.runtime.sam3_runtime import build_sam3_runtime, config_for, load_model
     from sam2serve.sam3.concept_cache import ConceptCache, ConceptKey
     from sam2serve.store.keys import EntryKey
@@ -190,7 +194,8 @@ def main() -> None:
                 runtimes["fast_bf16"], args.small_op_threads
             )
     if int8_available(cpu):  # shares them too, plus its int8 copy of the trunk's linears
-        runtimes["fast_int8"] = Sam3Int8Runtime(spec.model_id, exact.model, cpu)
+        int8 = Sam3Int8Runtime if native_bf16() else Sam3Int8Fp32Runtime  # as `auto` picks
+        runtimes["fast_int8"] = int8(spec.model_id, exact.model, cpu)
     memory["after_fast_runtimes"] = _rss_gib()
 
     rgb = np.ascontiguousarray(skimage.data.coffee())  # 400 x 600

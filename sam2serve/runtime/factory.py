@@ -92,9 +92,11 @@ def sam3_factory(settings: Settings) -> Callable[[ModelSpec, Path, torch.device]
     - any other value ("auto", "openvino", "openvino-int8"): on a CPU with
       native bf16 and int8 units (VNNI / AMX), the int8 path (`sam3_int8.Sam3Int8Runtime`:
       the ViT trunk's linear layers in int8, the rest as the bf16 path; measured faster than
-      bf16 on such a CPU, docs/benchmarks.md; tolerance in `sam3_int8.TOLERANCE`), else the
-      bf16 fast path;
-    - the exact runtime wherever bf16 is not native (CUDA, older CPUs: emulated, slower).
+      bf16 on such a CPU, docs/benchmarks.md; tolerance in `sam3_int8.TOLERANCE`); on a CPU
+      with int8 units and no native bf16 (Ice Lake), the same int8 trunk with everything
+      else fp32 (`sam3_int8.Sam3Int8Fp32Runtime`); else the bf16 fast path where bf16 is
+      native;
+    - the exact runtime elsewhere (CUDA, CPUs with neither: bf16 emulated, slower).
     SAM 3 has no OpenVINO graph: measured, it was no faster than autocast and costly to export.
     """
     if settings.runtime in ("torch", "openvino-f32"):
@@ -103,14 +105,12 @@ def sam3_factory(settings: Settings) -> Callable[[ModelSpec, Path, torch.device]
 
     def build(spec: ModelSpec, checkpoint: Path, device: torch.device) -> Any:
         from sam2serve.runtime.sam3_fast import build_sam3_fast_runtime, native_bf16
+        from sam2serve.runtime.sam3_int8 import build_sam3_int8_runtime, int8_available
 
+        if want_int8 and int8_available(device):
+            return build_sam3_int8_runtime(spec, checkpoint, device)
         if device.type != "cpu" or not native_bf16():
             return sam3_runtime_factory(spec, checkpoint, device)
-        if want_int8:
-            from sam2serve.runtime.sam3_int8 import build_sam3_int8_runtime, native_int8
-
-            if native_int8():
-                return build_sam3_int8_runtime(spec, checkpoint, device)
         return build_sam3_fast_runtime(spec, checkpoint, device)
 
     return build

@@ -68,9 +68,13 @@ class Sam3Config:
             (1, d_model // 4, 2 * s, 2 * s),
         ]
 
+    def first_shape(self, d_model: int = 256) -> tuple[int, int, int]:
+        """The concept encoder's layer 0 after its self-attention (`sam3_encoder`)."""
+        return (1, self.grid * self.grid, d_model)
+
     def feature_nbytes(self, bytes_per_value: int = 4) -> int:
         """Bytes of one image's `Sam3Features` (fp32 by default)."""
-        shapes = self.fpn_shapes() + self.inst_shapes()
+        shapes = [*self.fpn_shapes(), *self.inst_shapes(), self.first_shape()]
         return sum(int(torch.Size(s).numel()) for s in shapes) * bytes_per_value
 
     def as_dict(self) -> dict[str, object]:
@@ -91,7 +95,7 @@ TINY = replace(
     text_heads=2,
     text_layers=2,
     ffn_dim=256,
-    encoder_layers=1,
+    encoder_layers=2,  # >1: the cached first layer is followed by a whole one
     decoder_layers=2,
     geometry_layers=1,
     tracker_layers=1,

@@ -28,6 +28,7 @@ import torch
 
 from sam2serve.registry import ModelSpec
 from sam2serve.runtime.bf16_attention import Bf16Attention, routed
+from sam2serve.runtime.cpu import cpu_flags
 from sam2serve.runtime.sam3_heads import (
     bf16_heads,
     ground_then_segment_later,
@@ -43,7 +44,12 @@ TOLERANCE: dict[str, float] = {"trunk_rel": 5e-2, "score_abs": 2e-2, "mask_iou_m
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's own check: AVX512-BF16 or AMX)."""
+    """Whether this CPU computes bf16 natively: AVX512-BF16 or AMX-BF16 in its flags, and
+    torch's oneDNN able to use them. oneDNN's own check alone is not enough: it answers True
+    on any AVX512BW CPU (e.g. an Ice Lake Xeon), where bf16 is emulated, and there the
+    fast path measured ~6x slower than fp32 (docs/benchmarks.md, "no native bf16")."""
+    if not cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -72,15 +78,23 @@ class Sam3FastRuntime(Sam3Runtime):
             return super().trunk(rgb)
 
     @torch.inference_mode()
-    def expand(self, trunk_out: torch.Tensor, orig_hw: tuple[int, int]) -> Sam3Features:
+    def necks(
+        self, trunk_out: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
         """The necks in bf16; the features come back fp32 (memory layout kept)."""
         with self._autocast():
-            features = super().expand(trunk_out, orig_hw)
-        return Sam3Features(
-            fpn=tuple(t.float() for t in features.fpn),
-            inst=None if features.inst is None else tuple(t.float() for t in features.inst),
-            orig_hw=features.orig_hw,
+            fpn, inst = super().necks(trunk_out)
+        return (
+            tuple(t.float() for t in fpn),
+            None if inst is None else tuple(t.float() for t in inst),
         )
+
+    @torch.inference_mode()
+    def encoder_first(self, fpn: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+        """As the concept heads run it: bf16, the self-attention on `attention`; fp32 out."""
+        with bf16_heads(self.device, self.attention):
+            first = super().encoder_first(fpn)
+        return None if first is None else first.float()
 
     @torch.inference_mode()
     def encode_text(self, phrases: list[str]) -> list[TextEmbedding]:
@@ -104,9 +118,11 @@ class Sam3FastRuntime(Sam3Runtime):
         with bf16_heads(self.device, self.attention):
             return super().concept(features, text, boxes_xyxy, box_labels)
 
-    def _ground(self, backbone_out: dict, prompt: object) -> tuple[dict, Any]:
+    def _ground(
+        self, backbone_out: dict, prompt: object, first: torch.Tensor | None
+    ) -> tuple[dict, Any]:
         """Scores and boxes now; the segmentation head only for the queries `masks` asks for."""
-        return ground_then_segment_later(self.model, backbone_out, self._find_stage, prompt)
+        return ground_then_segment_later(self.model, backbone_out, self._find_stage, prompt, first)
 
 
 def build_sam3_fast_runtime(

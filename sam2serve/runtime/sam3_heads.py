@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from sam2serve.runtime import sam3_encoder
 from sam2serve.runtime.bf16_attention import Bf16Attention, routed
 
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("sam3_bf16_heads", default=False)
@@ -98,17 +99,26 @@ def bf16_heads(device: torch.device, attention: Bf16Attention | None = None) -> 
 
 
 def ground_then_segment_later(
-    model: torch.nn.Module, backbone_out: dict, find_input: Any, geometric_prompt: Any
+    model: torch.nn.Module,
+    backbone_out: dict,
+    find_input: Any,
+    geometric_prompt: Any,
+    first: torch.Tensor | None = None,
 ) -> tuple[dict, SegmentLater]:
     """Meta's `Sam3Image.forward_grounding` (inference) up to the decoder: scores, boxes,
     presence; the segmentation head comes back as a `SegmentLater`, run for the queries the
     caller keeps. Meta runs the head for all 200 queries in every call, though its processor
     returns only those above the threshold (often none: an absent concept pays the ~1/6 of
-    a phrase that the pixel decoder costs for nothing)."""
+    a phrase that the pixel decoder costs for nothing). The encoder starts from the image's
+    `first` self-attention when given (`sam3_encoder.run_encoder`)."""
     prompt, prompt_mask, backbone_out = model._encode_prompt(
         backbone_out, find_input, geometric_prompt
     )
-    backbone_out, encoder_out, _ = model._run_encoder(backbone_out, find_input, prompt, prompt_mask)
+    if first is not None and not sam3_encoder.supported(model):
+        first = None
+    backbone_out, encoder_out = sam3_encoder.run_encoder(
+        model, backbone_out, find_input, prompt, prompt_mask, first
+    )
     memory = encoder_out["encoder_hidden_states"]
     out, hs = model._run_decoder(
         memory=memory,

@@ -36,7 +36,7 @@ from sam2serve.registry import ModelSpec
 from sam2serve.runtime.bf16_attention import routed
 from sam2serve.runtime.cpu import cpu_flags
 from sam2serve.runtime.sam3_fast import Sam3FastRuntime, native_bf16
-from sam2serve.runtime.sam3_runtime import load_model
+from sam2serve.runtime.sam3_runtime import Sam3Runtime, load_model
 
 #: What the int8 path promises against the exact runtime (same keys as `sam3_fast.TOLERANCE`).
 #: The trunk bound is twice bf16's: 2.9e-2 measured on seeded random weights of the real
@@ -136,9 +136,15 @@ def _with_children(module: nn.Module, **children: nn.Module) -> nn.Module:
     return clone
 
 
-def int8_trunk(trunk: nn.Module) -> nn.Module:
+#: Output dtypes where the CPU has int8 units but no native bf16: fp32 throughout (a bf16
+#: output would be converted by emulation, and the rest of the trunk runs in fp32 there).
+FP32_OUT_DTYPES: dict[str, torch.dtype] = dict.fromkeys(OUT_DTYPES, torch.float32)
+
+
+def int8_trunk(trunk: nn.Module, out_dtypes: dict[str, torch.dtype] = OUT_DTYPES) -> nn.Module:
     """A copy of SAM 3's ViT trunk sharing every parameter with `trunk` except the blocks'
-    linear layers, which become `Int8Linear`s (the MLP's GELU fused into fc1)."""
+    linear layers, which become `Int8Linear`s (the MLP's GELU fused into fc1) writing
+    `out_dtypes[name]`."""
     blocks = []
     for block in trunk.blocks:
         parts = {}
@@ -146,7 +152,7 @@ def int8_trunk(trunk: nn.Module) -> nn.Module:
             sub = getattr(block, part)
             names = [leaf for owner, leaf in _LINEARS if owner == part]
             new = {
-                n: Int8Linear(getattr(sub, n), gelu=(n == "fc1"), out_dtype=OUT_DTYPES[n])
+                n: Int8Linear(getattr(sub, n), gelu=(n == "fc1"), out_dtype=out_dtypes[n])
                 for n in names
             }
             if part == "mlp":  # GELU now inside fc1
@@ -176,13 +182,39 @@ class Sam3Int8Runtime(Sam3FastRuntime):
             return self._trunk(self.preprocess(rgb))[-1]
 
 
+class Sam3Int8Fp32Runtime(Sam3Runtime):
+    """For a CPU with int8 units but no native bf16 (e.g. Ice Lake Xeons: AVX512-VNNI, no
+    AVX512-BF16): the ViT trunk's linear layers in int8 writing fp32, everything else the
+    exact runtime's fp32 (bf16 would be emulated there, several times slower than fp32;
+    OpenVINO's fp32 attention kernel was no faster than torch's, docs/benchmarks.md)."""
+
+    precision = "int8-fp32"
+    tolerance = TOLERANCE
+
+    def __init__(self, model_id: str, model: nn.Module, device: torch.device) -> None:
+        super().__init__(model_id, model, device)
+        self._trunk = int8_trunk(model.backbone.vision_backbone.trunk, FP32_OUT_DTYPES)
+
+    @torch.inference_mode()
+    def trunk(self, rgb: np.ndarray) -> torch.Tensor:
+        from sam2serve.runtime.sam3_device import on_device
+
+        with on_device(self.device):
+            return self._trunk(self.preprocess(rgb))[-1]
+
+
 def build_sam3_int8_runtime(
     spec: ModelSpec, checkpoint: Path, device: torch.device
-) -> Sam3Int8Runtime:
-    """Load `spec` strictly (as the exact runtime) and wrap it in the int8 path."""
-    return Sam3Int8Runtime(spec.model_id, load_model(spec, checkpoint, device), device)
+) -> Sam3Int8Runtime | Sam3Int8Fp32Runtime:
+    """Load `spec` strictly (as the exact runtime) and wrap it in the int8 path: with bf16
+    around it where the CPU computes bf16 natively, fp32 elsewhere."""
+    model = load_model(spec, checkpoint, device)
+    if native_bf16():
+        return Sam3Int8Runtime(spec.model_id, model, device)
+    return Sam3Int8Fp32Runtime(spec.model_id, model, device)
 
 
 def int8_available(device: torch.device) -> bool:
-    """Whether the int8 path can run fast here: a CPU with native bf16 and int8 units."""
-    return device.type == "cpu" and native_bf16() and native_int8()
+    """Whether the int8 path can run fast here: a CPU with int8 units (`build_sam3_int8_
+    runtime` then picks bf16 or fp32 around it by `native_bf16`)."""
+    return device.type == "cpu" and native_int8()

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from sam2serve.registry import ModelSpec
+from sam2serve.runtime import sam3_encoder
 from sam2serve.runtime.sam3_build import (
     CONFIGS,
     Sam3Config,
@@ -147,7 +148,8 @@ class Sam3Runtime(InstancePredictor):
         s = self.image_size // int(self.model.inst_interactive_predictor.model.backbone_stride)
         fpn = 256 * (16 + 4 + 1) * s * s
         inst = (256 + 32 * 16 + 64 * 4) * s * s
-        return 4 * (fpn + inst)
+        first = 256 * s * s if sam3_encoder.supported(self.model) else 0
+        return 4 * (fpn + inst + first)
 
     # ----- image ----------------------------------------------------------------------
 
@@ -189,7 +191,30 @@ class Sam3Runtime(InstancePredictor):
 
     @torch.inference_mode()
     def expand(self, trunk_out: torch.Tensor, orig_hw: tuple[int, int]) -> Sam3Features:
-        """The trunk's output -> Sam3Features through both necks, exactly as
+        """The trunk's output -> Sam3Features: both necks (`necks`), then the fusion
+        encoder's first self-attention, which reads the image alone (`sam3_encoder`)."""
+        fpn, inst = self.necks(trunk_out)
+        return Sam3Features(
+            fpn=fpn, inst=inst, orig_hw=orig_hw, encoder_first=self.encoder_first(fpn)
+        )
+
+    @torch.inference_mode()
+    def encoder_first(self, fpn: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+        """The fusion encoder's layer 0 after its self-attention (1, s*s, D), or None where
+        the model's encoder mixes the prompt in earlier."""
+        if not sam3_encoder.supported(self.model):
+            return None
+        with on_device(self.device):
+            backbone_out = self._backbone_out(fpn)
+            return sam3_encoder.first_self_attention(
+                self.model, backbone_out, self._find_stage.img_ids
+            )
+
+    @torch.inference_mode()
+    def necks(
+        self, trunk_out: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+        """The trunk's output -> (fpn, inst) through both necks, exactly as
         `Sam3DualViTDetNeck.forward` + `SAM3VLBackbone.forward_image` (scalp) do."""
         neck = self.model.backbone.vision_backbone
         scalp = int(self.model.backbone.scalp)
@@ -206,11 +231,11 @@ class Sam3Runtime(InstancePredictor):
         if sam2_out is not None:
             pos = [neck.position_encoding(f).to(f.dtype) for f in sam2_out]
             inst = self._inst_features({"backbone_fpn": sam2_out, "vision_pos_enc": pos})
-        return Sam3Features(fpn=tuple(sam3_out), inst=inst, orig_hw=orig_hw)
+        return tuple(sam3_out), inst
 
     def pack(self, trunk_out: torch.Tensor, orig_hw: tuple[int, int]) -> bytes:
         """The compact, exact form of one image for a shared tier: the trunk's output
-        (21.2 MB fp32 on the real config instead of `Sam3Features`' 132.7 MB); `unpack`
+        (21.2 MB fp32 on the real config instead of `Sam3Features`' 138.0 MB); `unpack`
         re-runs the necks (~10 % of an embed) and gives features equal bit for bit."""
         nhwc = trunk_out.detach().cpu().permute(0, 2, 3, 1).contiguous()  # the trunk's layout
         holder = Sam3Features(fpn=(nhwc,), inst=None, orig_hw=orig_hw)
@@ -309,16 +334,13 @@ class Sam3Runtime(InstancePredictor):
                 b = torch.tensor(box, device=self.device, dtype=torch.float32).view(1, 1, 4)
                 lab = torch.tensor([label], device=self.device, dtype=torch.bool).view(1, 1)
                 prompt.append_boxes(b, lab)
-            fpn = [f.to(self.device) for f in features.fpn]
-            backbone_out = {
-                "vision_features": fpn[-1],
-                "vision_pos_enc": self._pos_enc(tuple(fpn)),
-                "backbone_fpn": fpn,
-                "sam2_backbone_out": None,
-                "language_features": text.features.to(self.device),
-                "language_mask": text.mask.to(self.device),
-            }
-            outputs, segment_later = self._ground(backbone_out, prompt)
+            backbone_out = self._backbone_out(features.fpn)
+            backbone_out["language_features"] = text.features.to(self.device)
+            backbone_out["language_mask"] = text.mask.to(self.device)
+            first = features.encoder_first
+            if first is not None:
+                first = first.to(self.device)
+            outputs, segment_later = self._ground(backbone_out, prompt, first)
             from sam3.model import box_ops
 
             out_probs = outputs["pred_logits"].sigmoid()
@@ -337,16 +359,24 @@ class Sam3Runtime(InstancePredictor):
             segment_later=segment_later,
         )
 
+    def _backbone_out(self, fpn: tuple[torch.Tensor, ...]) -> dict:
+        """The image half of what `forward_grounding` reads (the text half is added per call)."""
+        levels = [f.to(self.device) for f in fpn]
+        return {
+            "vision_features": levels[-1],
+            "vision_pos_enc": self._pos_enc(tuple(levels)),
+            "backbone_fpn": levels,
+            "sam2_backbone_out": None,
+        }
+
     def _ground(
-        self, backbone_out: dict, prompt: object
+        self, backbone_out: dict, prompt: object, first: torch.Tensor | None
     ) -> tuple[dict, Callable[[torch.Tensor], torch.Tensor] | None]:
-        """Meta's `forward_grounding` as is: masks of all Q queries at once (no deferral)."""
-        outputs = self.model.forward_grounding(
-            backbone_out=backbone_out,
-            find_input=self._find_stage,
-            geometric_prompt=prompt,
-            find_target=None,
-        )
+        """Meta's `forward_grounding`, the encoder starting from the image's `first` self-
+        attention when it has one: masks of all Q queries at once (no deferral)."""
+        if first is None or not sam3_encoder.supported(self.model):
+            first = None
+        outputs = sam3_encoder.ground(self.model, backbone_out, self._find_stage, prompt, first)
         return outputs, None
 
     @torch.inference_mode()

@@ -45,24 +45,53 @@ class Sam3Features:
         high_res_0 (1, D/8, 4s, 4s), high_res_1 (1, D/4, 2s, 2s)); None when the model was
         built without instance interactivity.
     orig_hw: the original image's (height, width) in pixels.
+    encoder_first: the concept encoder's layer 0 after its self-attention, (1, s*s, D)
+        fp32 (`sam3_encoder`: it reads the image alone, so each prompt skips it); None
+        where not computed (then each prompt computes it).
 
     Size on the real config, fp32: fpn 111.5 MB (106.3 MiB) + inst 21.2 MB (20.3 MiB)
-    = 132.7 MB per image (`nbytes`); `Sam3Runtime.pack` stores the same image in 21.2 MB.
+    + encoder_first 5.3 MB = 138.0 MB per image (`nbytes`); `Sam3Runtime.pack` stores the
+    same image in 21.2 MB.
     """
 
     fpn: tuple[torch.Tensor, ...]
     inst: tuple[torch.Tensor, ...] | None
     orig_hw: tuple[int, int]
+    encoder_first: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the tensors (what a byte-budgeted cache should charge)."""
-        return _nbytes(self.fpn) + (_nbytes(self.inst) if self.inst is not None else 0)
+        return _nbytes(self.tensors)
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        """fpn then inst, in order (what `to_bytes` writes)."""
-        return (*self.fpn, *(self.inst or ()))
+        """fpn, inst, then encoder_first, in order (what `to_bytes` writes)."""
+        first = () if self.encoder_first is None else (self.encoder_first,)
+        return (*self.fpn, *(self.inst or ()), *first)
+
+    @classmethod
+    def from_tensors(
+        cls,
+        tensors: list[torch.Tensor],
+        n_fpn: int,
+        n_inst: int,
+        n_first: int,
+        orig_hw: tuple[int, int],
+    ) -> Sam3Features:
+        """`tensors` in `tensors`' order, split by the counts (n_inst -1: no inst; n_first 0
+        or 1); ValueError when the counts do not add up."""
+        if n_fpn < 1 or n_inst < -1 or n_first not in (0, 1):
+            raise ValueError("tensor counts out of range")
+        if n_fpn + max(n_inst, 0) + n_first != len(tensors):
+            raise ValueError("tensor counts do not add up")
+        end = n_fpn + max(n_inst, 0)
+        return cls(
+            fpn=tuple(tensors[:n_fpn]),
+            inst=None if n_inst < 0 else tuple(tensors[n_fpn:end]),
+            orig_hw=orig_hw,
+            encoder_first=tensors[end] if n_first else None,
+        )
 
     def to_bytes(self) -> bytes:
         """A self-contained, versioned value (exact: the tensors' own dtype, bytes as is).
@@ -79,6 +108,7 @@ class Sam3Features:
                 "orig_hw": list(self.orig_hw),
                 "n_fpn": len(self.fpn),
                 "n_inst": -1 if self.inst is None else len(self.inst),
+                "n_first": 0 if self.encoder_first is None else 1,
                 "tensors": specs,
                 "crc32": crc,
             }
@@ -103,11 +133,14 @@ class Sam3Features:
             header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + hlen]))
             specs = header["tensors"]
             n_fpn, n_inst = int(header["n_fpn"]), int(header["n_inst"])
+            n_first = int(header.get("n_first", 0))
             orig_hw = (int(header["orig_hw"][0]), int(header["orig_hw"][1]))
             crc_expected = int(header["crc32"])
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"SAM 3 features value: bad header ({exc})") from exc
-        if n_fpn < 1 or n_inst < -1 or n_fpn + max(n_inst, 0) != len(specs):
+        if n_fpn < 1 or n_inst < -1 or n_first not in (0, 1):
+            raise ValueError("SAM 3 features value: tensor counts out of range")
+        if n_fpn + max(n_inst, 0) + n_first != len(specs):
             raise ValueError("SAM 3 features value: tensor counts do not add up")
         try:
             parsed = tensor_bytes.parse(specs)
@@ -124,8 +157,7 @@ class Sam3Features:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only buffer: cloned below
             tensors = [t.clone() for t in tensor_bytes.read(view, offset, parsed)]
-        inst = None if n_inst < 0 else tuple(tensors[n_fpn:])
-        return cls(fpn=tuple(tensors[:n_fpn]), inst=inst, orig_hw=orig_hw)
+        return cls.from_tensors(tensors, n_fpn, n_inst, n_first, orig_hw)
 
 
 @dataclass(frozen=True)

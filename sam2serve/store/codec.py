@@ -16,9 +16,11 @@ Decoding does not copy the tensor bytes: tensors are views over the received buf
 
 Version 2 (SAM 3 features only): fp32 tensors whose every value is a bf16 are stored as
 bf16 (header `widen`: their indices) and widened back on read, bit for bit. SAM 3's fast
-runtimes run the necks in bf16 and hand back fp32 features: 132.7 MB per image becomes
-~69 MB in the tier. Servers that read only version 1 refuse such a value (a miss) rather
-than misread it; this one reads both.
+runtimes run the necks in bf16 and hand back fp32 features: 138.0 MB per image becomes
+~74 MB in the tier. Servers that read only version 1 refuse such a value (a miss) rather
+than misread it; this one reads both. A SAM 3 header's `n_first` (1, or absent: 0) says
+the concept encoder's first layer follows the other tensors; a server from before it finds
+the counts do not add up and refuses the value (a miss), and values without it still read.
 """
 
 from __future__ import annotations
@@ -138,14 +140,16 @@ def decode(
 
 def encode_features(identity: Identity, content_hash: str, features: Any) -> bytes:
     """A features value of either family: SAM 2's `Features`, or SAM 3's `Sam3Features`
-    (family "sam3" in the header, fpn then inst tensors). Memory layouts are kept (SAM 3's
-    necks answer channels-last: a dense copy would change the heads' output in the last bit),
-    so a value decodes to features that give bit-identical answers."""
+    (family "sam3" in the header; fpn, inst, then the encoder's first layer when held).
+    Memory layouts are kept (SAM 3's necks answer channels-last: a dense copy would change
+    the heads' output in the last bit), so a value decodes to features that give
+    bit-identical answers."""
     if not isinstance(features, Features):
         fpn, inst = getattr(features, "fpn", None), getattr(features, "inst", None)
         if fpn is None:
             raise CodecError(f"cannot store features of type {type(features).__name__}")
-        tensors, widen = _narrowed([*fpn, *(inst or ())])
+        first = getattr(features, "encoder_first", None)
+        tensors, widen = _narrowed(list(features.tensors))
         return encode(
             "features",
             identity,
@@ -156,6 +160,7 @@ def encode_features(identity: Identity, content_hash: str, features: Any) -> byt
             family="sam3",
             n_fpn=len(fpn),
             n_inst=-1 if inst is None else len(inst),
+            n_first=0 if first is None else 1,
         )
     tensors = [features.image_embed, *features.high_res]
     return encode("features", identity, content_hash, tensors, orig_hw=list(features.orig_hw))
@@ -212,13 +217,14 @@ def _sam3_features(tensors: list[torch.Tensor], header: dict) -> Any:
 
     try:
         n_fpn, n_inst = int(header["n_fpn"]), int(header["n_inst"])
+        n_first = int(header.get("n_first", 0))  # absent before the encoder's first layer
         h, w = (int(v) for v in header["orig_hw"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CodecError("SAM 3 features header lacks n_fpn / n_inst / orig_hw") from exc
-    if n_fpn < 1 or n_inst < -1 or n_fpn + max(n_inst, 0) != len(tensors):
-        raise CodecError("SAM 3 features: tensor counts do not add up")
-    inst = None if n_inst < 0 else tuple(tensors[n_fpn:])
-    return Sam3Features(fpn=tuple(tensors[:n_fpn]), inst=inst, orig_hw=(h, w))
+    try:
+        return Sam3Features.from_tensors(tensors, n_fpn, n_inst, n_first, (h, w))
+    except ValueError as exc:
+        raise CodecError(f"SAM 3 features: {exc}") from exc
 
 
 def prompt_keys_to_text(keys: Sequence[PromptKey]) -> str:

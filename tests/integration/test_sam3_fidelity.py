@@ -4,12 +4,14 @@ random weights: the tiny architecture here (default run), the real one in the sl
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from sam2serve.runtime.sam3_build import TINY
 from sam2serve.runtime.sam3_runtime import Sam3Features, Sam3Runtime, build_sam3_runtime
 from sam2serve.testing import sam3_tiny_spec
 from tests.integration.sam3_reference import CPU, Prompt, Reference, assert_concept_equal
@@ -149,3 +151,22 @@ def test_features_through_bytes_give_the_same_answers(tiny, embedded) -> None:
         runtime.interactive(features, *point), runtime.interactive(back, *point), strict=True
     ):
         np.testing.assert_array_equal(x, y)
+
+
+def test_encoder_first_layer_comes_with_the_image_and_changes_nothing(tiny, embedded) -> None:
+    """The fusion encoder's layer 0 self-attention is computed at embed (it reads the image
+    alone); a prompt run from it equals one that recomputes it, bit for bit, and it is read:
+    a wrong one changes the answer."""
+    runtime, _ = tiny
+    features, _ = embedded
+    assert features.encoder_first is not None
+    assert tuple(features.encoder_first.shape) == TINY.first_shape()
+    [text] = runtime.encode_text(["cup"])
+    none = (np.zeros((0, 4)), np.zeros(0, bool))
+    cached = runtime.concept(features, text, *none)
+    recomputed = runtime.concept(replace(features, encoder_first=None), text, *none)
+    np.testing.assert_array_equal(cached.scores, recomputed.scores)
+    np.testing.assert_array_equal(cached.boxes_xyxy, recomputed.boxes_xyxy)
+    assert torch.equal(cached.mask_logits, recomputed.mask_logits)
+    wrong = replace(features, encoder_first=torch.zeros_like(features.encoder_first))
+    assert not np.array_equal(runtime.concept(wrong, text, *none).scores, cached.scores)

@@ -62,7 +62,7 @@ def test_features_and_their_size(real, embedded) -> None:
     _, features, state = embedded
     for ours, theirs in zip(features.fpn, state["backbone_out"]["backbone_fpn"], strict=True):
         assert torch.equal(ours, theirs)
-    assert features.nbytes == runtime.feature_nbytes == REAL.feature_nbytes() == 132_710_400
+    assert features.nbytes == runtime.feature_nbytes == REAL.feature_nbytes() == 138_018_816
 
 
 BOXES = np.array([[120, 60, 330, 260], [380, 200, 590, 395]], dtype=np.float64)

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from sam2serve.registry import SAM3_REGISTRY, ModelSpec
-from sam2serve.runtime import sam3_int8
+from sam2serve.runtime import sam3_fast, sam3_int8
 from sam2serve.runtime.sam3_fast import Sam3FastRuntime
 from sam2serve.runtime.sam3_int8 import (
     TOLERANCE,
     Int8Linear,
+    Sam3Int8Fp32Runtime,
     Sam3Int8Runtime,
     int8_available,
     native_int8,
@@ -27,7 +28,11 @@ from sam2serve.testing import CountingAttention, sam3_tiny_spec
 
 CPU = torch.device("cpu")
 needs_int8 = pytest.mark.skipif(
-    not int8_available(CPU), reason="this CPU has no native bf16 + int8 (VNNI/AMX) units"
+    not int8_available(CPU), reason="this CPU has no int8 (VNNI/AMX) units"
+)
+needs_bf16_int8 = pytest.mark.skipif(
+    not (int8_available(CPU) and sam3_fast.native_bf16()),
+    reason="this CPU has no native bf16 + int8 (VNNI/AMX) units",
 )
 
 
@@ -59,18 +64,20 @@ def _check_against_exact(
     return {"trunk_rel": trunk_rel, "score_abs": score_abs, "mask_iou_min": float(iou.min())}
 
 
-def _pair(spec: ModelSpec, checkpoint: Path) -> tuple[Sam3Runtime, Sam3Int8Runtime]:
+def _pair(spec: ModelSpec, checkpoint: Path) -> tuple[Sam3Runtime, Sam3Runtime]:
+    """The exact runtime and the int8 one `auto` picks on this CPU, sharing the weights."""
     exact = build_sam3_runtime(spec, checkpoint, CPU)
-    return exact, Sam3Int8Runtime(spec.model_id, exact.model, CPU)  # shares the weights
+    int8 = Sam3Int8Runtime if sam3_fast.native_bf16() else Sam3Int8Fp32Runtime
+    return exact, int8(spec.model_id, exact.model, CPU)
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(sam3_tiny_weights_dir: Path) -> tuple[Sam3Runtime, Sam3Int8Runtime]:
+def tiny_pair(sam3_tiny_weights_dir: Path) -> tuple[Sam3Runtime, Sam3Runtime]:
     spec = sam3_tiny_spec()
     return _pair(spec, sam3_tiny_weights_dir / spec.filename)
 
 
-@needs_int8
+@needs_bf16_int8
 @pytest.mark.parametrize("route_all", [False, True], ids=["as-shipped", "all-attention-bf16"])
 def test_int8_path_within_tolerance(tiny_pair, photo_set, monkeypatch, route_all) -> None:
     """`route_all`: every attention on the bf16 kernel (the tiny config's sequences are too
@@ -84,6 +91,44 @@ def test_int8_path_within_tolerance(tiny_pair, photo_set, monkeypatch, route_all
 
 
 @needs_int8
+def test_int8_fp32_path_within_tolerance(tiny_pair, photo_set) -> None:
+    """The int8 trunk with fp32 around it (CPUs with VNNI and no native bf16): the same
+    tolerance; no bf16 anywhere in what it hands back."""
+    exact, _ = tiny_pair
+    fp32 = Sam3Int8Fp32Runtime(exact.model_id, exact.model, CPU)
+    assert fp32.trunk(photo_set["chelsea"]).dtype == torch.float32
+    assert len([m for m in fp32._trunk.modules() if isinstance(m, Int8Linear)]) > 0
+    assert all(
+        m.out_dtype == torch.float32 for m in fp32._trunk.modules() if isinstance(m, Int8Linear)
+    )
+    _check_against_exact(exact, fp32, photo_set["chelsea"], [50, 40, 300, 250])
+
+
+@pytest.mark.parametrize(
+    ("bf16", "int8", "expected"),
+    [
+        (True, True, "Sam3Int8Runtime"),
+        (False, True, "Sam3Int8Fp32Runtime"),
+        (True, False, "Sam3FastRuntime"),
+        (False, False, "Sam3Runtime"),
+    ],
+)
+def test_auto_picks_the_sam3_runtime_by_cpu_kind(
+    sam3_tiny_weights_dir: Path, monkeypatch, bf16, int8, expected
+) -> None:
+    from sam2serve.config import Settings
+    from sam2serve.runtime.factory import sam3_factory
+
+    monkeypatch.setattr(sam3_fast, "native_bf16", lambda: bf16)
+    monkeypatch.setattr(sam3_int8, "native_bf16", lambda: bf16)
+    monkeypatch.setattr(sam3_int8, "native_int8", lambda: int8)
+    monkeypatch.setattr(sam3_fast, "Bf16Attention", lambda *a, **k: None)  # no compile
+    spec = sam3_tiny_spec()
+    built = sam3_factory(Settings(runtime="auto"))(spec, sam3_tiny_weights_dir / spec.filename, CPU)
+    assert type(built).__name__ == expected
+
+
+@needs_bf16_int8
 def test_int8_path_is_int8_and_leaves_the_model_alone(tiny_pair, photo_set) -> None:
     exact, fast = tiny_pair
     trunk = exact.model.backbone.vision_backbone.trunk
@@ -149,21 +194,43 @@ def test_native_int8_needs_dot_product_units(monkeypatch, flags, expected) -> No
 
 
 @pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}, True),  # Zen 4, Cooper Lake
+        ({"avx2", "avx512f", "amx_bf16", "amx_int8"}, True),  # Sapphire Rapids
+        ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, False),  # Ice Lake: emulated bf16
+        ({"avx2", "avx_vnni"}, False),
+        (set(), False),
+    ],
+)
+def test_native_bf16_needs_bf16_units_not_just_onednn(monkeypatch, flags, expected) -> None:
+    """oneDNN says yes on any AVX512BW CPU; the runtime choice must not believe it alone."""
+    monkeypatch.setattr(sam3_fast, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert sam3_fast.native_bf16() is expected
+
+
+_BF16 = sam3_fast.native_bf16()
+_INT8 = ("Sam3Int8Runtime" if _BF16 else "Sam3Int8Fp32Runtime") if int8_available(CPU) else None
+_BF16_OR_EXACT = "Sam3FastRuntime" if _BF16 else "Sam3Runtime"
+
+
+@pytest.mark.parametrize(
     ("runtime", "expected"),
     [
         ("torch", "Sam3Runtime"),
         ("openvino-f32", "Sam3Runtime"),  # pinned f32: no reduced precision for SAM 3 either
-        ("openvino-bf16", "Sam3FastRuntime" if int8_available(CPU) else None),
-        ("auto", "Sam3Int8Runtime" if int8_available(CPU) else None),
-        ("openvino-int8", "Sam3Int8Runtime" if int8_available(CPU) else None),
+        ("openvino-bf16", _BF16_OR_EXACT),
+        ("auto", _INT8 or _BF16_OR_EXACT),
+        ("openvino-int8", _INT8 or _BF16_OR_EXACT),
     ],
 )
 def test_settings_pick_the_int8_runtime(sam3_tiny_weights_dir: Path, runtime, expected) -> None:
+    """On this machine's CPU, as it is (`test_auto_picks_the_sam3_runtime_by_cpu_kind`
+    covers the other kinds)."""
     from sam2serve.config import Settings
     from sam2serve.runtime.factory import sam3_factory
 
-    if expected is None:
-        pytest.skip("this CPU has no native bf16 + int8: the bf16 / exact choice is tested")
     spec = sam3_tiny_spec()
     built = sam3_factory(Settings(runtime=runtime))(
         spec, sam3_tiny_weights_dir / spec.filename, CPU

@@ -62,7 +62,7 @@ def _same(a: ConceptResult, b: ConceptResult) -> None:
     np.testing.assert_array_equal(a.confidences, b.confidences)
 
 
-def test_inference_sdk_sam3_methods_work_unchanged(server: str, threshold: float) -> None:
+def test_inference_sdk_sam3_methods_work_unchanged(server: str) -> None:
     from inference_sdk import InferenceHTTPClient
 
     client = InferenceHTTPClient(api_url=server, api_key="unused")
@@ -72,6 +72,11 @@ def test_inference_sdk_sam3_methods_work_unchanged(server: str, threshold: float
         {"type": "visual", "boxes": [{"x": 100, "y": 80, "width": 160, "height": 120}],
          "box_labels": [1], "output_prob_thresh": 0.0},
     ]  # fmt: skip
+    # the JPEG's own scores (not the PNG's `threshold`): one the 4th best instance is under
+    every = client.sam3_concept_segment(bgr, prompts=prompts[:1], output_prob_thresh=0.0)
+    scores = sorted(p["confidence"] for p in every["prompt_results"][0]["predictions"])[::-1]
+    assert scores[2] > scores[3]
+    threshold = (scores[2] + scores[3]) / 2
     got = client.sam3_concept_segment(bgr, prompts=prompts, output_prob_thresh=threshold)
     assert set(got) >= {"prompt_results", "time"}
     first, second = got["prompt_results"]

@@ -15,25 +15,41 @@ SAM3 = codec.Identity("sam3", "ab" * 32, "Sam3Runtime-fp32")
 SAM2 = codec.Identity("sam2.1_hiera_tiny", "ab" * 32, "TorchRuntime-fp32")
 
 
-def sam3_features(with_inst: bool = True) -> Sam3Features:
+def sam3_features(with_inst: bool = True, with_first: bool = False) -> Sam3Features:
     gen = torch.Generator().manual_seed(0)
     fpn = tuple(
         torch.randn(1, 8, s, s, generator=gen).contiguous(memory_format=torch.channels_last)
         for s in (16, 8, 4)
     )  # the necks answer channels-last: the layout must survive
     inst = tuple(torch.randn(1, c, s, s, generator=gen) for c, s in ((8, 4), (1, 16), (2, 8)))
-    return Sam3Features(fpn=fpn, inst=inst if with_inst else None, orig_hw=(30, 40))
+    first = torch.randn(1, 16, 8, generator=gen) if with_first else None
+    return Sam3Features(
+        fpn=fpn, inst=inst if with_inst else None, orig_hw=(30, 40), encoder_first=first
+    )
 
 
+@pytest.mark.parametrize("with_first", [True, False])
 @pytest.mark.parametrize("with_inst", [True, False])
-def test_sam3_round_trip_is_exact(with_inst: bool) -> None:
-    f = sam3_features(with_inst)
+def test_sam3_round_trip_is_exact(with_inst: bool, with_first: bool) -> None:
+    f = sam3_features(with_inst, with_first)
     g = codec.decode_features(codec.encode_features(SAM3, "h1", f), SAM3, "h1")
     assert isinstance(g, Sam3Features) and g.orig_hw == f.orig_hw and g.nbytes == f.nbytes
     for a, b in zip(f.tensors, g.tensors, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
         assert torch.equal(a, b)
     assert (g.inst is None) == (not with_inst)
+    assert (g.encoder_first is None) == (not with_first)
+
+
+def test_a_value_with_the_encoders_first_layer_is_refused_by_a_count_that_lacks_it() -> None:
+    """What a server from before `n_first` sees: the counts do not add up (a miss)."""
+    f = sam3_features(with_first=True)
+    tensors = list(f.tensors)
+    old_header = codec.encode(
+        "features", SAM3, "h1", tensors, family="sam3", n_fpn=3, n_inst=3, orig_hw=[30, 40]
+    )
+    with pytest.raises(codec.CodecError, match="add up"):
+        codec.decode_features(old_header, SAM3, "h1")
 
 
 def test_families_never_read_each_others_values() -> None:

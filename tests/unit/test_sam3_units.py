@@ -19,7 +19,9 @@ from sam2serve.runtime.sam3_types import Sam3Features
 from sam2serve.runtime.weights import WeightsError, download, ensure_checkpoint
 
 
-def _features(inst: bool = True, dtype: torch.dtype = torch.float32) -> Sam3Features:
+def _features(
+    inst: bool = True, dtype: torch.dtype = torch.float32, first: bool = True
+) -> Sam3Features:
     """Like the necks' outputs: channels-last memory (strides (HWC, 1, WC, C))."""
     gen = torch.Generator().manual_seed(0)
 
@@ -29,16 +31,21 @@ def _features(inst: bool = True, dtype: torch.dtype = torch.float32) -> Sam3Feat
 
     fpn = tuple(nhwc(s) for s in TINY.fpn_shapes())
     inst_t = tuple(nhwc(s) for s in TINY.inst_shapes())
-    return Sam3Features(fpn=fpn, inst=inst_t if inst else None, orig_hw=(200, 300))
+    encoder_first = torch.randn(TINY.first_shape(), generator=gen).to(dtype) if first else None
+    return Sam3Features(
+        fpn=fpn, inst=inst_t if inst else None, orig_hw=(200, 300), encoder_first=encoder_first
+    )
 
 
+@pytest.mark.parametrize("first", [True, False])
 @pytest.mark.parametrize("inst", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_features_round_trip(inst: bool, dtype: torch.dtype) -> None:
-    features = _features(inst, dtype)
+def test_features_round_trip(inst: bool, dtype: torch.dtype, first: bool) -> None:
+    features = _features(inst, dtype, first)
     back = Sam3Features.from_bytes(features.to_bytes())
     assert back.orig_hw == features.orig_hw
     assert (back.inst is None) == (features.inst is None)
+    assert (back.encoder_first is None) == (features.encoder_first is None)
     assert len(back.tensors) == len(features.tensors)
     for ours, theirs in zip(back.tensors, features.tensors, strict=True):
         assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
@@ -70,11 +77,11 @@ def test_features_refuse_anything_else(mangle) -> None:  # type: ignore[no-untyp
 
 
 def test_feature_sizes_are_stated() -> None:
-    """~133 MB per image on the real config in fp32 (fpn 111.5 MB + instance 21.2 MB): the
-    number docs and the cache budget quote."""
+    """~138 MB per image on the real config in fp32 (fpn 111.5 MB + instance 21.2 MB +
+    the encoder's first layer 5.3 MB): the number docs and the cache budget quote."""
     assert REAL.grid == 72 and REAL.fpn_shapes()[0] == (1, 256, 288, 288)
-    assert REAL.feature_nbytes() == 4 * (256 * 21 + 256 + 32 * 16 + 64 * 4) * 72 * 72
-    assert REAL.feature_nbytes() == 132_710_400
+    assert REAL.feature_nbytes() == 4 * (256 * 22 + 256 + 32 * 16 + 64 * 4) * 72 * 72
+    assert REAL.feature_nbytes() == 138_018_816
     assert _features().nbytes == TINY.feature_nbytes()
 
 
