@@ -156,7 +156,8 @@ def test_features_through_bytes_give_the_same_answers(tiny, embedded) -> None:
 def test_encoder_first_layer_comes_with_the_image_and_changes_nothing(tiny, embedded) -> None:
     """The fusion encoder's layer 0 self-attention is computed at embed (it reads the image
     alone); a prompt run from it equals one that recomputes it, bit for bit, and it is read:
-    a wrong one changes the answer."""
+    a wrong one changes the answer. (The tiny encoder has one layer; the real one's six, the
+    cached first followed by five whole ones, are compared with Meta's in the slow pass.)"""
     runtime, _ = tiny
     features, _ = embedded
     assert features.encoder_first is not None
