@@ -391,7 +391,9 @@ def load_runtime(
     record: dict[str, Any] | None = None
     if precision in ("auto", "int8"):
         try:
-            int8 = build_int8_encoder(graphs_dir, lambda rgb: exact.transforms(rgb)[None].numpy())
+            int8 = build_int8_encoder(
+                graphs_dir, lambda rgb: exact.transforms(rgb)[None].numpy(), inference
+            )
         except BackendUnavailable as exc:
             if precision == "int8":
                 raise
@@ -423,7 +425,7 @@ def _choice_key(inference: Precision, int8: bool, embed_threads: int) -> dict[st
     candidates = ["f32", *(["bf16"] if inference == "bf16" else []), *(["int8"] if int8 else [])]
     return {
         "candidates": candidates,
-        "int8_recipe": recipe_id() if int8 else None,
+        "int8_recipe": recipe_id(inference) if int8 else None,
         "embed_threads": embed_threads,
     }
 
@@ -489,12 +491,14 @@ def is_prepared(
     if not is_exported(spec, checkpoint, cache_dir):
         return False
     graphs_dir = cache_key_dir(spec, checkpoint, cache_dir)
-    quantized = is_quantized(graphs_dir)
-    if precision in ("auto", "int8") and nncf_version() is not None and not quantized:
+    if precision not in ("auto", "int8"):
+        return True
+    inference = probe(precision)  # the int8 recipe depends on it
+    quantized = is_quantized(graphs_dir, inference)
+    if nncf_version() is not None and not quantized:
         return False
     if precision != "auto":
         return True
-    inference = probe(precision)
     path = encoder_choice.choice_path(graphs_dir, inference)
     key = _choice_key(inference, quantized, embed_threads)
     return encoder_choice.read_choice(path, key) is not None

@@ -56,6 +56,18 @@ RECIPE: dict[str, Any] = {
     "mirrored": False,  # mirrored copies as extra samples: off (calibration time grows with them)
     "quantize_behind_pads": True,  # see quantize_behind_pads
 }
+#: What changes on a CPU without native bf16 (the graph computes in f32 around the int8
+#: ops): the attention (OpenVINO's ScaledDotProductAttention, q / k / v from the qkv
+#: projection) stays float. Measured on an Ice Lake Xeon (AVX512-VNNI, no AVX512-BF16):
+#: with int8 attention inputs the features of stages 2-4 came out 24-30 % off the f32
+#: graph's (mask IoU vs Meta 0.90 mean, 0.21 min), with it float 1 % (docs/benchmarks.md);
+#: on a CPU with native bf16 the same int8 graph is within 2 %.
+F32_RECIPE: dict[str, Any] = {**RECIPE, "ignored_types": ["ScaledDotProductAttention"]}
+
+
+def recipe(inference: str = "bf16") -> dict[str, Any]:
+    """The recipe for a graph computing at `inference` ("bf16" | "f32") around its int8 ops."""
+    return F32_RECIPE if inference == "f32" else RECIPE
 
 
 def nncf_version() -> str | None:
@@ -76,31 +88,34 @@ def load_image(name: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def recipe_id() -> str:
+def recipe_id(inference: str = "bf16") -> str:
     """Short hash of the recipe, the NNCF version and the calibration images' bytes."""
-    digest = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(recipe(inference), sort_keys=True).encode())
     digest.update(f"nncf={nncf_version()}".encode())
     for name in CALIBRATION:
         digest.update(_image_path(name).read_bytes())
     return digest.hexdigest()[:12]
 
 
-def int8_encoder_name() -> str:
-    return f"encoder-int8-{recipe_id()}.xml"
+def int8_encoder_name(inference: str = "bf16") -> str:
+    return f"encoder-int8-{recipe_id(inference)}.xml"
 
 
-def is_quantized(graphs_dir: Path) -> bool:
-    return (Path(graphs_dir) / int8_encoder_name()).is_file()
+def is_quantized(graphs_dir: Path, inference: str = "bf16") -> bool:
+    return (Path(graphs_dir) / int8_encoder_name(inference)).is_file()
 
 
-def build_int8_encoder(graphs_dir: Path, preprocess: Callable[[np.ndarray], np.ndarray]) -> Path:
+def build_int8_encoder(
+    graphs_dir: Path, preprocess: Callable[[np.ndarray], np.ndarray], inference: str = "bf16"
+) -> Path:
     """Quantize `graphs_dir/encoder.xml` once; reuse it when present. Returns the int8 graph.
 
     preprocess: (H, W, 3) uint8 -> (1, 3, S, S) float32, the encoder's input (the runtime's
-    transforms). Raises BackendUnavailable when NNCF is not installed.
+    transforms). inference: what the graph computes in around its int8 ops on this CPU
+    ("bf16" | "f32": `recipe`). Raises BackendUnavailable when NNCF is not installed.
     """
     graphs_dir = Path(graphs_dir)
-    target = graphs_dir / int8_encoder_name()
+    target = graphs_dir / int8_encoder_name(inference)
     if target.is_file():
         return target
     if nncf_version() is None:
@@ -108,22 +123,23 @@ def build_int8_encoder(graphs_dir: Path, preprocess: Callable[[np.ndarray], np.n
     with FileLock(graphs_dir / f"{target.stem}.lock"):
         if target.is_file():  # another process quantized while we waited
             return target
-        _quantize(graphs_dir, target, preprocess)
+        _quantize(graphs_dir, target, preprocess, inference)
     return target
 
 
 def _quantize(
-    graphs_dir: Path, target: Path, preprocess: Callable[[np.ndarray], np.ndarray]
+    graphs_dir: Path, target: Path, preprocess: Callable[[np.ndarray], np.ndarray], inference: str
 ) -> None:
     import nncf  # heavy import (~seconds): only when a quantization runs
 
     ov = _openvino()
     started = time.perf_counter()
+    chosen = recipe(inference)
     samples = []
     for name in CALIBRATION:
         x = np.ascontiguousarray(preprocess(load_image(name)), dtype=np.float32)
         samples.append(x)
-        if RECIPE["mirrored"]:
+        if chosen["mirrored"]:
             samples.append(np.ascontiguousarray(x[..., ::-1]))
     graph = ov.Core().read_model(graphs_dir / "encoder.xml")
     quantized = nncf.quantize(
@@ -131,21 +147,25 @@ def _quantize(
         nncf.Dataset(samples),
         subset_size=len(samples),
         model_type=nncf.ModelType.TRANSFORMER,
-        fast_bias_correction=RECIPE["fast_bias_correction"],
-        ignored_scope=nncf.IgnoredScope(patterns=RECIPE["ignored_patterns"], validate=False),
+        fast_bias_correction=chosen["fast_bias_correction"],
+        ignored_scope=nncf.IgnoredScope(
+            patterns=chosen["ignored_patterns"],
+            types=chosen.get("ignored_types", []),
+            validate=False,
+        ),
         advanced_parameters=nncf.AdvancedQuantizationParameters(
             smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)  # off
         ),
     )
-    if RECIPE["quantize_behind_pads"]:
+    if chosen["quantize_behind_pads"]:
         quantize_behind_pads(quantized, samples)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.stem}.", dir=graphs_dir))
     try:
         ov.save_model(quantized, tmp / target.name, compress_to_fp16=False)
         meta = {
-            **RECIPE,
+            **chosen,
             "nncf": nncf_version(),
-            "recipe_id": recipe_id(),
+            "recipe_id": recipe_id(inference),
             "seconds": round(time.perf_counter() - started, 1),
         }
         (tmp / f"{target.stem}.json").write_text(json.dumps(meta, indent=1))

@@ -348,21 +348,31 @@ def test_int8_encoder_is_built_once_per_recipe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     graphs = ovx.cache_key_dir(SPEC, checkpoint, cache_dir)
-    path = graphs / quantize.int8_encoder_name()
+    kind = ovx.probe("int8")  # "bf16" | "f32": what the graph computes in around int8 here
+    path = graphs / quantize.int8_encoder_name(kind)
     assert path.is_file() and path.with_suffix(".bin").is_file()
-    assert quantize.recipe_id() in path.name
+    assert quantize.recipe_id(kind) in path.name
     stamp = path.stat().st_mtime_ns
 
     def never(*args: object) -> None:
         raise AssertionError("quantized again")
 
     monkeypatch.setattr(quantize, "_quantize", never)
-    assert quantize.build_int8_encoder(graphs, lambda rgb: rgb) == path  # reused
+    assert quantize.build_int8_encoder(graphs, lambda rgb: rgb, kind) == path  # reused
     assert path.stat().st_mtime_ns == stamp
     # a changed recipe (or NNCF version, or calibration image) is another graph
-    monkeypatch.setitem(quantize.RECIPE, "fast_bias_correction", False)
-    assert quantize.int8_encoder_name() != path.name
-    assert not quantize.is_quantized(graphs)
+    monkeypatch.setitem(quantize.recipe(kind), "fast_bias_correction", False)
+    assert quantize.int8_encoder_name(kind) != path.name
+    assert not quantize.is_quantized(graphs, kind)
+
+
+def test_the_int8_recipe_keeps_attention_float_where_bf16_is_not_native() -> None:
+    """On a CPU without native bf16 the int8 graph's attention stays float (measured: its
+    int8 inputs cost 24-30 % feature error there); each kind has its own graph file."""
+    assert "ScaledDotProductAttention" in quantize.recipe("f32")["ignored_types"]
+    assert "ignored_types" not in quantize.recipe("bf16")
+    assert quantize.recipe_id("f32") != quantize.recipe_id("bf16")
+    assert quantize.int8_encoder_name("f32") != quantize.int8_encoder_name("bf16")
 
 
 def test_int8_runtime_reports_its_own_precision(
