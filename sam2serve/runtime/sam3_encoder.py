@@ -51,7 +51,9 @@ def _image_tokens(
     return backbone_out, prepared, feat_sizes
 
 
-def first_self_attention(model: torch.nn.Module, backbone_out: dict, img_ids: torch.Tensor):  # type: ignore[no-untyped-def]
+def first_self_attention(
+    model: torch.nn.Module, backbone_out: dict, img_ids: torch.Tensor
+) -> torch.Tensor:
     """Layer 0's tokens after its self-attention and residual, (1, T, D) (T = 5184 on the
     real config): `forward_pre` up to its first cross-attention."""
     _, (tokens, _, level_pos, *_), _ = _image_tokens(model, backbone_out, img_ids)
@@ -90,6 +92,8 @@ def run_encoder(
     prompt: (L, 1, D) seq first; prompt_mask: (1, L) True = padding. Returns (backbone_out,
     encoder_out) with encoder_out's keys as Meta's."""
     encoder = model.transformer.encoder
+    if first is not None and not supported(model):
+        first = None  # a model that mixes the prompt in earlier: layer 0 runs whole
     backbone_out, prepared, feat_sizes = _image_tokens(model, backbone_out, find_input.img_ids)
     tokens, masks, level_pos, level_start, valid_ratios, shapes = prepared
     memory = prompt.transpose(0, 1)

@@ -114,8 +114,6 @@ def ground_then_segment_later(
     prompt, prompt_mask, backbone_out = model._encode_prompt(
         backbone_out, find_input, geometric_prompt
     )
-    if first is not None and not sam3_encoder.supported(model):
-        first = None
     backbone_out, encoder_out = sam3_encoder.run_encoder(
         model, backbone_out, find_input, prompt, prompt_mask, first
     )

@@ -374,8 +374,6 @@ class Sam3Runtime(InstancePredictor):
     ) -> tuple[dict, Callable[[torch.Tensor], torch.Tensor] | None]:
         """Meta's `forward_grounding`, the encoder starting from the image's `first` self-
         attention when it has one: masks of all Q queries at once (no deferral)."""
-        if first is None or not sam3_encoder.supported(self.model):
-            first = None
         outputs = sam3_encoder.ground(self.model, backbone_out, self._find_stage, prompt, first)
         return outputs, None
 
