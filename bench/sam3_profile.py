@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--runtime", choices=["exact", "fast"], default="exact")
+    parser.add_argument("--runtime", choices=["exact", "fast", "int8"], default="exact")
     parser.add_argument("--ops", action="store_true", help="also torch.profiler's operator table")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -105,6 +105,12 @@ def main() -> None:
         from sam2serve.runtime.sam3_fast import Sam3FastRuntime
 
         runtime = Sam3FastRuntime(spec.model_id, runtime.model, runtime.device)
+    elif args.runtime == "int8":  # the int8 path `auto` picks on this CPU kind
+        from sam2serve.runtime import sam3_int8
+        from sam2serve.runtime.sam3_fast import native_bf16
+
+        kind = sam3_int8.Sam3Int8Runtime if native_bf16() else sam3_int8.Sam3Int8Fp32Runtime
+        runtime = kind(spec.model_id, runtime.model, runtime.device)
     rgb = np.ascontiguousarray(skimage.data.coffee())
     cached = args.work_dir / f"coffee-{spec.config}.s3ft"
     if cached.exists():

@@ -4,10 +4,10 @@
   exactly what `TorchRuntime.embed` computes) as one OpenVINO graph: f32, bf16 (on CPUs
   with native bf16: AVX512-BF16 / AMX) or int8 (NNCF, `runtime.quantize`), the fastest that
   keeps the stated mask tolerance on this machine (`runtime.choice`, measured once per
-  runtime cache) unless one is pinned. Features are stored as bfloat16 where the CPU computes
-  bf16 (8 MiB per 1024 px image instead of 16 MiB). The embed also runs the decoder's
-  per-image preparation (`DecoderPrep`), so the first click on a new image costs what a
-  later one does.
+  runtime cache) unless one is pinned. Features are stored as bfloat16 where the CPU
+  computes bf16 or the encoder is int8 (8 MiB per 1024 px image instead of 16 MiB). The
+  embed also runs the decoder's per-image preparation (`DecoderPrep`), so the first click
+  on a new image costs what a later one does.
 * decode: `FastMaskDecoder` (one batched call for all prompts, prompt-independent work
   done once per image and memoised: the last few embedded images, the last few clicked
   ones) compiled by OpenVINO; the prompt encoder, upscaling and mask-input refinement stay
@@ -203,7 +203,12 @@ class OpenVinoRuntime:
         # the torch runtime gives transforms, upscale and the exact mask-input path
         self._torch = TorchRuntime(model_id, model, self.device)
         model.image_encoder = torch.nn.Identity()  # weights live in the compiled encoder
-        self._storage = torch.bfloat16 if precision == "bf16" else torch.float32
+        # bf16 storage (half the bytes per cached image) wherever the features are not
+        # exact fp32 anyway: bf16's rounding (~0.2 % rel. L2) is small beside the int8
+        # encoder's own error (~1-2 %), and the decoder graphs upcast on their way in
+        self._storage = (
+            torch.bfloat16 if precision == "bf16" or int8_encoder is not None else torch.float32
+        )
         core = _core(graphs_dir, precision)
         graphs = {}
         for name in GRAPHS:
@@ -228,7 +233,7 @@ class OpenVinoRuntime:
         return self._torch.low_res_size
 
     def encode(self, rgb: np.ndarray) -> Features:
-        """rgb: (H, W, 3) uint8 -> Features stored as bf16 (bf16 precision) or f32; the
+        """rgb: (H, W, 3) uint8 -> Features stored as bf16 (bf16 or int8) or f32; the
         encoder only (video frames: their masks come from the video model's decoder)."""
         x = self._torch.transforms(rgb)[None].numpy()
         outs = [t.to(self._storage) for t in _encode(self._ov, self._encoder, x)]

@@ -41,6 +41,7 @@ _KERNEL: contextvars.ContextVar[Bf16Attention | None] = contextvars.ContextVar(
 )
 _HOOKED = "_sam2serve_fp32_attention"
 _BF16_BYTES = torch.finfo(torch.bfloat16).bits // 8
+_FP32_BYTES = torch.finfo(torch.float32).bits // 8
 _stacks = threading.local()
 
 
@@ -104,13 +105,15 @@ def ground_then_segment_later(
     find_input: Any,
     geometric_prompt: Any,
     first: torch.Tensor | None = None,
+    bf16: bool = True,
 ) -> tuple[dict, SegmentLater]:
     """Meta's `Sam3Image.forward_grounding` (inference) up to the decoder: scores, boxes,
     presence; the segmentation head comes back as a `SegmentLater`, run for the queries the
     caller keeps. Meta runs the head for all 200 queries in every call, though its processor
     returns only those above the threshold (often none: an absent concept pays the ~1/6 of
     a phrase that the pixel decoder costs for nothing). The encoder starts from the image's
-    `first` self-attention when given (`sam3_encoder.run_encoder`)."""
+    `first` self-attention when given (`sam3_encoder.run_encoder`). bf16: the head runs as
+    `bf16_heads` runs it (False: fp32, for a CPU without native bf16)."""
     prompt, prompt_mask, backbone_out = model._encode_prompt(
         backbone_out, find_input, geometric_prompt
     )
@@ -136,6 +139,7 @@ def ground_then_segment_later(
         prompt_mask=prompt_mask,
         queries=hs[-1].clone(),  # a view would keep every decoder layer's output alive
         device=memory.device,
+        bf16=bf16,
     )
     return out, later
 
@@ -148,9 +152,10 @@ def storage_nbytes(tensors: list[torch.Tensor]) -> int:
 
 class SegmentLater:
     """`UniversalSegmentationHead.forward` for chosen queries: the pixel decoder and the
-    instance projection once (on first use, then kept: (1, 256, 288, 288) bf16, 42 MB), the
-    mask einsum per call for the queries asked. Skips what the processor never reads (the
-    semantic head, the head's own presence logit). Same modules, bf16 as `bf16_heads`.
+    instance projection once (on first use, then kept: (1, 256, 288, 288), 42 MB in bf16,
+    85 MB in fp32), the mask einsum per call for the queries asked. Skips what the processor
+    never reads (the semantic head, the head's own presence logit). Same modules, in bf16 as
+    `bf16_heads` runs them, or in fp32 (`bf16=False`).
 
     What it keeps alive (real config): the image's `fpn` (the features' own tensors: the
     runtime's device is where the store keeps them, so nothing is copied), the fusion
@@ -168,18 +173,20 @@ class SegmentLater:
         prompt_mask: torch.Tensor,
         queries: torch.Tensor,
         device: torch.device,
+        bf16: bool = True,
     ) -> None:
         self.head, self.fpn, self.image_ids = head, fpn, image_ids
         self.memory, self.prompt, self.prompt_mask = memory, prompt, prompt_mask
         self.queries = queries  # (1, Q, D): the last decoder layer's output
         self.device = device
+        self.bf16 = bf16
         self._embeds: torch.Tensor | None = None
         self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
         """Bytes held beyond the image's features (`fpn` is theirs), the pixel embedding
-        counted from the start: (1, D, 4s, 4s) bf16, kept after first use, so a cache that
+        counted from the start: (1, D, 4s, 4s) bf16 or fp32, kept after first use, so a cache that
         charges this never grows past its budget when masks are asked later."""
         own = [self.memory, self.prompt, self.prompt_mask, self.queries, self.image_ids]
         if self._embeds is not None:
@@ -187,14 +194,18 @@ class SegmentLater:
         held = storage_nbytes(own)
         channels = int(self.head.instance_seg_head.out_channels)
         height, width = self.fpn[0].shape[-2:]
-        return held + channels * int(height) * int(width) * _BF16_BYTES
+        itemsize = _BF16_BYTES if self.bf16 else _FP32_BYTES
+        return held + channels * int(height) * int(width) * itemsize
+
+    def _precision(self) -> contextlib.AbstractContextManager[None]:
+        return bf16_heads(self.device) if self.bf16 else contextlib.nullcontext()
 
     @torch.inference_mode()
     def _instance_embeds(self) -> torch.Tensor:
         from sam2serve.runtime.sam3_device import on_device
 
         head = self.head
-        with on_device(self.device), bf16_heads(self.device):
+        with on_device(self.device), self._precision():
             memory = self.memory
             if head.cross_attend_prompt is not None:
                 attended = head.cross_attend_prompt(
@@ -215,6 +226,6 @@ class SegmentLater:
         with self._lock:
             if self._embeds is None:
                 self._embeds = self._instance_embeds()
-        with bf16_heads(self.device):
+        with self._precision():
             masks = self.head.mask_predictor(self.queries[:, idx.to(self.device)], self._embeds)
         return masks[0].float()

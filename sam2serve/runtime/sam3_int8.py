@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from sam2serve.registry import ModelSpec
 from sam2serve.runtime.bf16_attention import routed
 from sam2serve.runtime.cpu import cpu_flags
 from sam2serve.runtime.sam3_fast import Sam3FastRuntime, native_bf16
+from sam2serve.runtime.sam3_heads import ground_then_segment_later
 from sam2serve.runtime.sam3_runtime import Sam3Runtime, load_model
 
 #: What the int8 path promises against the exact runtime (same keys as `sam3_fast.TOLERANCE`).
@@ -186,7 +188,8 @@ class Sam3Int8Fp32Runtime(Sam3Runtime):
     """For a CPU with int8 units but no native bf16 (e.g. Ice Lake Xeons: AVX512-VNNI, no
     AVX512-BF16): the ViT trunk's linear layers in int8 writing fp32, everything else the
     exact runtime's fp32 (bf16 would be emulated there, several times slower than fp32;
-    OpenVINO's fp32 attention kernel was no faster than torch's, docs/benchmarks.md)."""
+    OpenVINO's fp32 attention kernel was no faster than torch's, docs/benchmarks.md), the
+    segmentation head deferred to the queries whose masks are asked for (as the bf16 path)."""
 
     precision = "int8-fp32"
     tolerance = TOLERANCE
@@ -201,6 +204,14 @@ class Sam3Int8Fp32Runtime(Sam3Runtime):
 
         with on_device(self.device):
             return self._trunk(self.preprocess(rgb))[-1]
+
+    def _ground(
+        self, backbone_out: dict, prompt: object, first: torch.Tensor | None
+    ) -> tuple[dict, Any]:
+        """Scores and boxes now; the segmentation head (fp32) only for the queries kept."""
+        return ground_then_segment_later(
+            self.model, backbone_out, self._find_stage, prompt, first, bf16=False
+        )
 
 
 def build_sam3_int8_runtime(

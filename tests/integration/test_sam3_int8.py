@@ -104,6 +104,33 @@ def test_int8_fp32_path_within_tolerance(tiny_pair, photo_set) -> None:
     _check_against_exact(exact, fp32, photo_set["chelsea"], [50, 40, 300, 250])
 
 
+@needs_int8
+def test_int8_fp32_path_defers_the_segmentation_head_in_fp32(tiny_pair, photo_set) -> None:
+    """On the same features, the deferred head gives the kept queries the mask logits that
+    Meta's whole head gives them (fp32 both: equal within float rounding), computes its
+    pixel embedding once, and charges its fp32 size from the start."""
+    exact, _ = tiny_pair
+    fp32 = Sam3Int8Fp32Runtime(exact.model_id, exact.model, CPU)
+    features = fp32.embed(photo_set["chelsea"])
+    [text] = fp32.encode_text(["cat"])
+    boxes, labels = np.array([[50, 40, 300, 250]]), np.array([True])
+    whole = exact.concept(features, text, boxes, labels)
+    deferred = fp32.concept(features, text, boxes, labels)
+    assert deferred.mask_logits is None and whole.mask_logits is not None
+    np.testing.assert_array_equal(deferred.scores, whole.scores)
+    charged = deferred.nbytes
+    idx = torch.as_tensor(np.argsort(whole.scores)[-3:])
+    low = deferred.low_res(idx)
+    assert low.dtype == torch.float32 and low.shape == whole.mask_logits[idx].shape
+    torch.testing.assert_close(low, whole.mask_logits[idx], rtol=1e-4, atol=1e-4)
+    later = deferred.segment_later
+    assert later._embeds is not None and later._embeds.dtype == torch.float32
+    assert deferred.nbytes == charged
+    embeds = later._embeds
+    torch.testing.assert_close(deferred.low_res(idx[:1]), low[:1], rtol=1e-5, atol=1e-5)
+    assert later._embeds is embeds  # the pixel embedding is computed once
+
+
 @pytest.mark.parametrize(
     ("bf16", "int8", "expected"),
     [
