@@ -72,9 +72,10 @@ class Sam3Config:
         """The concept encoder's layer 0 after its self-attention (`sam3_encoder`)."""
         return (1, self.grid * self.grid, d_model)
 
-    def feature_nbytes(self, bytes_per_value: int = 4) -> int:
-        """Bytes of one image's `Sam3Features` (fp32 by default)."""
-        shapes = [*self.fpn_shapes(), *self.inst_shapes(), self.first_shape()]
+    def feature_nbytes(self, bytes_per_value: int = 4, first: bool = True) -> int:
+        """Bytes of one image's `Sam3Features` (fp32 by default); first: whether they hold
+        the concept encoder's layer 0 (`sam3_encoder.supported`)."""
+        shapes = [*self.fpn_shapes(), *self.inst_shapes(), *([self.first_shape()] * first)]
         return sum(int(torch.Size(s).numel()) for s in shapes) * bytes_per_value
 
     def as_dict(self) -> dict[str, object]:

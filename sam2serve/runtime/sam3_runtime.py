@@ -145,11 +145,9 @@ class Sam3Runtime(InstancePredictor):
     @property
     def feature_nbytes(self) -> int:
         """Bytes of one image's `Sam3Features` on this model (fp32)."""
-        s = self.image_size // int(self.model.inst_interactive_predictor.model.backbone_stride)
-        fpn = 256 * (16 + 4 + 1) * s * s
-        inst = (256 + 32 * 16 + 64 * 4) * s * s
-        first = 256 * s * s if sam3_encoder.supported(self.model) else 0
-        return 4 * (fpn + inst + first)
+        stride = int(self.model.inst_interactive_predictor.model.backbone_stride)
+        sizes = Sam3Config(image_size=self.image_size, patch_size=stride)
+        return sizes.feature_nbytes(first=sam3_encoder.supported(self.model))
 
     # ----- image ----------------------------------------------------------------------
 
