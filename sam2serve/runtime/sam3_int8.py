@@ -128,7 +128,16 @@ def _quantize_uint8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     scale = max((hi - lo) / 255, 1e-12)
     zero = min(max(round(-lo / scale), 0), 255)
-    return torch.quantize_per_tensor(x, scale, zero, torch.quint8).int_repr(), scale, zero
+    return _uint8_view(torch.quantize_per_tensor(x, scale, zero, torch.quint8)), scale, zero
+
+
+def _uint8_view(q: torch.Tensor) -> torch.Tensor:
+    """A quint8 tensor's values as a plain uint8 tensor on the same memory (no copy).
+    `int_repr` copies them: for fc2's (5184, 4096) input, quantize + `int_repr` took 36 ms
+    on an Ice Lake core pair, quantize + this view 16 ms; the trunk quantizes ~37 M values
+    per block, 32 blocks per embed."""
+    out = torch.empty(0, dtype=torch.uint8, device=q.device)
+    return out.set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
 
 def _with_children(module: nn.Module, **children: nn.Module) -> nn.Module:

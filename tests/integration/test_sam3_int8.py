@@ -273,3 +273,17 @@ def test_int8_path_within_tolerance_real(sam3_real_weights_dir: Path, photo_set)
     spec = SAM3_REGISTRY["sam3"]
     exact, fast = _pair(spec, sam3_real_weights_dir / spec.filename)
     _check_against_exact(exact, fast, photo_set["coffee"], [200, 100, 400, 300])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 33), (2, 5, 64)])
+@pytest.mark.parametrize("inference", [False, True])
+def test_quantized_input_is_read_in_place(shape, inference) -> None:
+    """The int8 linear's input quantization hands oneDNN the quint8 tensor's own bytes
+    (no `int_repr` copy): the same values, shape and dtype, also in inference mode."""
+    x = torch.randn(*shape) * 3
+    with torch.inference_mode(inference):
+        q, scale, zero = sam3_int8._quantize_uint8(x)
+        want = torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+    assert q.dtype == torch.uint8 and q.shape == x.shape
+    assert torch.equal(q, want.int_repr())
+    assert scale > 0 and 0 <= zero <= 255
