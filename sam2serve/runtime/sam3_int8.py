@@ -134,8 +134,8 @@ def _quantize_uint8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
 def _uint8_view(q: torch.Tensor) -> torch.Tensor:
     """A quint8 tensor's values as a plain uint8 tensor on the same memory (no copy).
     `int_repr` copies them: for fc2's (5184, 4096) input, quantize + `int_repr` took 36 ms
-    on an Ice Lake core pair, quantize + this view 16 ms; the trunk quantizes ~37 M values
-    per block, 32 blocks per embed."""
+    on an Ice Lake core pair, quantize + this view 16 ms (the whole embed did not move
+    measurably: 0.56x of Meta's set_image before and after, docs/benchmarks.md)."""
     out = torch.empty(0, dtype=torch.uint8, device=q.device)
     return out.set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
